@@ -1,0 +1,144 @@
+package raft
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+)
+
+func layer(t *testing.T, key []byte) *secureLayer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := newSecureLayer(ln, ln.Addr(), key, quietLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func key(b byte) []byte { return bytes.Repeat([]byte{b}, MinClusterKeyLen) }
+
+func TestPeersWithTheClusterKeyConnect(t *testing.T) {
+	server, client := layer(t, key(1)), layer(t, key(1))
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := server.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 5)
+		io.ReadFull(c, buf)
+		got <- buf
+	}()
+	c, err := client.Dial(hraft.ServerAddress(server.Addr().String()), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hello"))
+	select {
+	case b := <-got:
+		if string(b) != "hello" {
+			t.Fatalf("server read %q", b)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("server never accepted")
+	}
+}
+
+func TestPeerWithAnotherKeyIsRefused(t *testing.T) {
+	server, client := layer(t, key(1)), layer(t, key(2))
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := server.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	_, err := client.Dial(hraft.ServerAddress(server.Addr().String()), time.Second)
+	if !errors.Is(err, ErrPeerAuth) {
+		t.Fatalf("dial err = %v, want ErrPeerAuth", err)
+	}
+	select {
+	case <-accepted:
+		t.Fatal("server accepted a peer with the wrong key")
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+func TestPlaintextClientGetsNothing(t *testing.T) {
+	server := layer(t, key(1))
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := server.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	c, err := net.Dial("tcp", server.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// What a raft RPC looks like on a plain transport: a type byte, then msgpack.
+	c.Write([]byte{0, 0x81, 0xa4, 'T', 'e', 'r', 'm', 1})
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	b := make([]byte, 64)
+	n, _ := c.Read(b)
+	if n > 0 && b[0] != 0x15 { // a TLS alert is all it may get back
+		t.Fatalf("plaintext client read %d bytes that are not a TLS alert", n)
+	}
+	select {
+	case <-accepted:
+		t.Fatal("server handed a plaintext connection to raft")
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+func TestShortClusterKeyIsRefused(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	if _, err := newSecureLayer(ln, ln.Addr(), []byte("short"), quietLogger()); err == nil {
+		t.Fatal("a 5-byte cluster key was accepted")
+	}
+}
+
+// TestTCPClusterReplicates runs two members over the real TCP transport.
+func TestTCPClusterReplicates(t *testing.T) {
+	open := func(id string, boot bool) *Store {
+		s, err := Open(Config{
+			ID: id, DataDir: t.TempDir(), BindAddr: "127.0.0.1:0", ClusterKey: key(9), Bootstrap: boot,
+			Logger: quietLogger(), RaftLogLevel: "off",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	a := open("a", true)
+	b := open("b", false)
+	ctx := ctxT(t)
+	if err := a.WaitForLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.AddVoter(ctx, Member{ID: "b", RaftAddr: b.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	rev, err := a.ReplaceDocument(ctx, testDoc(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.WaitFor(ctx, rev); err != nil {
+		t.Fatalf("b did not replicate: %v", err)
+	}
+}

@@ -1,0 +1,113 @@
+package topology
+
+// APIVersion is the only document version this package understands.
+const APIVersion = "vigil/v1"
+
+// Document is the operator-written zone topology, exactly as it appears in a
+// vigil/v1 YAML or JSON file. It is plain data: use Decode to read one and
+// NewIndex to validate and index it.
+type Document struct {
+	APIVersion    string        `yaml:"apiVersion" json:"apiVersion"`
+	TrustDomain   string        `yaml:"trustDomain" json:"trustDomain"`
+	Zones         []Zone        `yaml:"zones,omitempty" json:"zones,omitempty"`
+	Gateways      []Gateway     `yaml:"gateways,omitempty" json:"gateways,omitempty"`
+	DeviceClasses []DeviceClass `yaml:"deviceClasses,omitempty" json:"deviceClasses,omitempty"`
+	Devices       []Device      `yaml:"devices,omitempty" json:"devices,omitempty"`
+	Services      []Service     `yaml:"services,omitempty" json:"services,omitempty"`
+	Flows         []Flow        `yaml:"flows,omitempty" json:"flows,omitempty"`
+}
+
+// Labels are free-form key/value annotations on any named object.
+type Labels map[string]string
+
+// Zone is a network segment: a city district, a building, or the cloud.
+type Zone struct {
+	Name   string `yaml:"name" json:"name"`
+	Labels Labels `yaml:"labels,omitempty" json:"labels,omitempty"`
+}
+
+// Gateway is the edge proxy that fronts the devices of one zone.
+type Gateway struct {
+	Name   string `yaml:"name" json:"name"`
+	Zone   string `yaml:"zone" json:"zone"`
+	Labels Labels `yaml:"labels,omitempty" json:"labels,omitempty"`
+}
+
+// DeviceClass holds what all devices of one kind share: how fresh their
+// firmware attestation must be, which firmware is acceptable, and their
+// default request rate.
+type DeviceClass struct {
+	Name        string             `yaml:"name" json:"name"`
+	Attestation *AttestationPolicy `yaml:"attestation,omitempty" json:"attestation,omitempty"`
+	RateLimit   string             `yaml:"rateLimit,omitempty" json:"rateLimit,omitempty"`
+	Labels      Labels             `yaml:"labels,omitempty" json:"labels,omitempty"`
+}
+
+// AttestationPolicy requires a device to hold a verified attestation younger
+// than MaxAge whose firmware matches one of the reference values.
+type AttestationPolicy struct {
+	MaxAge   string        `yaml:"maxAge" json:"maxAge"`
+	Firmware []FirmwareRef `yaml:"firmware,omitempty" json:"firmware,omitempty"`
+}
+
+// FirmwareRef is one acceptable firmware image.
+type FirmwareRef struct {
+	Version string `yaml:"version" json:"version"`
+	SHA256  string `yaml:"sha256" json:"sha256"`
+}
+
+// Device is one physical device behind a gateway; its zone is its gateway's.
+type Device struct {
+	Name    string `yaml:"name" json:"name"`
+	Class   string `yaml:"class" json:"class"`
+	Gateway string `yaml:"gateway" json:"gateway"`
+	Labels  Labels `yaml:"labels,omitempty" json:"labels,omitempty"`
+}
+
+// Protocols a service may speak.
+const (
+	ProtocolHTTP = "http"
+	ProtocolGRPC = "grpc"
+	ProtocolTCP  = "tcp"
+)
+
+// Service is a destination: a cloud service or an edge application.
+type Service struct {
+	Name      string   `yaml:"name" json:"name"`
+	Zone      string   `yaml:"zone" json:"zone"`
+	Protocol  string   `yaml:"protocol" json:"protocol"`
+	Hosts     []string `yaml:"hosts,omitempty" json:"hosts,omitempty"`
+	Endpoints []string `yaml:"endpoints,omitempty" json:"endpoints,omitempty"`
+	Labels    Labels   `yaml:"labels,omitempty" json:"labels,omitempty"`
+}
+
+// Flow is one entry of the allow-list. Traffic that no flow allows is denied.
+type Flow struct {
+	Name      string     `yaml:"name" json:"name"`
+	From      Selector   `yaml:"from" json:"from"`
+	To        Selector   `yaml:"to" json:"to"`
+	HTTP      *HTTPMatch `yaml:"http,omitempty" json:"http,omitempty"`
+	RateLimit string     `yaml:"rateLimit,omitempty" json:"rateLimit,omitempty"`
+	Labels    Labels     `yaml:"labels,omitempty" json:"labels,omitempty"`
+}
+
+// Selector picks subjects; every field that is given must match.
+//
+// A selector that names services (Services or Service) picks services,
+// narrowed by Zones. Any other selector picks devices: Zones, Classes,
+// Devices and Gateways (the gateway a device sits behind) narrow it.
+type Selector struct {
+	Zones    []string `yaml:"zones,omitempty" json:"zones,omitempty"`
+	Classes  []string `yaml:"classes,omitempty" json:"classes,omitempty"`
+	Devices  []string `yaml:"devices,omitempty" json:"devices,omitempty"`
+	Gateways []string `yaml:"gateways,omitempty" json:"gateways,omitempty"`
+	Services []string `yaml:"services,omitempty" json:"services,omitempty"`
+	Service  string   `yaml:"service,omitempty" json:"service,omitempty"`
+}
+
+// HTTPMatch restricts a flow to methods and paths. A path is matched exactly,
+// or as a prefix when it ends in "*". Empty lists match anything.
+type HTTPMatch struct {
+	Methods []string `yaml:"methods,omitempty" json:"methods,omitempty"`
+	Paths   []string `yaml:"paths,omitempty" json:"paths,omitempty"`
+}

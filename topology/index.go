@@ -1,0 +1,509 @@
+package topology
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// maxReportedErrors bounds a ValidationError; a document with more problems
+// than this is reported with a final line that counts the rest.
+const maxReportedErrors = 1000
+
+// Class is a validated DeviceClass with its values parsed.
+type Class struct {
+	*DeviceClass
+	// MaxAge is how fresh an attestation must be; zero means the class
+	// requires none.
+	MaxAge time.Duration
+	// Rate is the per-device default budget across all flows; zero if none.
+	Rate Rate
+}
+
+// Rule is a validated Flow with its matchers and rate parsed.
+type Rule struct {
+	*Flow
+	// Position is the flow's index in the document.
+	Position int
+	Methods  []string
+	Paths    []PathMatch
+	Rate     Rate
+}
+
+// AllowsRequest reports whether method and path satisfy the flow's http
+// match; a flow without one allows any request.
+func (r *Rule) AllowsRequest(method, path string) bool {
+	if len(r.Methods) > 0 && !slices.Contains(r.Methods, method) {
+		return false
+	}
+	if len(r.Paths) == 0 {
+		return true
+	}
+	for _, p := range r.Paths {
+		if p.Matches(path) {
+			return true
+		}
+	}
+	return false
+}
+
+type group struct{ class, gateway string }
+
+// ruleIndex finds the rules one side (from or to) of which selects a subject.
+type ruleIndex struct {
+	groups   map[group][]*Rule  // devices, by class and gateway
+	devices  map[string][]*Rule // devices named in a selector
+	services map[string][]*Rule
+}
+
+// Index is a validated document with lookup indexes. It is immutable and
+// safe for concurrent use; the pointers it hands out point into it and must
+// not be modified.
+type Index struct {
+	doc              *Document
+	zones            map[string]*Zone
+	gateways         map[string]*Gateway
+	classes          map[string]*Class
+	devices          map[string]*Device
+	services         map[string]*Service
+	serviceByHost    map[string]*Service
+	rules            []Rule
+	rulesByName      map[string]*Rule
+	gatewaysByZone   map[string][]*Gateway
+	servicesByZone   map[string][]*Service
+	devicesByGateway map[string][]*Device
+	from, to         ruleIndex
+
+	sortOnce      sync.Once
+	sortedDevices []*Device
+}
+
+// EmptyIndex is the index of a store that holds no document yet.
+func EmptyIndex() *Index {
+	ix, err := NewIndex(&Document{APIVersion: APIVersion, TrustDomain: "unset.invalid"})
+	if err != nil {
+		panic(err)
+	}
+	return ix
+}
+
+// NewIndex validates doc and indexes it. It reports every problem at once as
+// a *ValidationError. The index keeps doc; the caller must not change it.
+func NewIndex(doc *Document) (*Index, error) {
+	b := &builder{ix: &Index{
+		doc:              doc,
+		zones:            make(map[string]*Zone, len(doc.Zones)),
+		gateways:         make(map[string]*Gateway, len(doc.Gateways)),
+		classes:          make(map[string]*Class, len(doc.DeviceClasses)),
+		devices:          make(map[string]*Device, len(doc.Devices)),
+		services:         make(map[string]*Service, len(doc.Services)),
+		serviceByHost:    make(map[string]*Service),
+		rulesByName:      make(map[string]*Rule, len(doc.Flows)),
+		gatewaysByZone:   make(map[string][]*Gateway),
+		servicesByZone:   make(map[string][]*Service),
+		devicesByGateway: make(map[string][]*Device),
+	}}
+	b.header()
+	b.zones()
+	b.gateways()
+	b.classes()
+	b.devices()
+	b.services()
+	b.flows()
+	if err := b.err(); err != nil {
+		return nil, err
+	}
+	b.indexRules()
+	return b.ix, nil
+}
+
+type builder struct {
+	ix      *Index
+	errs    []FieldError
+	dropped int
+	groups  map[group]bool
+}
+
+func (b *builder) errorf(path, format string, args ...any) {
+	if len(b.errs) >= maxReportedErrors {
+		b.dropped++
+		return
+	}
+	b.errs = append(b.errs, FieldError{Path: path, Message: fmt.Sprintf(format, args...)})
+}
+
+func (b *builder) err() error {
+	if len(b.errs) == 0 {
+		return nil
+	}
+	errs := b.errs
+	if b.dropped > 0 {
+		errs = append(errs, FieldError{Message: fmt.Sprintf("%d more errors not shown", b.dropped)})
+	}
+	return &ValidationError{Errors: errs}
+}
+
+func (b *builder) header() {
+	d := b.ix.doc
+	switch {
+	case d.APIVersion == "":
+		b.errorf("apiVersion", "is required (want %q)", APIVersion)
+	case d.APIVersion != APIVersion:
+		b.errorf("apiVersion", "unsupported version %q (want %q)", d.APIVersion, APIVersion)
+	}
+	if !isTrustDomain(d.TrustDomain) {
+		b.errorf("trustDomain", "%q is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')", d.TrustDomain)
+	}
+}
+
+// name checks a name and registers it in seen; it reports false when the
+// object must not be indexed.
+func name[T any](b *builder, path, kind, n string, seen map[string]T, v T) bool {
+	if !IsName(n) {
+		if n == "" {
+			b.errorf(path+".name", "is required")
+		} else {
+			b.errorf(path+".name", "%q is not a valid name (lowercase letters, digits and '-', at most 63)", n)
+		}
+		return false
+	}
+	if _, dup := seen[n]; dup {
+		b.errorf(path+".name", "duplicate %s name %q", kind, n)
+		return false
+	}
+	seen[n] = v
+	return true
+}
+
+func (b *builder) labels(path string, l Labels) {
+	badKey := func(k string) bool { return k == "" || len(k) > 253 || strings.ContainsAny(k, " \t\r\n\"'=") }
+	badValue := func(v string) bool { return len(v) > 253 || strings.ContainsAny(v, "\r\n") }
+	ok := true
+	for k, v := range l {
+		ok = ok && !badKey(k) && !badValue(v)
+	}
+	if ok {
+		return
+	}
+	// Map order is random; report in key order so that one document always
+	// gives the same errors.
+	for _, k := range slices.Sorted(maps.Keys(l)) {
+		if badKey(k) {
+			b.errorf(path+".labels", "invalid label key %q", k)
+		}
+		if badValue(l[k]) {
+			b.errorf(path+".labels."+k, "label value must be one line of at most 253 characters")
+		}
+	}
+}
+
+func (b *builder) zones() {
+	for i := range b.ix.doc.Zones {
+		z := &b.ix.doc.Zones[i]
+		path := fmt.Sprintf("zones[%d]", i)
+		name(b, path, "zone", z.Name, b.ix.zones, z)
+		b.labels(path, z.Labels)
+	}
+}
+
+func (b *builder) gateways() {
+	for i := range b.ix.doc.Gateways {
+		g := &b.ix.doc.Gateways[i]
+		path := fmt.Sprintf("gateways[%d]", i)
+		b.labels(path, g.Labels)
+		if _, ok := b.ix.zones[g.Zone]; !ok {
+			b.unknown(path+".zone", "zone", g.Zone)
+		}
+		if name(b, path, "gateway", g.Name, b.ix.gateways, g) {
+			b.ix.gatewaysByZone[g.Zone] = append(b.ix.gatewaysByZone[g.Zone], g)
+		}
+	}
+}
+
+func (b *builder) unknown(path, kind, n string) {
+	if n == "" {
+		b.errorf(path, "is required")
+		return
+	}
+	b.errorf(path, "unknown %s %q", kind, n)
+}
+
+func (b *builder) classes() {
+	for i := range b.ix.doc.DeviceClasses {
+		dc := &b.ix.doc.DeviceClasses[i]
+		path := fmt.Sprintf("deviceClasses[%d]", i)
+		c := &Class{DeviceClass: dc}
+		b.labels(path, dc.Labels)
+		if a := dc.Attestation; a != nil {
+			d, err := ParseMaxAge(a.MaxAge)
+			if err != nil {
+				b.errorf(path+".attestation.maxAge", "%v", err)
+			}
+			c.MaxAge = d
+			if len(a.Firmware) == 0 {
+				b.errorf(path+".attestation.firmware", "at least one firmware reference value is required")
+			}
+			for j, fw := range a.Firmware {
+				fp := fmt.Sprintf("%s.attestation.firmware[%d]", path, j)
+				if strings.TrimSpace(fw.Version) == "" || len(fw.Version) > 128 {
+					b.errorf(fp+".version", "is required (at most 128 characters)")
+				}
+				if !isSHA256Hex(fw.SHA256) {
+					b.errorf(fp+".sha256", "must be 64 lowercase hex digits")
+				}
+			}
+		}
+		if dc.RateLimit != "" {
+			r, err := ParseRate(dc.RateLimit)
+			if err != nil {
+				b.errorf(path+".rateLimit", "%v", err)
+			}
+			c.Rate = r
+		}
+		name(b, path, "device class", dc.Name, b.ix.classes, c)
+	}
+}
+
+func (b *builder) devices() {
+	b.groups = make(map[group]bool)
+	for i := range b.ix.doc.Devices {
+		d := &b.ix.doc.Devices[i]
+		path := fmt.Sprintf("devices[%d]", i)
+		ok := true
+		if _, found := b.ix.classes[d.Class]; !found {
+			b.unknown(path+".class", "device class", d.Class)
+			ok = false
+		}
+		if _, found := b.ix.gateways[d.Gateway]; !found {
+			b.unknown(path+".gateway", "gateway", d.Gateway)
+			ok = false
+		}
+		if len(d.Labels) > 0 {
+			b.labels(path, d.Labels)
+		}
+		if name(b, path, "device", d.Name, b.ix.devices, d) && ok {
+			b.ix.devicesByGateway[d.Gateway] = append(b.ix.devicesByGateway[d.Gateway], d)
+			b.groups[group{d.Class, d.Gateway}] = true
+		}
+	}
+}
+
+func (b *builder) services() {
+	for i := range b.ix.doc.Services {
+		s := &b.ix.doc.Services[i]
+		path := fmt.Sprintf("services[%d]", i)
+		b.labels(path, s.Labels)
+		if _, ok := b.ix.zones[s.Zone]; !ok {
+			b.unknown(path+".zone", "zone", s.Zone)
+		}
+		switch s.Protocol {
+		case ProtocolHTTP, ProtocolGRPC, ProtocolTCP:
+		case "":
+			b.errorf(path+".protocol", "is required (http, grpc or tcp)")
+		default:
+			b.errorf(path+".protocol", "unknown protocol %q (want http, grpc or tcp)", s.Protocol)
+		}
+		if s.Protocol != ProtocolTCP && len(s.Hosts) == 0 {
+			b.errorf(path+".hosts", "an %s service needs at least one host", s.Protocol)
+		}
+		for j, h := range s.Hosts {
+			hp := fmt.Sprintf("%s.hosts[%d]", path, j)
+			if !isHost(h) {
+				b.errorf(hp, "%q is not a lowercase DNS name", h)
+				continue
+			}
+			if other, dup := b.ix.serviceByHost[h]; dup {
+				b.errorf(hp, "host %q already names service %q", h, other.Name)
+				continue
+			}
+			b.ix.serviceByHost[h] = s
+		}
+		for j, e := range s.Endpoints {
+			if err := checkEndpoint(e); err != nil {
+				b.errorf(fmt.Sprintf("%s.endpoints[%d]", path, j), "%v", err)
+			}
+		}
+		if name(b, path, "service", s.Name, b.ix.services, s) {
+			b.ix.servicesByZone[s.Zone] = append(b.ix.servicesByZone[s.Zone], s)
+		}
+	}
+}
+
+func (b *builder) flows() {
+	b.ix.rules = make([]Rule, len(b.ix.doc.Flows))
+	for i := range b.ix.doc.Flows {
+		f := &b.ix.doc.Flows[i]
+		path := fmt.Sprintf("flows[%d]", i)
+		r := &b.ix.rules[i]
+		*r = Rule{Flow: f, Position: i}
+		b.labels(path, f.Labels)
+		b.selector(path+".from", &f.From)
+		b.selector(path+".to", &f.To)
+		if f.HTTP != nil {
+			if svc := f.To.serviceNames(); len(svc) > 0 {
+				for _, n := range svc {
+					if s, ok := b.ix.services[n]; ok && s.Protocol == ProtocolTCP {
+						b.errorf(path+".http", "service %q speaks tcp; http matching needs an http or grpc service", n)
+					}
+				}
+			}
+			for j, m := range f.HTTP.Methods {
+				if !httpMethods[m] {
+					b.errorf(fmt.Sprintf("%s.http.methods[%d]", path, j), "unknown HTTP method %q (methods are upper case)", m)
+					continue
+				}
+				if slices.Contains(r.Methods, m) {
+					b.errorf(fmt.Sprintf("%s.http.methods[%d]", path, j), "duplicate method %q", m)
+					continue
+				}
+				r.Methods = append(r.Methods, m)
+			}
+			for j, p := range f.HTTP.Paths {
+				pm, err := parsePath(p)
+				if err != nil {
+					b.errorf(fmt.Sprintf("%s.http.paths[%d]", path, j), "%v", err)
+					continue
+				}
+				r.Paths = append(r.Paths, pm)
+			}
+		}
+		if f.RateLimit != "" {
+			rate, err := ParseRate(f.RateLimit)
+			if err != nil {
+				b.errorf(path+".rateLimit", "%v", err)
+			}
+			r.Rate = rate
+		}
+		name(b, path, "flow", f.Name, b.ix.rulesByName, r)
+	}
+}
+
+func (s *Selector) serviceNames() []string {
+	if s.Service != "" {
+		return append([]string{s.Service}, s.Services...)
+	}
+	return s.Services
+}
+
+func (s *Selector) selectsServices() bool { return s.Service != "" || len(s.Services) > 0 }
+
+func (b *builder) selector(path string, s *Selector) {
+	if len(s.Zones)+len(s.Classes)+len(s.Devices)+len(s.Gateways)+len(s.Services) == 0 && s.Service == "" {
+		b.errorf(path, "selects nothing; give zones, classes, devices, gateways, services or service")
+		return
+	}
+	if s.Service != "" && len(s.Services) > 0 {
+		b.errorf(path, "give either service or services, not both")
+	}
+	if s.selectsServices() && len(s.Classes)+len(s.Devices)+len(s.Gateways) > 0 {
+		b.errorf(path, "a selector of services cannot also name classes, devices or gateways")
+	}
+	refs := func(field, kind string, names []string, exists func(string) bool) {
+		for j, n := range names {
+			if !exists(n) {
+				b.unknown(fmt.Sprintf("%s.%s[%d]", path, field, j), kind, n)
+			}
+		}
+	}
+	refs("zones", "zone", s.Zones, exists(b.ix.zones))
+	refs("classes", "device class", s.Classes, exists(b.ix.classes))
+	refs("devices", "device", s.Devices, exists(b.ix.devices))
+	refs("gateways", "gateway", s.Gateways, exists(b.ix.gateways))
+	refs("services", "service", s.Services, exists(b.ix.services))
+	if s.Service != "" && !exists(b.ix.services)(s.Service) {
+		b.unknown(path+".service", "service", s.Service)
+	}
+}
+
+func exists[T any](m map[string]T) func(string) bool {
+	return func(n string) bool {
+		_, ok := m[n]
+		return ok
+	}
+}
+
+// indexRules records, for each side of each rule, which subjects it selects.
+// Devices are indexed by (class, gateway) group, so a million devices cost
+// one entry per group rather than one per device.
+func (b *builder) indexRules() {
+	ix := b.ix
+	groups := make([]group, 0, len(b.groups))
+	for g := range b.groups {
+		groups = append(groups, g)
+	}
+	slices.SortFunc(groups, func(x, y group) int {
+		return cmp.Or(cmp.Compare(x.gateway, y.gateway), cmp.Compare(x.class, y.class))
+	})
+	for _, side := range []struct {
+		idx *ruleIndex
+		sel func(*Rule) *Selector
+	}{
+		{&ix.from, func(r *Rule) *Selector { return &r.From }},
+		{&ix.to, func(r *Rule) *Selector { return &r.To }},
+	} {
+		*side.idx = ruleIndex{
+			groups:   make(map[group][]*Rule),
+			devices:  make(map[string][]*Rule),
+			services: make(map[string][]*Rule),
+		}
+		for i := range ix.rules {
+			r := &ix.rules[i]
+			s := side.sel(r)
+			switch {
+			case s.selectsServices():
+				for _, n := range s.serviceNames() {
+					if svc := ix.services[n]; len(s.Zones) == 0 || slices.Contains(s.Zones, svc.Zone) {
+						addRule(side.idx.services, n, r)
+					}
+				}
+			case len(s.Devices) > 0:
+				for _, n := range s.Devices {
+					if d := ix.devices[n]; ix.selects(s, d) {
+						addRule(side.idx.devices, n, r)
+					}
+				}
+			default:
+				for _, g := range groups {
+					if ix.selectsGroup(s, g) {
+						side.idx.groups[g] = append(side.idx.groups[g], r)
+					}
+				}
+			}
+		}
+	}
+	for _, list := range ix.devicesByGateway {
+		slices.SortFunc(list, func(x, y *Device) int { return cmp.Compare(x.Name, y.Name) })
+	}
+	for _, list := range ix.gatewaysByZone {
+		slices.SortFunc(list, func(x, y *Gateway) int { return cmp.Compare(x.Name, y.Name) })
+	}
+	for _, list := range ix.servicesByZone {
+		slices.SortFunc(list, func(x, y *Service) int { return cmp.Compare(x.Name, y.Name) })
+	}
+}
+
+// addRule appends r to m[k] unless it is already there. Rules are added in
+// document order, so a repeat is always last: a selector that names the same
+// service or device twice must not list the rule twice.
+func addRule(m map[string][]*Rule, k string, r *Rule) {
+	if l := m[k]; len(l) > 0 && l[len(l)-1] == r {
+		return
+	}
+	m[k] = append(m[k], r)
+}
+
+func (ix *Index) selectsGroup(s *Selector, g group) bool {
+	gw := ix.gateways[g.gateway]
+	return (len(s.Zones) == 0 || slices.Contains(s.Zones, gw.Zone)) &&
+		(len(s.Classes) == 0 || slices.Contains(s.Classes, g.class)) &&
+		(len(s.Gateways) == 0 || slices.Contains(s.Gateways, g.gateway))
+}
+
+func (ix *Index) selects(s *Selector, d *Device) bool {
+	return ix.selectsGroup(s, group{d.Class, d.Gateway}) &&
+		(len(s.Devices) == 0 || slices.Contains(s.Devices, d.Name))
+}
