@@ -1,0 +1,37 @@
+# Vigil. `make test` is what CI runs (.ci/run): formatting, vet, unit tests
+# with the race detector, then the multi-process e2e tests.
+GO       ?= go
+FUZZTIME ?= 30s
+
+.PHONY: all build test fmt-check vet unit e2e fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -o bin/vigil ./cmd/vigil
+
+test: fmt-check vet unit e2e
+
+fmt-check:
+	@out=$$(gofmt -l . ); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+	cd e2e && $(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 10m ./...
+
+e2e:
+	cd e2e && $(GO) test -count=1 -timeout 20m ./...
+
+# Coverage-guided fuzzing of the parsers (not part of `make test`).
+fuzz:
+	$(GO) test ./topology -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME)
+
+# Benchmarks and load tools print their figures and the hardware; see BENCHMARKS.md.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./topology ./raft
+
+clean:
+	rm -rf bin e2e/bin

@@ -1,0 +1,175 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vigil-iot/vigil/raft"
+	"github.com/vigil-iot/vigil/topology"
+)
+
+// DefaultAddr is where a member serves the API unless told otherwise.
+const DefaultAddr = "127.0.0.1:7070"
+
+// Client calls one member's API. Errors the server reports come back as
+// *Error, with every validation problem in Errors.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+	// MinRevision, when set, makes reads wait (bounded, at the server) until
+	// the member has applied that revision.
+	MinRevision topology.Revision
+}
+
+// NewClient returns a client for the member at addr ("host:port" or a URL).
+func NewClient(addr, token string) *Client {
+	return &Client{base: baseURL(addr), token: token, http: &http.Client{Timeout: 2 * time.Minute}}
+}
+
+func baseURL(addr string) string {
+	if strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://") {
+		return strings.TrimSuffix(addr, "/")
+	}
+	return "http://" + addr
+}
+
+// Addr is the base URL the client calls.
+func (c *Client) Addr() string { return c.base }
+
+func (c *Client) do(ctx context.Context, method, path, contentType string, body []byte, out any) error {
+	if c.MinRevision > 0 && method == http.MethodGet {
+		path += "?min_revision=" + strconv.FormatUint(uint64(c.MinRevision), 10)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	if _, raw := out.(*[]byte); raw {
+		req.Header.Set("Accept", "application/yaml")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("vigil at %s: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("vigil at %s: reading response: %w", c.base, err)
+	}
+	if resp.StatusCode >= 300 {
+		e := &Error{Status: resp.StatusCode}
+		if json.Unmarshal(data, e) != nil || e.Message == "" {
+			e.Code, e.Message = CodeInternal, fmt.Sprintf("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(data)))
+		}
+		return e
+	}
+	if out == nil {
+		return nil
+	}
+	if b, ok := out.(*[]byte); ok {
+		*b = data
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("vigil at %s: decoding response: %w", c.base, err)
+	}
+	return nil
+}
+
+func (c *Client) send(ctx context.Context, method, path string, in, out any) error {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, method, path, "application/json", body, out)
+}
+
+// Topology returns the current document.
+func (c *Client) Topology(ctx context.Context) (*TopologyResponse, error) {
+	var out TopologyResponse
+	return &out, c.do(ctx, http.MethodGet, "/v1/topology", "", nil, &out)
+}
+
+// TopologyYAML returns the current document as YAML, in document order.
+func (c *Client) TopologyYAML(ctx context.Context) ([]byte, error) {
+	var out []byte
+	return out, c.do(ctx, http.MethodGet, "/v1/topology", "", nil, &out)
+}
+
+// ApplyTopology replaces the document with a YAML or JSON one.
+func (c *Client) ApplyTopology(ctx context.Context, doc []byte) (topology.Revision, error) {
+	var out WriteResponse
+	err := c.do(ctx, http.MethodPut, "/v1/topology", "application/yaml", doc, &out)
+	return out.Revision, err
+}
+
+func subjectPath(kind topology.Kind, name string) string {
+	return "/v1/" + kind.String() + "s/" + url.PathEscape(name)
+}
+
+// Subject returns a device's or gateway's record and runtime state.
+func (c *Client) Subject(ctx context.Context, kind topology.Kind, name string) (*Subject, error) {
+	var out Subject
+	return &out, c.do(ctx, http.MethodGet, subjectPath(kind, name), "", nil, &out)
+}
+
+// Quarantine cuts a device or gateway off everywhere.
+func (c *Client) Quarantine(ctx context.Context, kind topology.Kind, name, reason string) (*Subject, error) {
+	var out Subject
+	return &out, c.send(ctx, http.MethodPost, subjectPath(kind, name)+"/quarantine", QuarantineRequest{Reason: reason}, &out)
+}
+
+// Release lifts a quarantine.
+func (c *Client) Release(ctx context.Context, kind topology.Kind, name string) (*Subject, error) {
+	var out Subject
+	return &out, c.send(ctx, http.MethodPost, subjectPath(kind, name)+"/release", struct{}{}, &out)
+}
+
+// UpdateState applies a batch of runtime-state changes atomically.
+func (c *Client) UpdateState(ctx context.Context, ops []raft.StateOp) (topology.Revision, error) {
+	var out WriteResponse
+	err := c.send(ctx, http.MethodPost, "/v1/state", StateRequest{Ops: ops}, &out)
+	return out.Revision, err
+}
+
+// ClusterStatus reports every member and the revision it has applied.
+func (c *Client) ClusterStatus(ctx context.Context) (*ClusterStatus, error) {
+	var out ClusterStatus
+	return &out, c.do(ctx, http.MethodGet, "/v1/cluster/status", "", nil, &out)
+}
+
+// Self reports the answering member's own raft status.
+func (c *Client) Self(ctx context.Context) (*raft.Status, error) {
+	var out raft.Status
+	return &out, c.do(ctx, http.MethodGet, "/v1/cluster/self", "", nil, &out)
+}
+
+// Join asks the cluster to add m as a voter.
+func (c *Client) Join(ctx context.Context, m raft.Member) error {
+	return c.send(ctx, http.MethodPost, "/v1/cluster/join", m, nil)
+}
+
+// RemoveMember removes a member from the cluster.
+func (c *Client) RemoveMember(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/cluster/members/"+url.PathEscape(id), "", nil, nil)
+}
+
+// Health reports whether the member answers at all (no token needed).
+func (c *Client) Health(ctx context.Context) error {
+	return c.do(ctx, http.MethodGet, "/healthz", "", nil, nil)
+}

@@ -1,0 +1,398 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/vigil-iot/vigil/raft"
+	"github.com/vigil-iot/vigil/topology"
+)
+
+const (
+	// MaxDocumentBytes bounds an uploaded topology document.
+	MaxDocumentBytes = 1 << 30
+	maxRequestBytes  = 16 << 20
+	maxReasonLen     = 1024
+	// writeDeadline bounds how long a write waits for a leader, across
+	// elections, before it fails.
+	writeDeadline = 10 * time.Second
+	maxReadWait   = 10 * time.Second
+
+	headerRevision  = "X-Vigil-Revision"
+	headerForwarded = "X-Vigil-Forwarded-By"
+)
+
+// Store is what the API needs of the replicated store.
+type Store interface {
+	ID() string
+	Current() *topology.Snapshot
+	WaitFor(ctx context.Context, rev topology.Revision) (*topology.Snapshot, error)
+	Leader() (id, addr string)
+	Member(id string) (raft.Member, bool)
+	Status() (raft.Status, error)
+	ReplaceDocument(ctx context.Context, doc *topology.Document) (topology.Revision, error)
+	UpdateState(ctx context.Context, ops []raft.StateOp) (topology.Revision, error)
+	AddVoter(ctx context.Context, m raft.Member) error
+	RemoveMember(ctx context.Context, id string) error
+}
+
+var _ Store = (*raft.Store)(nil)
+
+// ServerConfig sets up a Server.
+type ServerConfig struct {
+	Store  Store
+	Tokens *Tokens
+	// PeerToken authenticates this member to the others (status calls).
+	PeerToken string
+	Logger    *slog.Logger
+	Now       func() time.Time
+}
+
+// Server serves the HTTP API of one member.
+type Server struct {
+	cfg ServerConfig
+	mux *http.ServeMux
+}
+
+// NewServer builds the API handler.
+func NewServer(cfg ServerConfig) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /healthz", s.health)
+	s.route("GET /v1/topology", s.getTopology)
+	s.route("PUT /v1/topology", s.write(s.putTopology))
+	s.route("GET /v1/devices/{name}", s.getSubject(topology.KindDevice))
+	s.route("GET /v1/gateways/{name}", s.getSubject(topology.KindGateway))
+	s.route("POST /v1/devices/{name}/quarantine", s.write(s.quarantine(topology.KindDevice)))
+	s.route("POST /v1/gateways/{name}/quarantine", s.write(s.quarantine(topology.KindGateway)))
+	s.route("POST /v1/devices/{name}/release", s.write(s.release(topology.KindDevice)))
+	s.route("POST /v1/gateways/{name}/release", s.write(s.release(topology.KindGateway)))
+	s.route("POST /v1/state", s.write(s.updateState))
+	s.route("GET /v1/cluster/status", s.clusterStatus)
+	s.route("GET /v1/cluster/self", s.self)
+	s.route("POST /v1/cluster/join", s.write(s.join))
+	s.route("DELETE /v1/cluster/members/{id}", s.write(s.removeMember))
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, &Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: "no such endpoint: " + r.Method + " " + r.URL.Path})
+	})
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+type actorKey struct{}
+
+func actorOf(r *http.Request) string { a, _ := r.Context().Value(actorKey{}).(string); return a }
+
+// route registers an authenticated handler.
+func (s *Server) route(pattern string, h func(http.ResponseWriter, *http.Request) error) {
+	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		actor, ok := s.cfg.Tokens.Actor(r)
+		if !ok {
+			s.cfg.Logger.Warn("api: unauthenticated request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+			writeError(w, &Error{Status: http.StatusUnauthorized, Code: CodeUnauthenticated, Message: "a valid bearer token is required"})
+			return
+		}
+		r = r.WithContext(context.WithValue(r.Context(), actorKey{}, actor))
+		if err := h(w, r); err != nil {
+			s.fail(w, r, err)
+		}
+	})
+}
+
+// fail turns an error into its HTTP form; it is the only place that does.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var apiErr *Error
+	var verr *topology.ValidationError
+	switch {
+	case errors.As(err, &apiErr):
+	case errors.As(err, &verr):
+		apiErr = &Error{Status: http.StatusUnprocessableEntity, Code: CodeInvalidDocument,
+			Message: fmt.Sprintf("the document has %d problem(s); nothing was changed", len(verr.Errors)), Errors: verr.Errors}
+	case errors.Is(err, topology.ErrSyntax):
+		apiErr = &Error{Status: http.StatusBadRequest, Code: CodeBadDocument, Message: err.Error() + "; nothing was changed"}
+	case errors.Is(err, raft.ErrRejected):
+		apiErr = &Error{Status: http.StatusUnprocessableEntity, Code: CodeRejected, Message: err.Error()}
+	case errors.Is(err, raft.ErrNotLeader):
+		apiErr = &Error{Status: http.StatusServiceUnavailable, Code: CodeNoLeader, Message: err.Error() + "; retry"}
+	case errors.Is(err, context.DeadlineExceeded):
+		apiErr = &Error{Status: http.StatusGatewayTimeout, Code: CodeTimeout, Message: err.Error()}
+	default:
+		s.cfg.Logger.Error("api: request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		apiErr = &Error{Status: http.StatusInternalServerError, Code: CodeInternal, Message: err.Error()}
+	}
+	writeError(w, apiErr)
+}
+
+func writeError(w http.ResponseWriter, e *Error) {
+	if e.Status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	writeJSON(w, e.Status, e)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func badRequest(format string, args ...any) error {
+	return &Error{Status: http.StatusBadRequest, Code: CodeBadRequest, Message: fmt.Sprintf(format, args...)}
+}
+
+func notFound(format string, args ...any) error {
+	return &Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: fmt.Sprintf(format, args...)}
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "id": s.cfg.Store.ID(), "revision": s.cfg.Store.Current().Revision()})
+}
+
+// snapshot returns the local snapshot, first waiting (bounded) for the
+// revision a client asked for with ?min_revision=N, so that a client can
+// read its own writes at any member.
+func (s *Server) snapshot(w http.ResponseWriter, r *http.Request) (*topology.Snapshot, error) {
+	snap := s.cfg.Store.Current()
+	if v := r.URL.Query().Get("min_revision"); v != "" {
+		rev, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return nil, badRequest("min_revision %q is not a number", v)
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), maxReadWait)
+		defer cancel()
+		if snap, err = s.cfg.Store.WaitFor(ctx, topology.Revision(rev)); err != nil {
+			return nil, fmt.Errorf("waiting for revision %d (this member is at %d): %w", rev, snap.Revision(), err)
+		}
+	}
+	w.Header().Set(headerRevision, strconv.FormatUint(uint64(snap.Revision()), 10))
+	return snap, nil
+}
+
+func (s *Server) getTopology(w http.ResponseWriter, r *http.Request) error {
+	snap, err := s.snapshot(w, r)
+	if err != nil {
+		return err
+	}
+	if !snap.HasDocument() {
+		return notFound("no topology has been applied yet")
+	}
+	resp := TopologyResponse{Revision: snap.Revision(), DocumentRevision: snap.DocumentRevision(), Document: snap.Index().Document()}
+	if strings.Contains(r.Header.Get("Accept"), "yaml") {
+		w.Header().Set("Content-Type", "application/yaml")
+		fmt.Fprintf(w, "# revision %d (document applied at revision %d)\n", resp.Revision, resp.DocumentRevision)
+		enc := yaml.NewEncoder(w)
+		enc.SetIndent(2)
+		defer enc.Close()
+		return enc.Encode(resp.Document)
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+func (s *Server) putTopology(w http.ResponseWriter, r *http.Request, body []byte) error {
+	ix, err := topology.Load(body)
+	if err != nil {
+		return err
+	}
+	rev, err := s.cfg.Store.ReplaceDocument(r.Context(), ix.Document())
+	if err != nil {
+		return err
+	}
+	s.cfg.Logger.Info("api: topology applied", "revision", rev, "by", actorOf(r),
+		"zones", ix.NumZones(), "gateways", ix.NumGateways(), "devices", ix.NumDevices(), "flows", ix.NumFlows())
+	writeJSON(w, http.StatusOK, WriteResponse{Revision: rev})
+	return nil
+}
+
+func (s *Server) getSubject(kind topology.Kind) func(http.ResponseWriter, *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		snap, err := s.snapshot(w, r)
+		if err != nil {
+			return err
+		}
+		v, err := subjectView(snap, topology.Subject{Kind: kind, Name: r.PathValue("name")})
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, v)
+		return nil
+	}
+}
+
+func subjectView(snap *topology.Snapshot, sub topology.Subject) (*Subject, error) {
+	ix := snap.Index()
+	id, ok := ix.SPIFFEID(sub)
+	if !ok {
+		return nil, notFound("no %s named %q at revision %d", sub.Kind, sub.Name, snap.Revision())
+	}
+	zone, _ := ix.ZoneOf(sub)
+	v := &Subject{Revision: snap.Revision(), Kind: sub.Kind, Name: sub.Name, Zone: zone, SPIFFEID: id,
+		Quarantined: snap.Quarantined(sub), State: snap.SubjectState(sub)}
+	switch sub.Kind {
+	case topology.KindDevice:
+		d, _ := ix.Device(sub.Name)
+		v.Class, v.Gateway, v.Labels = d.Class, d.Gateway, d.Labels
+	case topology.KindGateway:
+		g, _ := ix.Gateway(sub.Name)
+		v.Labels, v.Devices = g.Labels, len(ix.DevicesOf(sub.Name))
+	}
+	return v, nil
+}
+
+func (s *Server) quarantine(kind topology.Kind) writeHandler {
+	return func(w http.ResponseWriter, r *http.Request, body []byte) error {
+		var req QuarantineRequest
+		if err := decodeStrict(body, &req); err != nil {
+			return err
+		}
+		req.Reason = strings.TrimSpace(req.Reason)
+		if req.Reason == "" || len(req.Reason) > maxReasonLen {
+			return badRequest("a reason of 1 to %d characters is required", maxReasonLen)
+		}
+		op := raft.StateOp{Subject: topology.Subject{Kind: kind, Name: r.PathValue("name")}, Op: raft.OpQuarantine,
+			Quarantine: &topology.Quarantine{Reason: req.Reason, By: actorOf(r), Since: s.cfg.Now().UTC()}}
+		return s.applyOne(w, r, op)
+	}
+}
+
+func (s *Server) release(kind topology.Kind) writeHandler {
+	return func(w http.ResponseWriter, r *http.Request, _ []byte) error {
+		return s.applyOne(w, r, raft.StateOp{Subject: topology.Subject{Kind: kind, Name: r.PathValue("name")}, Op: raft.OpRelease})
+	}
+}
+
+func (s *Server) applyOne(w http.ResponseWriter, r *http.Request, op raft.StateOp) error {
+	rev, err := s.cfg.Store.UpdateState(r.Context(), []raft.StateOp{op})
+	if errors.Is(err, raft.ErrRejected) && !s.cfg.Store.Current().Index().Exists(op.Subject) {
+		return notFound("no %s named %q", op.Subject.Kind, op.Subject.Name)
+	}
+	if err != nil {
+		return err
+	}
+	s.cfg.Logger.Info("api: "+string(op.Op), "subject", op.Subject.String(), "by", actorOf(r), "revision", rev)
+	snap, err := s.cfg.Store.WaitFor(r.Context(), rev)
+	if err != nil {
+		return err
+	}
+	v, err := subjectView(snap, op.Subject)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+func (s *Server) updateState(w http.ResponseWriter, r *http.Request, body []byte) error {
+	var req StateRequest
+	if err := decodeStrict(body, &req); err != nil {
+		return err
+	}
+	rev, err := s.cfg.Store.UpdateState(r.Context(), req.Ops)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, WriteResponse{Revision: rev})
+	return nil
+}
+
+func (s *Server) join(w http.ResponseWriter, r *http.Request, body []byte) error {
+	var m JoinRequest
+	if err := decodeStrict(body, &m); err != nil {
+		return err
+	}
+	if m.ID == "" || m.RaftAddr == "" || m.APIAddr == "" {
+		return badRequest("id, raftAddr and apiAddr are required")
+	}
+	if err := s.cfg.Store.AddVoter(r.Context(), m); err != nil {
+		return err
+	}
+	s.cfg.Logger.Info("api: member joined", "id", m.ID, "raft", m.RaftAddr, "api", m.APIAddr, "by", actorOf(r))
+	writeJSON(w, http.StatusOK, map[string]string{"joined": m.ID})
+	return nil
+}
+
+func (s *Server) removeMember(w http.ResponseWriter, r *http.Request, _ []byte) error {
+	id := r.PathValue("id")
+	if err := s.cfg.Store.RemoveMember(r.Context(), id); err != nil {
+		return err
+	}
+	s.cfg.Logger.Info("api: member removed", "id", id, "by", actorOf(r))
+	writeJSON(w, http.StatusOK, map[string]string{"removed": id})
+	return nil
+}
+
+func (s *Server) self(w http.ResponseWriter, r *http.Request) error {
+	st, err := s.cfg.Store.Status()
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, st)
+	return nil
+}
+
+// clusterStatus asks every member for the revision it has applied.
+func (s *Server) clusterStatus(w http.ResponseWriter, r *http.Request) error {
+	st, err := s.cfg.Store.Status()
+	if err != nil {
+		return err
+	}
+	out := ClusterStatus{AnsweredBy: st.ID, LeaderID: st.LeaderID, Term: st.Term, Revision: st.Revision,
+		Members: make([]MemberStatus, len(st.Members))}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	done := make(chan struct{}, len(st.Members))
+	for i, m := range st.Members {
+		out.Members[i].MemberStatus = m
+		go func(ms *MemberStatus) {
+			defer func() { done <- struct{}{} }()
+			self := &st
+			if ms.ID != st.ID {
+				if ms.APIAddr == "" {
+					ms.Error = "member has not registered its API address"
+					return
+				}
+				var err error
+				if self, err = NewClient(ms.APIAddr, s.cfg.PeerToken).Self(ctx); err != nil {
+					ms.Error = err.Error()
+					return
+				}
+			}
+			ms.Reachable, ms.State, ms.AppliedIndex, ms.Revision = true, self.State, self.AppliedIndex, self.Revision
+		}(&out.Members[i])
+	}
+	for range st.Members {
+		<-done
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// decodeStrict decodes a JSON body, rejecting unknown fields.
+func decodeStrict(body []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		return badRequest("request body: %v", err)
+	}
+	return nil
+}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vigil-iot/vigil/node"
+)
+
+// memberFlags are the flags of commands that run a member.
+type memberFlags struct {
+	cfg      node.Config
+	logLevel string
+}
+
+func (m *memberFlags) register(cmd *cobra.Command) {
+	m.cfg = node.DefaultConfig()
+	f := cmd.Flags()
+	f.StringVar(&m.cfg.DataDir, "data-dir", m.cfg.DataDir, "directory for the raft log, snapshots and this member's secrets")
+	f.StringVar(&m.cfg.RaftAddr, "raft-addr", m.cfg.RaftAddr, "raft listen address")
+	f.StringVar(&m.cfg.RaftAdvertise, "raft-advertise", "", "raft address peers dial (default: --raft-addr)")
+	f.StringVar(&m.cfg.APIAddr, "api-addr", m.cfg.APIAddr, "HTTP API listen address")
+	f.StringVar(&m.cfg.APIAdvertise, "api-advertise", "", "API address peers and forwarded writes use (default: --api-addr)")
+	f.StringVar(&m.cfg.ClusterKeyFile, "cluster-key-file", "", "cluster key that raft peers authenticate with (default <data-dir>/cluster.key, created by a founding member)")
+	f.StringVar(&m.cfg.TokenFile, "token-file", "", "operators' API tokens, \"name:token\" per line (default <data-dir>/api-tokens, created if missing)")
+	f.StringVar(&m.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringVar(&m.cfg.RaftLogLevel, "raft-log-level", "warn", "log level of the raft library itself")
+}
+
+func (m *memberFlags) logger() (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(m.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})), nil
+}
+
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+func newServeCmd() *cobra.Command {
+	var m memberFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run a Vigil member",
+		Long: `Run one member of a Vigil cluster.
+
+A member started with an empty data dir and no --join founds a new cluster of
+one, creating its cluster key and an API token file in the data dir. Further
+members are started with --join <API address of any member> and the founding
+member's cluster key (--cluster-key-file) and token file (--token-file). A
+member restarted on its data dir rejoins its cluster by itself.
+
+Settings come from flags, then VIGIL_* environment variables, then --config,
+a YAML file of flag names and values (e.g. "node-id: n1").`,
+		Example: `  vigil serve --node-id n1 --data-dir /var/lib/vigil
+  vigil serve --node-id n2 --data-dir /var/lib/vigil --raft-addr 10.0.0.2:7000 \
+      --api-addr 10.0.0.2:7070 --join 10.0.0.1:7070 \
+      --cluster-key-file /etc/vigil/cluster.key --token-file /etc/vigil/api-tokens`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := m.logger()
+			if err != nil {
+				return err
+			}
+			m.cfg.Logger = log
+			n, err := node.Start(m.cfg)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signalContext()
+			defer stop()
+			return n.Run(ctx)
+		},
+	}
+	m.register(cmd)
+	host, _ := os.Hostname()
+	cmd.Flags().StringVar(&m.cfg.ID, "node-id", host, "this member's unique ID (pinned to its data dir)")
+	cmd.Flags().StringVar(&m.cfg.Join, "join", "", "API address of any member of the cluster to join")
+	cmd.Flags().String("config", "", "YAML file of settings (env VIGIL_CONFIG)")
+	return cmd
+}

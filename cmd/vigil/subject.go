@@ -1,0 +1,128 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vigil-iot/vigil/api"
+	"github.com/vigil-iot/vigil/topology"
+)
+
+// newSubjectCmd builds "vigil device …" or "vigil gateway …".
+func newSubjectCmd(kindName string) *cobra.Command {
+	kind, _ := topology.ParseKind(kindName)
+	cmd := &cobra.Command{Use: kindName, Short: "Read and quarantine a " + kindName}
+
+	var getFlags clientFlags
+	get := &cobra.Command{
+		Use:   "get NAME",
+		Short: "Show a " + kindName + ", its identity and its runtime state",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := getFlags.client()
+			if err != nil {
+				return err
+			}
+			s, err := cl.Subject(cmd.Context(), kind, args[0])
+			if err != nil {
+				return err
+			}
+			return getFlags.print(cmd.OutOrStdout(), s, func(w io.Writer) { printSubject(w, s) })
+		},
+	}
+	getFlags.register(get, true)
+
+	var qFlags clientFlags
+	var reason string
+	quarantine := &cobra.Command{
+		Use:   "quarantine NAME --reason TEXT",
+		Short: "Cut a " + kindName + " off everywhere until it is released",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if strings.TrimSpace(reason) == "" {
+				return fmt.Errorf("--reason is required: say why, it is recorded with the quarantine")
+			}
+			cl, err := qFlags.client()
+			if err != nil {
+				return err
+			}
+			s, err := cl.Quarantine(cmd.Context(), kind, args[0], reason)
+			if err != nil {
+				return err
+			}
+			return qFlags.print(cmd.OutOrStdout(), s, func(w io.Writer) {
+				fmt.Fprintf(w, "%s %s quarantined at revision %d\n", kindName, s.Name, s.Revision)
+			})
+		},
+	}
+	qFlags.register(quarantine, true)
+	quarantine.Flags().StringVar(&reason, "reason", "", "why (recorded with the quarantine)")
+
+	var rFlags clientFlags
+	release := &cobra.Command{
+		Use:   "release NAME",
+		Short: "Lift a " + kindName + "'s quarantine",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := rFlags.client()
+			if err != nil {
+				return err
+			}
+			s, err := cl.Release(cmd.Context(), kind, args[0])
+			if err != nil {
+				return err
+			}
+			return rFlags.print(cmd.OutOrStdout(), s, func(w io.Writer) {
+				fmt.Fprintf(w, "%s %s released at revision %d\n", kindName, s.Name, s.Revision)
+			})
+		},
+	}
+	rFlags.register(release, true)
+
+	cmd.AddCommand(get, quarantine, release)
+	return cmd
+}
+
+func printSubject(w io.Writer, s *api.Subject) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	defer tw.Flush()
+	row := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(tw, "%s\t%s\n", k, v)
+		}
+	}
+	row("Name", s.Name)
+	row("Kind", s.Kind.String())
+	row("Zone", s.Zone)
+	row("Class", s.Class)
+	row("Gateway", s.Gateway)
+	if s.Kind == topology.KindGateway {
+		row("Devices", fmt.Sprint(s.Devices))
+	}
+	row("SPIFFE ID", s.SPIFFEID)
+	for k, v := range s.Labels {
+		row("Label "+k, v)
+	}
+	quarantine := "no"
+	if st := s.State; st != nil && st.Quarantine != nil {
+		q := st.Quarantine
+		quarantine = fmt.Sprintf("yes, since %s by %s: %s", q.Since.Format(time.RFC3339), q.By, q.Reason)
+	}
+	row("Quarantined", quarantine)
+	if st := s.State; st != nil && st.Risk != nil {
+		row("Risk", fmt.Sprintf("%d (updated %s)", st.Risk.Score, st.Risk.UpdatedAt.Format(time.RFC3339)))
+	}
+	attest := "none"
+	if st := s.State; st != nil && st.Attestation != nil {
+		a := st.Attestation
+		attest = fmt.Sprintf("%s, firmware %s, verified %s, expires %s", a.Method, a.FirmwareVersion,
+			a.VerifiedAt.Format(time.RFC3339), a.ExpiresAt.Format(time.RFC3339))
+	}
+	row("Attestation", attest)
+	row("Revision", fmt.Sprint(s.Revision))
+}

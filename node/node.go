@@ -1,0 +1,248 @@
+package node
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vigil-iot/vigil/api"
+	"github.com/vigil-iot/vigil/raft"
+)
+
+// Config is one member's configuration.
+type Config struct {
+	ID      string
+	DataDir string
+	// RaftAddr is the raft listen address; RaftAdvertise what peers dial.
+	RaftAddr, RaftAdvertise string
+	// APIAddr is the HTTP API listen address; APIAdvertise what peers and
+	// forwarded writes use.
+	APIAddr, APIAdvertise string
+	// Join is the API address of any member of an existing cluster. Empty
+	// means: found a new cluster if this data dir holds none.
+	Join string
+	// ClusterKeyFile authenticates raft peers; TokenFile lists operators'
+	// API tokens. Both default to files in DataDir, created when missing.
+	ClusterKeyFile, TokenFile string
+	RaftLogLevel              string
+	Logger                    *slog.Logger
+}
+
+// DefaultConfig holds the documented defaults.
+func DefaultConfig() Config {
+	return Config{DataDir: "vigil-data", RaftAddr: "127.0.0.1:7000", APIAddr: api.DefaultAddr}
+}
+
+// Validate checks the configuration and fills in derived defaults.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.ID == "" {
+		errs = append(errs, errors.New("node id is required (--node-id)"))
+	} else if !validID(c.ID) {
+		errs = append(errs, fmt.Errorf("node id %q must be 1-63 characters of a-z, 0-9, '-' and '_'", c.ID))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data dir is required (--data-dir)"))
+	}
+	for name, a := range map[string]string{"raft address": c.RaftAddr, "API address": c.APIAddr} {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %v", name, a, err))
+		}
+	}
+	c.ClusterKeyFile = cmp.Or(c.ClusterKeyFile, filepath.Join(c.DataDir, "cluster.key"))
+	c.TokenFile = cmp.Or(c.TokenFile, filepath.Join(c.DataDir, "api-tokens"))
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return errors.Join(errs...)
+}
+
+func validID(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	return strings.Trim(s, "abcdefghijklmnopqrstuvwxyz0123456789-_") == ""
+}
+
+// Node is one running member.
+type Node struct {
+	cfg      Config
+	store    *raft.Store
+	apiLn    net.Listener
+	apiAddr  string // advertised
+	http     *http.Server
+	peer     string // peer API token
+	existing bool
+}
+
+// Start provisions secrets, opens the store and binds the API listener. It
+// returns once the member is listening; Run serves.
+func Start(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if err := checkNodeID(cfg.DataDir, cfg.ID); err != nil {
+		return nil, err
+	}
+	existing := hasRaftState(cfg.DataDir)
+	key, err := loadClusterKey(cfg.ClusterKeyFile, cfg.Join == "" && !existing)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(cfg.TokenFile); errors.Is(err, fs.ErrNotExist) {
+		if err := GenerateTokenFile(cfg.TokenFile, "admin"); err != nil {
+			return nil, fmt.Errorf("create token file: %w", err)
+		}
+		log.Info("created an API token file; clients use it with --token-file or VIGIL_TOKEN_FILE", "path", cfg.TokenFile)
+	}
+	if _, err := readSecret(cfg.TokenFile); err != nil {
+		return nil, fmt.Errorf("token file: %w", err)
+	}
+	tokens, err := api.LoadTokens(cfg.TokenFile, key)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.APIAddr)
+	if err != nil {
+		return nil, fmt.Errorf("API listen on %s: %w", cfg.APIAddr, err)
+	}
+	advertise := cmp.Or(cfg.APIAdvertise, ln.Addr().String())
+	if host, _, _ := net.SplitHostPort(advertise); host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
+		ln.Close()
+		return nil, fmt.Errorf("API address %s cannot be dialled by peers; set --api-advertise", advertise)
+	}
+	store, err := raft.Open(raft.Config{
+		ID: cfg.ID, DataDir: cfg.DataDir, BindAddr: cfg.RaftAddr, AdvertiseAddr: cfg.RaftAdvertise,
+		ClusterKey: key, Bootstrap: cfg.Join == "", Logger: log, RaftLogLevel: cfg.RaftLogLevel,
+	})
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	n := &Node{cfg: cfg, store: store, apiLn: ln, apiAddr: advertise, peer: api.PeerToken(key), existing: existing}
+	n.http = &http.Server{
+		Handler:           api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Logger: log}),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	return n, nil
+}
+
+// checkNodeID pins the member ID to its data dir, so that a data dir is
+// never reused under another identity.
+func checkNodeID(dir, id string) error {
+	path := filepath.Join(dir, "node-id")
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return os.WriteFile(path, []byte(id+"\n"), 0o600)
+	}
+	if err != nil {
+		return err
+	}
+	if have := strings.TrimSpace(string(data)); have != id {
+		return fmt.Errorf("data dir %s belongs to member %q, not %q", dir, have, id)
+	}
+	return nil
+}
+
+func hasRaftState(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "raft.db"))
+	return err == nil
+}
+
+// Store is the member's replicated store.
+func (n *Node) Store() *raft.Store { return n.store }
+
+// APIAddr is the advertised API address.
+func (n *Node) APIAddr() string { return n.apiAddr }
+
+// TokenFile is the path of the operators' token file.
+func (n *Node) TokenFile() string { return n.cfg.TokenFile }
+
+// Run serves until ctx ends or a part fails, then stops everything.
+func (n *Node) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	go func() {
+		if err := n.http.Serve(n.apiLn); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("API server: %w", err)
+		}
+	}()
+	go func() {
+		if err := n.register(ctx); err != nil && ctx.Err() == nil {
+			errc <- err
+		}
+	}()
+	n.cfg.Logger.Info("vigil member serving", "id", n.cfg.ID, "api", n.apiAddr, "raft", n.store.Addr(), "data_dir", n.cfg.DataDir)
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
+	defer done()
+	n.http.Shutdown(shutdown)
+	if cerr := n.store.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("close store: %w", cerr)
+	}
+	return err
+}
+
+// register makes sure the cluster knows this member and its addresses: a
+// new member joins through cfg.Join; a restarted one re-registers if its
+// addresses changed; a founding member registers itself once it leads.
+func (n *Node) register(ctx context.Context) error {
+	want := raft.Member{ID: n.cfg.ID, RaftAddr: n.store.Addr(), APIAddr: n.apiAddr}
+	log := n.cfg.Logger
+	wait := 100 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		if have, ok := n.store.Member(n.cfg.ID); ok && have == want {
+			if attempt > 0 {
+				log.Info("member registered", "id", want.ID, "api", want.APIAddr, "raft", want.RaftAddr)
+			}
+			return nil
+		}
+		err := n.registerOnce(ctx, want)
+		if err != nil && attempt%10 == 9 {
+			log.Warn("still trying to register with the cluster", "attempt", attempt+1, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 2*time.Second)
+	}
+}
+
+func (n *Node) registerOnce(ctx context.Context, want raft.Member) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if n.store.IsLeader() {
+		return n.store.RegisterMember(ctx, want)
+	}
+	target := n.cfg.Join
+	if id, _ := n.store.Leader(); id != "" {
+		if m, ok := n.store.Member(id); ok && m.APIAddr != "" {
+			target = m.APIAddr
+		}
+	}
+	if target == "" {
+		return errors.New("no leader known yet")
+	}
+	return api.NewClient(target, n.peer).Join(ctx, want)
+}
