@@ -203,7 +203,17 @@ func assemble(p *pendingDocument) (*topology.Document, error) {
 	if len(raw) > maxDocumentBytes {
 		return nil, fmt.Errorf("document is larger than %d bytes", maxDocumentBytes)
 	}
-	return topology.Decode(raw)
+	// The leader encoded this document from one it had validated, so the
+	// key-case and duplicate checks that topology.Decode applies to
+	// hand-written input are not needed; unknown fields (a newer leader)
+	// still are an error.
+	var doc topology.Document
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&doc); err != nil {
+		return nil, fmt.Errorf("document does not decode: %w", err)
+	}
+	return &doc, nil
 }
 
 // applyState applies a batch atomically: one bad operation rejects it all.

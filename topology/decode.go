@@ -131,9 +131,11 @@ func (w *jsonWalker) value(t reflect.Type) error {
 				return fmt.Errorf("%w: %s", ErrSyntax, err)
 			}
 			key, _ := tok.(string)
-			line := lineOf(w.data, w.dec.InputOffset())
+			// Lines are counted only for an error: counting them for every
+			// key would make a large document quadratic.
+			line := func() int { return lineOf(w.data, w.dec.InputOffset()) }
 			if seen[key] {
-				return fmt.Errorf("%w: line %d: duplicate key %q", ErrSyntax, line, key)
+				return fmt.Errorf("%w: line %d: duplicate key %q", ErrSyntax, line(), key)
 			}
 			seen[key] = true
 			elem := anyType
@@ -141,7 +143,7 @@ func (w *jsonWalker) value(t reflect.Type) error {
 			case reflect.Struct:
 				ft, ok := fields[key]
 				if !ok {
-					return fmt.Errorf("%w: line %d: unknown field %q in %s", ErrSyntax, line, key, t.Name())
+					return fmt.Errorf("%w: line %d: unknown field %q in %s", ErrSyntax, line(), key, t.Name())
 				}
 				elem = ft
 			case reflect.Map:

@@ -48,29 +48,40 @@ func (s *SubjectState) IsZero() bool {
 	return s == nil || s.Quarantine == nil && s.Risk == nil && s.Attestation == nil
 }
 
-const stateShards = 1024
+// State is a two-level hash trie: 256 nodes of 256 leaf maps. At a million
+// subjects a leaf holds about 15 entries, so a write copies two arrays of
+// 256 pointers and one small map.
+const fanout = 256
 
 var stateSeed = maphash.MakeSeed()
 
+type stateNode struct {
+	leaves [fanout]map[Subject]*SubjectState
+}
+
 // State maps subjects to their runtime state. It is immutable: With and
-// Retain return a new State that shares every shard they did not change, so
-// one write to a million-subject state copies about a thousand entries.
+// Retain return a new State that shares everything they did not change.
 type State struct {
-	shards [stateShards]map[Subject]*SubjectState
-	count  int
+	nodes [fanout]*stateNode
+	count int
 }
 
 // NewState returns an empty state.
 func NewState() *State { return &State{} }
 
-func shardOf(s Subject) int {
-	// Reduce in uint64: converting a hash with its top bit set to int first
-	// gives a negative shard index.
-	return int((maphash.String(stateSeed, s.Name) + uint64(s.Kind)) % stateShards)
+func slot(s Subject) (node, leaf int) {
+	h := maphash.String(stateSeed, s.Name) + uint64(s.Kind)*0x9e3779b97f4a7c15
+	return int(h >> 56), int(h>>48) & (fanout - 1)
 }
 
 // Get returns the state of s, or nil.
-func (st *State) Get(s Subject) *SubjectState { return st.shards[shardOf(s)][s] }
+func (st *State) Get(s Subject) *SubjectState {
+	n, l := slot(s)
+	if st.nodes[n] == nil {
+		return nil
+	}
+	return st.nodes[n].leaves[l][s]
+}
 
 // Len is the number of subjects with state.
 func (st *State) Len() int { return st.count }
@@ -78,10 +89,15 @@ func (st *State) Len() int { return st.count }
 // Range calls fn for every subject with state, in no particular order,
 // until fn returns false.
 func (st *State) Range(fn func(Subject, *SubjectState) bool) {
-	for _, shard := range st.shards {
-		for k, v := range shard {
-			if !fn(k, v) {
-				return
+	for _, n := range st.nodes {
+		if n == nil {
+			continue
+		}
+		for _, leaf := range n.leaves {
+			for k, v := range leaf {
+				if !fn(k, v) {
+					return
+				}
 			}
 		}
 	}
@@ -90,23 +106,34 @@ func (st *State) Range(fn func(Subject, *SubjectState) bool) {
 // With returns a state where each subject in updates has the given state; a
 // zero state removes the subject.
 func (st *State) With(updates map[Subject]*SubjectState) *State {
-	next := &State{shards: st.shards, count: st.count}
-	copied := make(map[int]bool)
+	next := &State{nodes: st.nodes, count: st.count}
+	type key struct{ n, l int }
+	copiedNodes := make(map[int]bool)
+	copiedLeaves := make(map[key]bool)
 	for s, v := range updates {
-		i := shardOf(s)
-		if !copied[i] {
-			old := st.shards[i]
+		n, l := slot(s)
+		if !copiedNodes[n] {
+			fresh := &stateNode{}
+			if old := st.nodes[n]; old != nil {
+				*fresh = *old
+			}
+			next.nodes[n] = fresh
+			copiedNodes[n] = true
+		}
+		leaves := &next.nodes[n].leaves
+		if !copiedLeaves[key{n, l}] {
+			old := leaves[l]
 			fresh := make(map[Subject]*SubjectState, len(old)+1)
 			for k, val := range old {
 				fresh[k] = val
 			}
-			next.shards[i] = fresh
-			copied[i] = true
+			leaves[l] = fresh
+			copiedLeaves[key{n, l}] = true
 		}
-		_, had := next.shards[i][s]
+		_, had := leaves[l][s]
 		if v.IsZero() {
 			if had {
-				delete(next.shards[i], s)
+				delete(leaves[l], s)
 				next.count--
 			}
 			continue
@@ -114,7 +141,7 @@ func (st *State) With(updates map[Subject]*SubjectState) *State {
 		if !had {
 			next.count++
 		}
-		next.shards[i][s] = v
+		leaves[l][s] = v
 	}
 	return next
 }
