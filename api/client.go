@@ -164,6 +164,14 @@ func (c *Client) Join(ctx context.Context, m raft.Member) error {
 	return c.send(ctx, http.MethodPost, "/v1/cluster/join", m, nil)
 }
 
+// Snapshot makes the member the client talks to write a raft snapshot and
+// compact its log.
+func (c *Client) Snapshot(ctx context.Context) (topology.Revision, error) {
+	var out WriteResponse
+	err := c.send(ctx, http.MethodPost, "/v1/cluster/snapshot", struct{}{}, &out)
+	return out.Revision, err
+}
+
 // RemoveMember removes a member from the cluster.
 func (c *Client) RemoveMember(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/cluster/members/"+url.PathEscape(id), "", nil, nil)

@@ -41,10 +41,11 @@ type Store interface {
 	Leader() (id, addr string)
 	Member(id string) (raft.Member, bool)
 	Status() (raft.Status, error)
-	ReplaceDocument(ctx context.Context, doc *topology.Document) (topology.Revision, error)
+	ReplaceDocument(ctx context.Context, ix *topology.Index) (topology.Revision, error)
 	UpdateState(ctx context.Context, ops []raft.StateOp) (topology.Revision, error)
 	AddVoter(ctx context.Context, m raft.Member) error
 	RemoveMember(ctx context.Context, id string) error
+	Snapshot() error
 }
 
 var _ Store = (*raft.Store)(nil)
@@ -87,6 +88,7 @@ func NewServer(cfg ServerConfig) *Server {
 	s.route("GET /v1/cluster/status", s.clusterStatus)
 	s.route("GET /v1/cluster/self", s.self)
 	s.route("POST /v1/cluster/join", s.write(s.join))
+	s.route("POST /v1/cluster/snapshot", s.takeSnapshot)
 	s.route("DELETE /v1/cluster/members/{id}", s.write(s.removeMember))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: "no such endpoint: " + r.Method + " " + r.URL.Path})
@@ -214,7 +216,7 @@ func (s *Server) putTopology(w http.ResponseWriter, r *http.Request, body []byte
 	if err != nil {
 		return err
 	}
-	rev, err := s.cfg.Store.ReplaceDocument(r.Context(), ix.Document())
+	rev, err := s.cfg.Store.ReplaceDocument(r.Context(), ix)
 	if err != nil {
 		return err
 	}
@@ -338,6 +340,18 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request, _ []byte) 
 	}
 	s.cfg.Logger.Info("api: member removed", "id", id, "by", actorOf(r))
 	writeJSON(w, http.StatusOK, map[string]string{"removed": id})
+	return nil
+}
+
+// takeSnapshot makes the answering member write a raft snapshot now and
+// compact its log; it is not forwarded.
+func (s *Server) takeSnapshot(w http.ResponseWriter, r *http.Request) error {
+	if err := s.cfg.Store.Snapshot(); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	rev := s.cfg.Store.Current().Revision()
+	s.cfg.Logger.Info("api: snapshot taken", "revision", rev, "by", actorOf(r))
+	writeJSON(w, http.StatusOK, WriteResponse{Revision: rev})
 	return nil
 }
 

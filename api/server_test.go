@@ -312,3 +312,19 @@ func TestTokenFileFormat(t *testing.T) {
 		}
 	}
 }
+
+func TestSnapshotOnDemand(t *testing.T) {
+	m := startMembers(t, 1)[0]
+	ctx := testCtx(t)
+	c := m.client()
+	rev, err := c.ApplyTopology(ctx, []byte(goodDoc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the second has nothing new to write, and is no error
+		got, err := c.Snapshot(ctx)
+		if err != nil || got != rev {
+			t.Fatalf("snapshot: revision %d (want %d), %v", got, rev, err)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package raft
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -193,5 +194,27 @@ func TestMismatchedChunkIsRejected(t *testing.T) {
 	}
 	if f.current().HasDocument() {
 		t.Fatal("a document took effect")
+	}
+}
+
+// TestInvalidDocumentInTheLogChangesNothing covers a document that reaches
+// the log invalid (a leader of another version validated it differently):
+// every replica rejects it the same way and keeps its state.
+func TestInvalidDocumentInTheLogChangesNothing(t *testing.T) {
+	f := loadedFSM(t)
+	before := f.current()
+	bad := testDoc(5)
+	bad.Devices[2].Class = "nope"
+	s := &Store{cfg: Config{ChunkSize: 1 << 20}}
+	chunks, err := s.encodeDocument(bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := f.Apply(entry(t, 100, cmdDocumentChunk, chunks[0])).(Result)
+	if !errors.Is(r.Err, topology.ErrInvalid) || !strings.Contains(r.Err.Error(), `devices[2].class: unknown device class "nope"`) {
+		t.Fatalf("result error = %v, want the validation error", r.Err)
+	}
+	if f.current() != before || r.Revision != before.Revision() {
+		t.Fatal("an invalid document changed the state")
 	}
 }

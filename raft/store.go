@@ -302,18 +302,15 @@ func (s *Store) apply(ctx context.Context, t commandType, payload any) (topology
 	return s.wait(f)
 }
 
-// ReplaceDocument validates doc and, if it is valid, replaces the document
-// on every member. A document larger than one chunk is committed as several
-// log entries and takes effect, atomically, with the last one. It must be
-// called on the leader.
-func (s *Store) ReplaceDocument(ctx context.Context, doc *topology.Document) (topology.Revision, error) {
-	if _, err := topology.NewIndex(doc); err != nil {
-		return 0, err
-	}
+// ReplaceDocument replaces the document on every member with the validated
+// one behind ix (topology.NewIndex or topology.Load make one). A document
+// larger than one chunk is committed as several log entries and takes
+// effect, atomically, with the last one. It must be called on the leader.
+func (s *Store) ReplaceDocument(ctx context.Context, ix *topology.Index) (topology.Revision, error) {
 	if !s.IsLeader() {
 		return 0, s.notLeader()
 	}
-	chunks, err := s.encodeDocument(doc)
+	chunks, err := s.encodeDocument(ix.Document())
 	if err != nil {
 		return 0, err
 	}
@@ -447,5 +444,12 @@ func (s *Store) Status() (Status, error) {
 	return st, nil
 }
 
-// Snapshot forces a raft snapshot now (used by tests and benchmarks).
-func (s *Store) Snapshot() error { return s.raft.Snapshot().Error() }
+// Snapshot writes a raft snapshot now and compacts the log; with nothing
+// applied since the last one it does nothing.
+func (s *Store) Snapshot() error {
+	err := s.raft.Snapshot().Error()
+	if errors.Is(err, hraft.ErrNothingNewToSnapshot) {
+		return nil
+	}
+	return err
+}

@@ -134,7 +134,7 @@ func TestTCPClusterReplicates(t *testing.T) {
 	if err := a.AddVoter(ctx, Member{ID: "b", RaftAddr: b.Addr()}); err != nil {
 		t.Fatal(err)
 	}
-	rev, err := a.ReplaceDocument(ctx, testDoc(3))
+	rev, err := a.ReplaceDocument(ctx, mustIndex(t, testDoc(3)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,7 +64,27 @@ func newClusterCmd() *cobra.Command {
 		},
 	}
 	rc.register(remove, false)
-	cmd.AddCommand(status, remove)
+
+	var sc clientFlags
+	snapshot := &cobra.Command{
+		Use:   "snapshot",
+		Short: "Make the member at --server write a raft snapshot and compact its log",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := sc.client()
+			if err != nil {
+				return err
+			}
+			rev, err := cl.Snapshot(cmd.Context())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "snapshot taken at revision %d\n", rev)
+			return nil
+		},
+	}
+	sc.register(snapshot, false)
+	cmd.AddCommand(status, remove, snapshot)
 	return cmd
 }
 

@@ -87,7 +87,7 @@ func loadExample(ctx context.Context, n *node.Node) (*topology.Snapshot, error) 
 	if err != nil {
 		return nil, fmt.Errorf("embedded example: %w", err)
 	}
-	rev, err := s.ReplaceDocument(ctx, ix.Document())
+	rev, err := s.ReplaceDocument(ctx, ix)
 	if err != nil {
 		return nil, err
 	}
