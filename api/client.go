@@ -30,9 +30,19 @@ type Client struct {
 	MinRevision topology.Revision
 }
 
+// transport is shared by every client, so that concurrent callers and
+// forwarding members reuse keep-alive connections instead of opening one
+// per request (the default keeps only two idle connections per host).
+var transport = func() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 256
+	t.MaxIdleConnsPerHost = 64
+	return t
+}()
+
 // NewClient returns a client for the member at addr ("host:port" or a URL).
 func NewClient(addr, token string) *Client {
-	return &Client{base: baseURL(addr), token: token, http: &http.Client{Timeout: 2 * time.Minute}}
+	return &Client{base: baseURL(addr), token: token, http: &http.Client{Timeout: 10 * time.Minute, Transport: transport}}
 }
 
 func baseURL(addr string) string {

@@ -15,16 +15,18 @@ import (
 // nothing when it returns an error.
 type writeHandler func(w http.ResponseWriter, r *http.Request, body []byte) error
 
-var forwardClient = &http.Client{Timeout: writeDeadline}
+// forwardClient has no timeout of its own: the request's context, bounded
+// by the write's deadline, bounds it.
+var forwardClient = &http.Client{Transport: transport}
 
 // write runs a write on this member if it leads, and otherwise forwards it
 // to the leader. While there is no leader (an election after a failure) it
 // retries until writeDeadline. A forwarded request is never forwarded again.
 func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) error {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		limit := int64(maxRequestBytes)
+		limit, deadline := int64(maxRequestBytes), writeDeadline
 		if r.URL.Path == "/v1/topology" {
-			limit = MaxDocumentBytes
+			limit, deadline = MaxDocumentBytes, documentDeadline
 		}
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 		if err != nil {
@@ -34,7 +36,7 @@ func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) 
 			}
 			return badRequest("reading request body: %v", err)
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), writeDeadline)
+		ctx, cancel := context.WithTimeout(r.Context(), deadline)
 		defer cancel()
 		r = r.WithContext(ctx)
 		forwarded := r.Header.Get(headerForwarded) != ""

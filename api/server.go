@@ -25,8 +25,10 @@ const (
 	maxRequestBytes  = 16 << 20
 	maxReasonLen     = 1024
 	// writeDeadline bounds how long a write waits for a leader, across
-	// elections, before it fails.
-	writeDeadline = 10 * time.Second
+	// elections, before it fails; documentDeadline bounds a document
+	// replacement, which for a million devices takes tens of seconds.
+	writeDeadline    = 10 * time.Second
+	documentDeadline = 5 * time.Minute
 	maxReadWait   = 10 * time.Second
 
 	headerRevision  = "X-Vigil-Revision"

@@ -108,15 +108,17 @@ func (c *cluster) start(id string, bootstrap bool) *Store {
 	return s
 }
 
-// stop shuts a member down and cuts it off the in-memory network.
+// stop cuts a member off the in-memory network, as a crash would, and
+// then shuts it down.
 func (c *cluster) stop(id string) {
-	c.stores[id].Close()
-	delete(c.stores, id)
+	c.trans[id].DisconnectAll()
 	for other, ot := range c.trans {
 		if other != id {
 			ot.Disconnect(hraft.ServerAddress(id))
 		}
 	}
+	c.stores[id].Close()
+	delete(c.stores, id)
 	delete(c.trans, id)
 }
 

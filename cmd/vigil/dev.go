@@ -28,12 +28,10 @@ removed when it stops (unless --keep). With --data-dir an existing store is
 reused and the example is only applied if the store holds no topology yet.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := m.logger()
-			if err != nil {
+			if err := m.setLogger(); err != nil {
 				return err
 			}
-			m.cfg.Logger = log
-			if !cmd.Flags().Changed("data-dir") && os.Getenv("VIGIL_DATA_DIR") == "" {
+			if !cmd.Flags().Changed("data-dir") {
 				dir, err := os.MkdirTemp("", "vigil-dev-")
 				if err != nil {
 					return err

@@ -33,12 +33,14 @@ func (m *memberFlags) register(cmd *cobra.Command) {
 	f.StringVar(&m.cfg.RaftLogLevel, "raft-log-level", "warn", "log level of the raft library itself")
 }
 
-func (m *memberFlags) logger() (*slog.Logger, error) {
+// setLogger gives the member a logger at --log-level.
+func (m *memberFlags) setLogger() error {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(m.logLevel)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+		return fmt.Errorf("--log-level: %w", err)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})), nil
+	m.cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	return nil
 }
 
 func signalContext() (context.Context, context.CancelFunc) {
@@ -66,11 +68,9 @@ a YAML file of flag names and values (e.g. "node-id: n1").`,
       --cluster-key-file /etc/vigil/cluster.key --token-file /etc/vigil/api-tokens`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := m.logger()
-			if err != nil {
+			if err := m.setLogger(); err != nil {
 				return err
 			}
-			m.cfg.Logger = log
 			n, err := node.Start(m.cfg)
 			if err != nil {
 				return err

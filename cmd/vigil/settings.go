@@ -25,14 +25,16 @@ func layerSettings(cmd *cobra.Command) error {
 			return
 		}
 		env := "VIGIL_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		// Flags().Set marks the flag as set, so commands can tell a value the
+		// user gave in any form from a default.
 		if v, ok := os.LookupEnv(env); ok {
-			if err := f.Value.Set(v); err != nil {
+			if err := cmd.Flags().Set(f.Name, v); err != nil {
 				errs = append(errs, fmt.Sprintf("%s=%q: %v", env, v, err))
 			}
 			return
 		}
 		if v, ok := fromFile[f.Name]; ok {
-			if err := f.Value.Set(v); err != nil {
+			if err := cmd.Flags().Set(f.Name, v); err != nil {
 				errs = append(errs, fmt.Sprintf("config %s: %q: %v", f.Name, v, err))
 			}
 		}
