@@ -29,7 +29,7 @@ const (
 	// replacement, which for a million devices takes tens of seconds.
 	writeDeadline    = 10 * time.Second
 	documentDeadline = 5 * time.Minute
-	maxReadWait   = 10 * time.Second
+	maxReadWait      = 10 * time.Second
 
 	headerRevision  = "X-Vigil-Revision"
 	headerForwarded = "X-Vigil-Forwarded-By"

@@ -117,8 +117,10 @@ func newTopologyGetCmd() *cobra.Command {
 		},
 	}
 	c.register(cmd, true)
+	// The document reads best as YAML; set the default without marking the
+	// flag as given, so that VIGIL_OUTPUT still applies.
+	c.output = "yaml"
 	cmd.Flags().Lookup("output").DefValue = "yaml"
-	cmd.Flags().Set("output", "yaml")
 	cmd.Flags().Lookup("output").Usage = "output format: yaml or json"
 	return cmd
 }

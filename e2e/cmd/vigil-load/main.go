@@ -1,0 +1,91 @@
+// Command vigil-load measures a real Vigil cluster: three `vigil serve`
+// processes on 127.0.0.1, built from this checkout. Every run prints the
+// hardware it ran on, because the figures mean nothing without it.
+//
+//	vigil-load writes   [-duration 10s] [-clients 16] [-batch 100] [-failovers 5]
+//	vigil-load topology [-devices 100000,1000000]
+//
+// Results belong in BENCHMARKS.md.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/vigil-iot/vigil/e2e/harness"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	var err error
+	switch os.Args[1] {
+	case "writes":
+		err = runWrites(os.Args[2:])
+	case "topology":
+		err = runTopology(os.Args[2:])
+	default:
+		usage()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vigil-load:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology [flags]   (-h for the flags of each)")
+	os.Exit(2)
+}
+
+// setup builds the binary and prints the hardware.
+func setup(fs *flag.FlagSet, args []string) (bin, dir string, err error) {
+	if err := fs.Parse(args); err != nil {
+		return "", "", err
+	}
+	fmt.Println(harness.Hardware())
+	dir, err = os.MkdirTemp("", "vigil-load-")
+	if err != nil {
+		return "", "", err
+	}
+	bin, err = harness.Build(filepath.Join(dir, "bin"))
+	return bin, dir, err
+}
+
+// latencies summarises request times.
+type latencies []time.Duration
+
+func (l latencies) pct(p float64) time.Duration {
+	if len(l) == 0 {
+		return 0
+	}
+	s := append(latencies(nil), l...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+func (l latencies) String() string {
+	return fmt.Sprintf("p50 %v  p90 %v  p99 %v  max %v", round(l.pct(.5)), round(l.pct(.9)), round(l.pct(.99)), round(l.pct(1)))
+}
+
+func round(d time.Duration) time.Duration {
+	switch {
+	case d > time.Second:
+		return d.Round(10 * time.Millisecond)
+	case d > time.Millisecond:
+		return d.Round(10 * time.Microsecond)
+	}
+	return d.Round(time.Microsecond)
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+func header(title string) {
+	fmt.Printf("\n== %s %s\n", title, strings.Repeat("=", max(0, 70-len(title))))
+}
