@@ -34,7 +34,10 @@ type Config struct {
 	// API tokens. Both default to files in DataDir, created when missing.
 	ClusterKeyFile, TokenFile string
 	RaftLogLevel              string
-	Logger                    *slog.Logger
+	// HeartbeatTimeout and ElectionTimeout tune failure detection; zero
+	// keeps the raft package's defaults.
+	HeartbeatTimeout, ElectionTimeout time.Duration
+	Logger                            *slog.Logger
 }
 
 // DefaultConfig holds the documented defaults.
@@ -127,6 +130,8 @@ func Start(cfg Config) (*Node, error) {
 	store, err := raft.Open(raft.Config{
 		ID: cfg.ID, DataDir: cfg.DataDir, BindAddr: cfg.RaftAddr, AdvertiseAddr: cfg.RaftAdvertise,
 		ClusterKey: key, Bootstrap: cfg.Join == "", Logger: log, RaftLogLevel: cfg.RaftLogLevel,
+		HeartbeatTimeout: cfg.HeartbeatTimeout, ElectionTimeout: cfg.ElectionTimeout,
+		LeaderLeaseTimeout: cfg.HeartbeatTimeout / 2,
 	})
 	if err != nil {
 		ln.Close()

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -31,6 +32,9 @@ func (m *memberFlags) register(cmd *cobra.Command) {
 	f.StringVar(&m.cfg.TokenFile, "token-file", "", "operators' API tokens, \"name:token\" per line (default <data-dir>/api-tokens, created if missing)")
 	f.StringVar(&m.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&m.cfg.RaftLogLevel, "raft-log-level", "warn", "log level of the raft library itself")
+	f.DurationVar(&m.cfg.HeartbeatTimeout, "raft-heartbeat-timeout", 500*time.Millisecond,
+		"how long a follower waits for the leader before standing for election; lower fails over faster but risks needless elections on a loaded host")
+	f.DurationVar(&m.cfg.ElectionTimeout, "raft-election-timeout", 500*time.Millisecond, "how long a candidate waits for votes")
 }
 
 // setLogger gives the member a logger at --log-level.

@@ -24,6 +24,8 @@ func runTopology(args []string) error {
 	sizes := fs.String("devices", "100000,1000000", "comma-separated device counts")
 	zones := fs.Int("zones", 100, "zones")
 	gateways := fs.Int("gateways-per-zone", 100, "gateways per zone")
+	var extra stringList
+	fs.Var(&extra, "serve-arg", "extra flag for every 'vigil serve' (repeatable)")
 	bin, dir, err := setup(fs, args)
 	defer os.RemoveAll(dir)
 	if err != nil {
@@ -35,7 +37,7 @@ func runTopology(args []string) error {
 			return fmt.Errorf("-devices: %w", err)
 		}
 		spec := topologytest.Spec{Zones: *zones, GatewaysPerZone: *gateways, Devices: n}
-		if err := bigApply(bin, filepath.Join(dir, s), spec); err != nil {
+		if err := bigApply(bin, filepath.Join(dir, s), spec, extra); err != nil {
 			return fmt.Errorf("%d devices: %w", n, err)
 		}
 	}
@@ -45,7 +47,7 @@ func runTopology(args []string) error {
 // bigApply applies a generated document to a fresh 3-member cluster and
 // reports the apply time, memory, log and snapshot sizes, and the time a
 // full restart takes to serve the document again.
-func bigApply(bin, dir string, spec topologytest.Spec) error {
+func bigApply(bin, dir string, spec topologytest.Spec, extra []string) error {
 	header(fmt.Sprintf("%d devices, %d gateways, %d zones", spec.Devices, spec.Zones*spec.GatewaysPerZone, spec.Zones))
 	doc, err := json.Marshal(topologytest.Generate(spec))
 	if err != nil {
@@ -56,7 +58,7 @@ func bigApply(bin, dir string, spec topologytest.Spec) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	c, err := harness.New(harness.Options{Binary: bin, Dir: dir, Timeout: 5 * time.Minute})
+	c, err := harness.New(harness.Options{Binary: bin, Dir: dir, Timeout: 5 * time.Minute, Args: extra})
 	if c != nil {
 		defer c.Close()
 	}
@@ -68,6 +70,10 @@ func bigApply(bin, dir string, spec topologytest.Spec) error {
 		return err
 	}
 	ctx := context.Background()
+	before, err := c.Status(leader)
+	if err != nil {
+		return err
+	}
 	t0 := time.Now()
 	rev, err := c.Client(leader).ApplyTopology(ctx, doc)
 	if err != nil {
@@ -79,6 +85,9 @@ func bigApply(bin, dir string, spec topologytest.Spec) error {
 	}
 	everywhere := time.Since(t0)
 	fmt.Printf("apply (PUT at the leader until committed): %v; applied on all 3 members: %v\n", round(committed), round(everywhere))
+	if after, err := c.Status(leader); err == nil {
+		fmt.Printf("raft term before/after the apply: %d/%d (a change means an election happened)\n", before.Term, after.Term)
+	}
 	memory(c, "after apply")
 	fmt.Printf("raft log (bolt file) per member: %s\n", fileSizes(c, "raft.db"))
 

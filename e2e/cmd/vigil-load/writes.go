@@ -28,6 +28,9 @@ func runWrites(args []string) error {
 	batch := fs.Int("batch", 100, "operations per request in the batched phase")
 	devices := fs.Int("devices", 10_000, "devices in the topology")
 	failovers := fs.Int("failovers", 5, "times the leader is killed and the failover timed")
+	onlyFailover := fs.Bool("only-failover", false, "skip the write phases")
+	var extra stringList
+	fs.Var(&extra, "serve-arg", "extra flag for every 'vigil serve' (repeatable), e.g. -serve-arg=--raft-heartbeat-timeout=300ms")
 	bin, dir, err := setup(fs, args)
 	defer os.RemoveAll(dir)
 	if err != nil {
@@ -36,7 +39,7 @@ func runWrites(args []string) error {
 	if err := os.MkdirAll(filepath.Join(dir, "cluster"), 0o700); err != nil {
 		return err
 	}
-	c, err := harness.New(harness.Options{Binary: bin, Dir: filepath.Join(dir, "cluster")})
+	c, err := harness.New(harness.Options{Binary: bin, Dir: filepath.Join(dir, "cluster"), Args: extra})
 	if c != nil {
 		defer c.Close()
 	}
@@ -58,9 +61,9 @@ func runWrites(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("3-member cluster on 127.0.0.1, %d devices, %d concurrent writers, %v per phase\n", *devices, *clients, *duration)
+	fmt.Printf("3-member cluster on 127.0.0.1, %d devices, %d concurrent writers, %v per phase, serve args %v\n", *devices, *clients, *duration, extra)
 
-	for _, p := range []struct {
+	phases := []struct {
 		name   string
 		member int
 		batch  int
@@ -68,7 +71,11 @@ func runWrites(args []string) error {
 		{"single writes at the leader", leader, 1},
 		{"single writes at a follower (forwarded)", followers[0], 1},
 		{fmt.Sprintf("batched writes at the leader (%d ops per request)", *batch), leader, *batch},
-	} {
+	}
+	if *onlyFailover {
+		phases = nil
+	}
+	for _, p := range phases {
 		header(p.name)
 		r := writePhase(c.Client(p.member), *clients, p.batch, *devices, *duration)
 		fmt.Printf("requests %d (errors %d) in %v: %.0f requests/s, %.0f device-state writes/s\n",
@@ -90,6 +97,11 @@ func runWrites(args []string) error {
 	fmt.Printf("failover: %v\n", times)
 	return nil
 }
+
+type stringList []string
+
+func (s *stringList) String() string     { return fmt.Sprint(*s) }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
 type phaseResult struct {
 	requests, errors int64

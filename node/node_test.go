@@ -1,0 +1,89 @@
+package node
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestSecretsMustBePrivate(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "cluster.key")
+	if err := GenerateClusterKey(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadClusterKey(path, false); err != nil {
+		t.Fatalf("a fresh key does not load: %v", err)
+	}
+	os.Chmod(path, 0o644)
+	if _, err := loadClusterKey(path, false); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("a world-readable key loaded, err = %v", err)
+	}
+}
+
+func TestClusterKeyProblems(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "none.key")
+	if _, err := loadClusterKey(missing, false); err == nil || !strings.Contains(err.Error(), "joining member needs the key") {
+		t.Errorf("missing key for a joiner: err = %v", err)
+	}
+	if _, err := os.Stat(missing); err == nil {
+		t.Error("a joining member created a cluster key of its own")
+	}
+	for name, content := range map[string]string{"short": "c2hvcnQ\n", "not base64": "!!!!\n"} {
+		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))
+		os.WriteFile(p, []byte(content), 0o600)
+		if _, err := loadClusterKey(p, false); err == nil {
+			t.Errorf("%s key loaded", name)
+		}
+	}
+	created := filepath.Join(dir, "new.key")
+	key, err := loadClusterKey(created, true)
+	if err != nil || len(key) < 32 {
+		t.Fatalf("founding member's key: %d bytes, %v", len(key), err)
+	}
+	info, _ := os.Stat(created)
+	if info.Mode().Perm() != 0o600 {
+		t.Errorf("created key has mode %#o", info.Mode().Perm())
+	}
+}
+
+func TestDataDirIsPinnedToItsMember(t *testing.T) {
+	dir := t.TempDir()
+	if err := checkNodeID(dir, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkNodeID(dir, "n1"); err != nil {
+		t.Fatalf("same member again: %v", err)
+	}
+	if err := checkNodeID(dir, "n2"); err == nil || !strings.Contains(err.Error(), `belongs to member "n1"`) {
+		t.Fatalf("another member on the same data dir: err = %v", err)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	for name, mutate := range map[string]func(*Config){
+		"no id":         func(c *Config) { c.ID = "" },
+		"bad id":        func(c *Config) { c.ID = "N 1" },
+		"no data dir":   func(c *Config) { c.DataDir = "" },
+		"bad raft addr": func(c *Config) { c.RaftAddr = "nowhere" },
+		"bad api addr":  func(c *Config) { c.APIAddr = ":::" },
+	} {
+		c := DefaultConfig()
+		c.ID = "n1"
+		mutate(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: config accepted", name)
+		}
+	}
+}
+
+func TestJoiningWithoutTheClusterKeyFailsBeforeListening(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.ID, cfg.DataDir, cfg.Join = "n2", t.TempDir(), "127.0.0.1:1"
+	cfg.APIAddr, cfg.RaftAddr = "127.0.0.1:0", "127.0.0.1:0"
+	if _, err := Start(cfg); err == nil || !strings.Contains(err.Error(), "cluster key") {
+		t.Fatalf("err = %v", err)
+	}
+}
