@@ -18,7 +18,8 @@ var allowed = map[string][]string{
 	"topology/topologytest": {"topology"},
 	"raft":                  {"topology"},
 	"api":                   {"topology", "raft"},
-	"node":                  {"topology", "raft", "api"},
+	"authz":                 {"topology"},
+	"node":                  {"topology", "raft", "api", "authz"},
 	"examples":              {},
 	"cmd/vigil":             {"*"},
 }

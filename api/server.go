@@ -58,8 +58,11 @@ type ServerConfig struct {
 	Tokens *Tokens
 	// PeerToken authenticates this member to the others (status calls).
 	PeerToken string
-	Logger    *slog.Logger
-	Now       func() time.Time
+	// Ready reports whether the member has caught up with the cluster;
+	// /healthz says so. Nil means always.
+	Ready  func() bool
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // Server serves the HTTP API of one member.
@@ -169,7 +172,8 @@ func notFound(format string, args ...any) error {
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "id": s.cfg.Store.ID(), "revision": s.cfg.Store.Current().Revision()})
+	ready := s.cfg.Ready == nil || s.cfg.Ready()
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "ready": ready, "revision": s.cfg.Store.Current().Revision()})
 }
 
 // snapshot returns the local snapshot, first waiting (bounded) for the
@@ -311,6 +315,29 @@ func (s *Server) updateState(w http.ResponseWriter, r *http.Request, body []byte
 	if err := decodeStrict(body, &req); err != nil {
 		return err
 	}
+	// Who and when are the caller's token and this member's clock, never
+	// what the body claims; attestations are recorded only by Vigil's
+	// verification of evidence, not through the API.
+	now := s.cfg.Now().UTC()
+	for i := range req.Ops {
+		op := &req.Ops[i]
+		switch op.Op {
+		case raft.OpSetAttestation, raft.OpClearAttestation:
+			return badRequest("ops[%d]: attestations cannot be written through the API; they come from verified evidence", i)
+		case raft.OpQuarantine:
+			if op.Quarantine != nil {
+				q := *op.Quarantine
+				q.By, q.Since = actorOf(r), now
+				op.Quarantine = &q
+			}
+		case raft.OpSetRisk:
+			if op.Risk != nil {
+				rk := *op.Risk
+				rk.UpdatedAt = now
+				op.Risk = &rk
+			}
+		}
+	}
 	rev, err := s.cfg.Store.UpdateState(r.Context(), req.Ops)
 	if err != nil {
 		return err
@@ -324,8 +351,8 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request, body []byte) error
 	if err := decodeStrict(body, &m); err != nil {
 		return err
 	}
-	if m.ID == "" || m.RaftAddr == "" || m.APIAddr == "" {
-		return badRequest("id, raftAddr and apiAddr are required")
+	if !raft.ValidMemberID(m.ID) || m.RaftAddr == "" || m.APIAddr == "" {
+		return badRequest("a valid id (a-z, 0-9, '-', '_'), raftAddr and apiAddr are required")
 	}
 	if err := s.cfg.Store.AddVoter(r.Context(), m); err != nil {
 		return err

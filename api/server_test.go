@@ -81,7 +81,7 @@ func startMembers(t *testing.T, n int) []*member {
 		trans = append(trans, tr)
 		s, err := raft.Open(raft.Config{
 			ID: id, DataDir: t.TempDir(), Transport: tr, Bootstrap: i == 0, Logger: quiet(), RaftLogLevel: "off",
-			HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond,
+			HeartbeatTimeout: 250 * time.Millisecond, ElectionTimeout: 250 * time.Millisecond, LeaderLeaseTimeout: 125 * time.Millisecond,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -327,4 +327,30 @@ func TestSnapshotOnDemand(t *testing.T) {
 			t.Fatalf("snapshot: revision %d (want %d), %v", got, rev, err)
 		}
 	}
+}
+
+func TestStateBatchesCannotForgeWhoOrAttest(t *testing.T) {
+	m := startMembers(t, 1)[0]
+	ctx := testCtx(t)
+	c := m.client()
+	if _, err := c.ApplyTopology(ctx, []byte(goodDoc)); err != nil {
+		t.Fatal(err)
+	}
+	forged := time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)
+	rev, err := c.UpdateState(ctx, []raft.StateOp{{Subject: topology.DeviceSubject("s-1"), Op: raft.OpQuarantine,
+		Quarantine: &topology.Quarantine{Reason: "r", By: "someone-else", Since: forged}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.MinRevision = rev
+	s, err := c.Subject(ctx, topology.KindDevice, "s-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := s.State.Quarantine; q.By != "alice" || q.Since.Equal(forged) {
+		t.Fatalf("quarantine recorded as by %q since %v; want the caller and the member's clock", q.By, q.Since)
+	}
+	_, err = c.UpdateState(ctx, []raft.StateOp{{Subject: topology.DeviceSubject("s-2"), Op: raft.OpSetAttestation,
+		Attestation: &topology.Attestation{Method: "tpm", VerifiedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)}}})
+	apiError(t, err, 400, CodeBadRequest)
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/vigil-iot/vigil/api"
@@ -34,6 +35,8 @@ type Config struct {
 	// API tokens. Both default to files in DataDir, created when missing.
 	ClusterKeyFile, TokenFile string
 	RaftLogLevel              string
+	// Authz configures the ext_authz server.
+	Authz AuthzConfig
 	// HeartbeatTimeout and ElectionTimeout tune failure detection; zero
 	// keeps the raft package's defaults.
 	HeartbeatTimeout, ElectionTimeout time.Duration
@@ -42,7 +45,8 @@ type Config struct {
 
 // DefaultConfig holds the documented defaults.
 func DefaultConfig() Config {
-	return Config{DataDir: "vigil-data", RaftAddr: "127.0.0.1:7000", APIAddr: api.DefaultAddr}
+	return Config{DataDir: "vigil-data", RaftAddr: "127.0.0.1:7000", APIAddr: api.DefaultAddr,
+		Authz: AuthzConfig{Addr: ":9191"}}
 }
 
 // Validate checks the configuration and fills in derived defaults.
@@ -50,13 +54,13 @@ func (c *Config) Validate() error {
 	var errs []error
 	if c.ID == "" {
 		errs = append(errs, errors.New("node id is required (--node-id)"))
-	} else if !validID(c.ID) {
+	} else if !raft.ValidMemberID(c.ID) {
 		errs = append(errs, fmt.Errorf("node id %q must be 1-63 characters of a-z, 0-9, '-' and '_'", c.ID))
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data dir is required (--data-dir)"))
 	}
-	for name, a := range map[string]string{"raft address": c.RaftAddr, "API address": c.APIAddr} {
+	for name, a := range map[string]string{"raft address": c.RaftAddr, "API address": c.APIAddr, "authz address": c.Authz.Addr} {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: %v", name, a, err))
 		}
@@ -69,13 +73,6 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-func validID(s string) bool {
-	if s == "" || len(s) > 63 {
-		return false
-	}
-	return strings.Trim(s, "abcdefghijklmnopqrstuvwxyz0123456789-_") == ""
-}
-
 // Node is one running member.
 type Node struct {
 	cfg      Config
@@ -85,6 +82,8 @@ type Node struct {
 	http     *http.Server
 	peer     string // peer API token
 	existing bool
+	authz    *authzPart
+	ready    atomic.Bool
 }
 
 // Start provisions secrets, opens the store and binds the API listener. It
@@ -97,6 +96,10 @@ func Start(cfg Config) (*Node, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
+	// The raft log, snapshots and secrets live here; nobody else may read them.
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
 	if err := checkNodeID(cfg.DataDir, cfg.ID); err != nil {
 		return nil, err
 	}
@@ -106,6 +109,11 @@ func Start(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	if _, err := os.Stat(cfg.TokenFile); errors.Is(err, fs.ErrNotExist) {
+		if cfg.Join != "" || existing {
+			// Only a founding member makes tokens: a member with tokens of
+			// its own would refuse the cluster's operators.
+			return nil, fmt.Errorf("token file %s does not exist: give this member the cluster's token file (--token-file)", cfg.TokenFile)
+		}
 		if err := GenerateTokenFile(cfg.TokenFile, "admin"); err != nil {
 			return nil, fmt.Errorf("create token file: %w", err)
 		}
@@ -138,8 +146,13 @@ func Start(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, store: store, apiLn: ln, apiAddr: advertise, peer: api.PeerToken(key), existing: existing}
+	if n.authz, err = n.startAuthz(context.Background()); err != nil {
+		ln.Close()
+		store.Close()
+		return nil, err
+	}
 	n.http = &http.Server{
-		Handler:           api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Logger: log}),
+		Handler:           api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Ready: n.Ready, Logger: log}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
@@ -181,31 +194,100 @@ func (n *Node) TokenFile() string { return n.cfg.TokenFile }
 func (n *Node) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 2)
-	go func() {
-		if err := n.http.Serve(n.apiLn); !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("API server: %w", err)
-		}
-	}()
-	go func() {
-		if err := n.register(ctx); err != nil && ctx.Err() == nil {
-			errc <- err
-		}
-	}()
-	n.cfg.Logger.Info("vigil member serving", "id", n.cfg.ID, "api", n.apiAddr, "raft", n.store.Addr(), "data_dir", n.cfg.DataDir)
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
+	parts := append([]func(context.Context) error{
+		func(ctx context.Context) error {
+			go func() {
+				<-ctx.Done()
+				shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
+				defer done()
+				n.http.Shutdown(shutdown)
+			}()
+			if err := n.http.Serve(n.apiLn); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("API server: %w", err)
+			}
+			return nil
+		},
+		func(ctx context.Context) error {
+			if err := n.register(ctx); err != nil && ctx.Err() == nil {
+				return err
+			}
+			return nil
+		},
+		n.becomeReady,
+	}, n.authz.parts()...)
+	errc := make(chan error, len(parts))
+	for _, run := range parts {
+		go func() { errc <- run(ctx) }()
 	}
-	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
-	defer done()
-	n.http.Shutdown(shutdown)
+	n.cfg.Logger.Info("vigil member serving", "id", n.cfg.ID, "api", n.apiAddr, "raft", n.store.Addr(),
+		"authz", n.authz.Addr(), "policy", n.authz.engine.Current().Source, "data_dir", n.cfg.DataDir)
+	// A part may finish early and cleanly (registration does); the first
+	// one to fail stops them all. Every part returns once ctx ends.
+	var err error
+	for range parts {
+		if e := <-errc; e != nil {
+			if err == nil {
+				err = e
+			}
+			cancel()
+		}
+	}
 	if cerr := n.store.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("close store: %w", cerr)
 	}
 	return err
 }
+
+// Ready reports whether this member has caught up with what the cluster
+// had committed when it started; until then it must not decide anything.
+func (n *Node) Ready() bool { return n.ready.Load() }
+
+// becomeReady waits until this member has applied every entry the cluster
+// had committed: a leader through a barrier, a follower by reaching the
+// index the leader reports having applied. A member that restarted serves
+// its last snapshot until then, which may predate a quarantine.
+func (n *Node) becomeReady(ctx context.Context) error {
+	for ctx.Err() == nil {
+		if n.catchUp(ctx) == nil {
+			n.ready.Store(true)
+			n.cfg.Logger.Info("member is ready: caught up with the cluster", "revision", n.store.Current().Revision())
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func (n *Node) catchUp(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if n.store.IsLeader() {
+		return n.store.Barrier(ctx)
+	}
+	id, _ := n.store.Leader()
+	m, ok := n.store.Member(id)
+	if id == "" || !ok || m.APIAddr == "" {
+		return errors.New("no leader known yet")
+	}
+	st, err := api.NewClient(m.APIAddr, n.peer).Self(ctx)
+	if err != nil {
+		return err
+	}
+	for n.store.AppliedIndex() < st.AppliedIndex {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// AuthzAddr is where the ext_authz Check service listens.
+func (n *Node) AuthzAddr() string { return n.authz.Addr() }
 
 // register makes sure the cluster knows this member and its addresses: a
 // new member joins through cfg.Join; a restarted one re-registers if its

@@ -108,6 +108,21 @@ type stateBatch struct {
 	Ops []StateOp `json:"ops"`
 }
 
+// ValidMemberID reports whether id can name a member: 1-63 characters of
+// a-z, 0-9, '-' and '_'.
+func ValidMemberID(id string) bool {
+	if id == "" || len(id) > 63 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
 // Member is a cluster member's addresses as it registered them.
 type Member struct {
 	ID       string `json:"id"`

@@ -8,16 +8,11 @@ import (
 	"github.com/vigil-iot/vigil/topology"
 )
 
-// ErrLagged is returned by Subscription.Next when the subscriber fell so
-// far behind that events were discarded. The subscriber should resynchronise
-// from Store.Current and keep reading.
-var ErrLagged = errors.New("subscription lagged; events were dropped")
-
 // ErrClosed is returned by Subscription.Next after Close.
 var ErrClosed = errors.New("subscription closed")
 
 // maxQueuedEvents bounds what a stalled subscriber can hold in memory.
-const maxQueuedEvents = 65536
+const maxQueuedEvents = 4096
 
 // Event is one committed change, delivered in commit order.
 type Event struct {
@@ -28,8 +23,12 @@ type Event struct {
 	// Subjects lists the subjects whose runtime state changed.
 	Subjects []topology.Subject
 	// Restored is true when the whole state was replaced from a Raft
-	// snapshot (for example when a lagging follower caught up).
+	// snapshot (for example when a lagging follower caught up), and when a
+	// subscriber fell so far behind that its queue was dropped: either way
+	// the consumer must treat Snapshot as entirely new.
 	Restored bool
+	// Lagged is true on the event that replaces a dropped queue.
+	Lagged bool
 }
 
 // hub fans committed changes out to subscribers.
@@ -113,7 +112,10 @@ func (s *Subscription) push(ev Event) {
 	}
 }
 
-// Next returns the next change, waiting for one if needed.
+// Next returns the next change, waiting for one if needed. A subscriber
+// that fell more than maxQueuedEvents behind gets one Lagged event with the
+// current snapshot instead of what it missed, and never an older snapshot
+// after it.
 func (s *Subscription) Next(ctx context.Context) (Event, error) {
 	for {
 		s.mu.Lock()
@@ -122,9 +124,8 @@ func (s *Subscription) Next(ctx context.Context) (Event, error) {
 			s.mu.Unlock()
 			return Event{}, ErrClosed
 		case s.lagged:
-			s.lagged = false
 			s.mu.Unlock()
-			return Event{}, ErrLagged
+			return s.resync(), nil
 		case len(s.queue) > 0:
 			ev := s.queue[0]
 			s.queue[0] = Event{}
@@ -139,6 +140,17 @@ func (s *Subscription) Next(ctx context.Context) (Event, error) {
 			return Event{}, ctx.Err()
 		}
 	}
+}
+
+// resync drops the queue and returns the current snapshot; holding the
+// hub's lock keeps a publish from slipping in between.
+func (s *Subscription) resync() Event {
+	s.hub.mu.Lock()
+	defer s.hub.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.queue, s.lagged = nil, false
+	return Event{Snapshot: s.hub.current, Document: true, Restored: true, Lagged: true}
 }
 
 // Close stops delivery; a blocked Next returns ErrClosed.

@@ -135,6 +135,9 @@ func (f *fsm) applyChunk(index uint64, c *documentChunk) Result {
 		return rejected(cur.Revision(), "document chunk %d of %d is out of range", c.Seq, c.Total)
 	}
 	p, ok := f.pending[c.Txn]
+	if !ok && c.Seq != 0 {
+		return rejected(cur.Revision(), "document chunk %d of transaction %s arrived without its first chunk; nothing was changed", c.Seq, c.Txn)
+	}
 	if !ok {
 		p = &pendingDocument{firstIndex: index, total: c.Total, sha: c.SHA256, chunks: make([][]byte, c.Total)}
 		if c.Total > 1 {
@@ -150,6 +153,10 @@ func (f *fsm) applyChunk(index uint64, c *documentChunk) Result {
 	}
 	p.chunks[c.Seq] = c.Data
 	if p.received < p.total {
+		if c.Seq == c.Total-1 { // chunks are proposed in order: the last one closes the transaction
+			delete(f.pending, c.Txn)
+			return rejected(cur.Revision(), "document transaction %s ended with %d of %d chunks; nothing was changed", c.Txn, p.received, p.total)
+		}
 		return Result{Revision: cur.Revision()}
 	}
 	delete(f.pending, c.Txn)

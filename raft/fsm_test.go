@@ -218,3 +218,47 @@ func TestInvalidDocumentInTheLogChangesNothing(t *testing.T) {
 		t.Fatal("an invalid document changed the state")
 	}
 }
+
+func TestALaggingSubscriberResyncsAndNeverGoesBack(t *testing.T) {
+	h := newHub(topology.EmptySnapshot())
+	sub, _ := h.subscribe()
+	defer sub.Close()
+	ix := topology.EmptyIndex()
+	for i := range maxQueuedEvents + 10 {
+		h.publish(Event{Snapshot: topology.NewSnapshot(topology.Revision(i+1), 0, ix, topology.NewState())})
+	}
+	ev, err := sub.Next(t.Context())
+	if err != nil || !ev.Lagged || !ev.Restored || ev.Snapshot.Revision() != maxQueuedEvents+10 {
+		t.Fatalf("first event after lagging: lagged=%v revision=%d err=%v; want the current snapshot", ev.Lagged, ev.Snapshot.Revision(), err)
+	}
+	h.publish(Event{Snapshot: topology.NewSnapshot(maxQueuedEvents+11, 0, ix, topology.NewState())})
+	ev, err = sub.Next(t.Context())
+	if err != nil || ev.Lagged || ev.Snapshot.Revision() != maxQueuedEvents+11 {
+		t.Fatalf("next event: revision %d lagged=%v err=%v", ev.Snapshot.Revision(), ev.Lagged, err)
+	}
+}
+
+func TestIncompleteDocumentsAreRejectedNotReportedApplied(t *testing.T) {
+	s := &Store{cfg: Config{ChunkSize: 100}}
+	chunks, _ := s.encodeDocument(testDoc(40))
+	if len(chunks) < 3 {
+		t.Fatalf("need at least 3 chunks, have %d", len(chunks))
+	}
+	last := len(chunks) - 1
+
+	f := newFSM(quietLogger())
+	r := f.Apply(entry(t, 1, cmdDocumentChunk, chunks[1])).(Result)
+	if !errors.Is(r.Err, ErrRejected) || !strings.Contains(r.Err.Error(), "without its first chunk") {
+		t.Fatalf("a chunk without its first: %v", r.Err)
+	}
+
+	f = newFSM(quietLogger())
+	f.Apply(entry(t, 1, cmdDocumentChunk, chunks[0]))
+	r = f.Apply(entry(t, 2, cmdDocumentChunk, chunks[last])).(Result) // the middle ones were lost
+	if !errors.Is(r.Err, ErrRejected) || !strings.Contains(r.Err.Error(), "ended with 2 of") {
+		t.Fatalf("a transaction ending incomplete: %v", r.Err)
+	}
+	if f.current().HasDocument() || len(f.pending) != 0 {
+		t.Fatal("an incomplete document took effect or stayed pending")
+	}
+}

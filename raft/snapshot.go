@@ -123,6 +123,9 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	pending := make(map[string]*pendingDocument, len(img.Pending))
 	for _, p := range img.Pending {
+		if p.Total < 1 || len(p.Chunks) != p.Total {
+			return fmt.Errorf("restore snapshot: pending document %s has %d chunk slots for %d chunks", p.Txn, len(p.Chunks), p.Total)
+		}
 		pd := &pendingDocument{firstIndex: p.FirstIndex, total: p.Total, sha: p.SHA256, chunks: p.Chunks}
 		for _, c := range p.Chunks {
 			if c != nil {

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -91,7 +92,8 @@ type Store struct {
 	fsm   *fsm
 	logs  *raftboltdb.BoltStore
 	trans hraft.Transport
-	docMu sync.Mutex // one document replacement at a time from this leader
+	layer *secureLayer // nil with an injected transport
+	docMu sync.Mutex   // one document replacement at a time from this leader
 }
 
 // Open starts a member. With existing raft state in DataDir it rejoins its
@@ -122,8 +124,9 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("raft: snapshot store: %w", err)
 	}
 	trans := cfg.Transport
+	var layer *secureLayer
 	if trans == nil {
-		if trans, err = tcpTransport(&cfg, hlog); err != nil {
+		if trans, layer, err = tcpTransport(&cfg, hlog); err != nil {
 			logs.Close()
 			return nil, err
 		}
@@ -139,7 +142,7 @@ func Open(cfg Config) (*Store, error) {
 	rc.BatchApplyCh = true
 	rc.NoLegacyTelemetry = true
 
-	s := &Store{cfg: cfg, fsm: newFSM(cfg.Logger), logs: logs, trans: trans}
+	s := &Store{cfg: cfg, fsm: newFSM(cfg.Logger), logs: logs, trans: trans, layer: layer}
 	cached, err := hraft.NewLogCache(1024, logs)
 	if err != nil {
 		s.closeParts()
@@ -170,25 +173,25 @@ func Open(cfg Config) (*Store, error) {
 	return s, nil
 }
 
-func tcpTransport(cfg *Config, hlog hclog.Logger) (hraft.Transport, error) {
+func tcpTransport(cfg *Config, hlog hclog.Logger) (hraft.Transport, *secureLayer, error) {
 	ln, err := net.Listen("tcp", cfg.BindAddr)
 	if err != nil {
-		return nil, fmt.Errorf("raft: listen on %s: %w", cfg.BindAddr, err)
+		return nil, nil, fmt.Errorf("raft: listen on %s: %w", cfg.BindAddr, err)
 	}
 	adv := cmp.Or(cfg.AdvertiseAddr, ln.Addr().String())
 	advAddr, err := net.ResolveTCPAddr("tcp", adv)
 	if err != nil || advAddr.IP == nil || advAddr.IP.IsUnspecified() {
 		ln.Close()
-		return nil, fmt.Errorf("raft: advertise address %q is not an address peers can dial; set one", adv)
+		return nil, nil, fmt.Errorf("raft: advertise address %q is not an address peers can dial; set one", adv)
 	}
 	layer, err := newSecureLayer(ln, advAddr, cfg.ClusterKey, cfg.Logger)
 	if err != nil {
 		ln.Close()
-		return nil, fmt.Errorf("raft: %w", err)
+		return nil, nil, fmt.Errorf("raft: %w", err)
 	}
 	return hraft.NewNetworkTransportWithConfig(&hraft.NetworkTransportConfig{
 		Stream: layer, MaxPool: 5, Timeout: 10 * time.Second, Logger: hlog,
-	}), nil
+	}), layer, nil
 }
 
 func (s *Store) closeParts() {
@@ -370,7 +373,31 @@ func (s *Store) UpdateState(ctx context.Context, ops []StateOp) (topology.Revisi
 	if len(ops) == 0 {
 		return s.Current().Revision(), nil
 	}
+	if err := checkOps(ops); err != nil {
+		return 0, err
+	}
 	return s.apply(ctx, cmdState, stateBatch{Ops: ops})
+}
+
+// checkOps refuses, before anything is proposed, operations that no replica
+// could apply: what reaches the log must decode everywhere.
+func checkOps(ops []StateOp) error {
+	var problems []string
+	for i, op := range ops {
+		switch {
+		case op.Subject.Kind != topology.KindDevice && op.Subject.Kind != topology.KindGateway:
+			problems = append(problems, fmt.Sprintf("ops[%d]: subject kind must be device or gateway", i))
+		case op.Subject.Name == "":
+			problems = append(problems, fmt.Sprintf("ops[%d]: subject name is required", i))
+		}
+		if _, err := applyOp(nil, &op); err != nil {
+			problems = append(problems, fmt.Sprintf("ops[%d]: %s/%s: %v", i, op.Subject.Kind, op.Subject.Name, err))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w: %s", ErrRejected, strings.Join(problems, "; "))
+	}
+	return nil
 }
 
 // RegisterMember records a member's addresses. It must be called on the
@@ -388,6 +415,17 @@ func (s *Store) RegisterMember(ctx context.Context, m Member) error {
 func (s *Store) AddVoter(ctx context.Context, m Member) error {
 	if !s.IsLeader() {
 		return s.notLeader()
+	}
+	// A voter that cannot be reached would count toward every quorum and
+	// could leave the cluster without a leader; prove it answers, with the
+	// cluster key, before it votes.
+	if s.layer != nil {
+		conn, err := s.layer.Dial(hraft.ServerAddress(m.RaftAddr), 3*time.Second)
+		if err != nil {
+			return fmt.Errorf("%w: member %s cannot be added: its raft address %s does not answer with the cluster key: %v",
+				ErrRejected, m.ID, m.RaftAddr, err)
+		}
+		conn.Close()
 	}
 	f := s.raft.AddVoter(hraft.ServerID(m.ID), hraft.ServerAddress(m.RaftAddr), 0, timeoutOf(ctx))
 	if err := f.Error(); err != nil {
@@ -448,6 +486,18 @@ func (s *Store) Status() (Status, error) {
 	}
 	slices.SortFunc(st.Members, func(a, b MemberStatus) int { return cmp.Compare(a.ID, b.ID) })
 	return st, nil
+}
+
+// AppliedIndex is the last log index this member has applied.
+func (s *Store) AppliedIndex() uint64 { return s.raft.AppliedIndex() }
+
+// Barrier waits until this member, which must lead, has applied everything
+// committed before the call.
+func (s *Store) Barrier(ctx context.Context) error {
+	if err := s.raft.Barrier(timeoutOf(ctx)).Error(); err != nil {
+		return s.leaderErr(err)
+	}
+	return nil
 }
 
 // Snapshot writes a raft snapshot now and compacts the log; with nothing

@@ -47,9 +47,14 @@ type secureLayer struct {
 	client    *tls.Config
 	log       *slog.Logger
 
-	accepted  chan net.Conn
-	done      chan struct{}
-	closeOnce sync.Once
+	accepted   chan net.Conn
+	handshakes chan struct{} // one slot per handshake in progress
+	done       chan struct{}
+	closeOnce  sync.Once
+
+	warnMu   sync.Mutex
+	warnAt   time.Time
+	warnHeld int
 }
 
 var _ hraft.StreamLayer = (*secureLayer)(nil)
@@ -69,40 +74,71 @@ func newSecureLayer(ln net.Listener, advertise net.Addr, key []byte, log *slog.L
 		server:    &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}},
 		// The peer's certificate is not what authenticates it: the keyed
 		// proof over the session below is.
-		client:   &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true}, //nolint:gosec // authenticated by proveAndVerify
-		log:      log,
-		accepted: make(chan net.Conn),
-		done:     make(chan struct{}),
+		client:     &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true}, //nolint:gosec // authenticated by proveAndVerify
+		log:        log,
+		accepted:   make(chan net.Conn),
+		handshakes: make(chan struct{}, maxHandshakes),
+		done:       make(chan struct{}),
 	}
 	go l.acceptLoop()
 	return l, nil
 }
 
+// maxHandshakes bounds connections still proving themselves; past it a
+// new connection is closed at once, so that unauthenticated peers cannot
+// hold this member's file descriptors or CPU.
+const maxHandshakes = 64
+
 func (l *secureLayer) acceptLoop() {
+	backoff := 5 * time.Millisecond
 	for {
 		conn, err := l.ln.Accept()
 		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
 			select {
 			case <-l.done:
 				return
 			default:
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			l.log.Error("raft transport stopped accepting", "err", err)
-			l.Close()
-			return
+			// Out of file descriptors or buffers: wait and go on accepting;
+			// giving up would silence raft on this member for good.
+			l.warn("raft transport accept failed; retrying", err)
+			time.Sleep(backoff)
+			backoff = min(backoff*2, time.Second)
+			continue
 		}
-		go l.handshake(conn)
+		backoff = 5 * time.Millisecond
+		select {
+		case l.handshakes <- struct{}{}:
+			go func() {
+				defer func() { <-l.handshakes }()
+				l.handshake(conn)
+			}()
+		default:
+			conn.Close()
+			l.warn("raft transport refused a connection: too many handshakes in progress", nil)
+		}
 	}
+}
+
+// warn logs at most one warning per 10 seconds, with how many it held back.
+func (l *secureLayer) warn(msg string, err error) {
+	l.warnMu.Lock()
+	defer l.warnMu.Unlock()
+	l.warnHeld++
+	if time.Since(l.warnAt) < 10*time.Second {
+		return
+	}
+	l.log.Warn(msg, "err", err, "events_since_last_warning", l.warnHeld)
+	l.warnAt, l.warnHeld = time.Now(), 0
 }
 
 func (l *secureLayer) handshake(raw net.Conn) {
 	conn := tls.Server(raw, l.server)
 	if err := proveAndVerify(conn, l.key, false); err != nil {
-		l.log.Warn("rejected raft peer", "remote", raw.RemoteAddr().String(), "err", err)
+		l.warn("rejected a raft peer that did not prove the cluster key", fmt.Errorf("%s: %w", raw.RemoteAddr(), err))
 		conn.Close()
 		return
 	}

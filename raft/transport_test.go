@@ -142,3 +142,68 @@ func TestTCPClusterReplicates(t *testing.T) {
 		t.Fatalf("b did not replicate: %v", err)
 	}
 }
+
+// TestAFloodOfIdleConnectionsDoesNotSilenceTheMember: connections that
+// never handshake are capped, and once they go, peers connect again.
+func TestAFloodOfIdleConnectionsDoesNotSilenceTheMember(t *testing.T) {
+	server, client := layer(t, key(1)), layer(t, key(1))
+	go func() {
+		for {
+			c, err := server.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	var idle []net.Conn
+	for range maxHandshakes + 36 {
+		c, err := net.Dial("tcp", server.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	for _, c := range idle {
+		c.Close()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := client.Dial(hraft.ServerAddress(server.Addr().String()), time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a peer with the key still cannot connect after the flood: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestAnUnreachableMemberIsNotAddedAsAVoter(t *testing.T) {
+	s, err := Open(Config{ID: "a", DataDir: t.TempDir(), BindAddr: "127.0.0.1:0", ClusterKey: key(9), Bootstrap: true,
+		Logger: quietLogger(), RaftLogLevel: "off"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := ctxT(t)
+	if err := s.WaitForLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A port nobody listens on, and a member holding another key.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln.Addr().String()
+	ln.Close()
+	other := layer(t, key(7))
+	for _, addr := range []string{dead, other.Addr().String()} {
+		if err := s.AddVoter(ctx, Member{ID: "ghost", RaftAddr: addr}); !errors.Is(err, ErrRejected) {
+			t.Fatalf("AddVoter(%s) = %v, want ErrRejected", addr, err)
+		}
+	}
+	st, err := s.Status()
+	if err != nil || len(st.Members) != 1 || !s.IsLeader() {
+		t.Fatalf("configuration %+v (err %v), leader %v: want the lone member still leading", st.Members, err, s.IsLeader())
+	}
+}

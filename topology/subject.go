@@ -40,8 +40,14 @@ func ParseKind(s string) (Kind, error) {
 	return 0, fmt.Errorf("unknown subject kind %q (want device, gateway or service)", s)
 }
 
-// MarshalText writes the kind's name.
-func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+// MarshalText writes the kind's name; a kind that is none of the three
+// cannot be written, so it can never reach a replicated log.
+func (k Kind) MarshalText() ([]byte, error) {
+	if k < KindDevice || k > KindService {
+		return nil, fmt.Errorf("invalid subject kind %d", uint8(k))
+	}
+	return []byte(k.String()), nil
+}
 
 // UnmarshalText reads a kind's name.
 func (k *Kind) UnmarshalText(b []byte) error {

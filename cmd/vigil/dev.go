@@ -61,6 +61,8 @@ reused and the example is only applied if the store holds no topology yet.`,
 	}
 	m.register(cmd)
 	m.cfg.ID = "dev"
+	m.cfg.Authz.Addr = "127.0.0.1:9191"
+	cmd.Flags().Lookup("authz-addr").DefValue = m.cfg.Authz.Addr
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the temporary data dir when stopping")
 	return cmd
 }
@@ -105,6 +107,7 @@ func printDevBanner(w io.Writer, n *node.Node, cfg *node.Config, snap *topology.
 	fmt.Fprintf(w, `
 Vigil dev member %q is running.
   HTTP API   http://%s   (bearer tokens in %s)
+  ext_authz  %s   (gRPC envoy.service.auth.v3.Authorization, policy: %s)
   Raft       %s
   Data dir   %s (%s)
   Topology   smart-city example at revision %d: %d zones, %d gateways, %d devices, %d services, %d flows
@@ -119,7 +122,14 @@ Try, in another terminal:
   go run ./cmd/vigil topology validate -f examples/smart-city/topology.yaml
 
 Press Ctrl-C to stop.
-`, cfg.ID, n.APIAddr(), n.TokenFile(), n.Store().Addr(), cfg.DataDir, removed,
+`, cfg.ID, n.APIAddr(), n.TokenFile(), n.AuthzAddr(), policyName(cfg), n.Store().Addr(), cfg.DataDir, removed,
 		snap.Revision(), ix.NumZones(), ix.NumGateways(), ix.NumDevices(), ix.NumServices(), ix.NumFlows(),
 		n.TokenFile(), device, device, device)
+}
+
+func policyName(cfg *node.Config) string {
+	if cfg.Authz.PolicyDir != "" {
+		return cfg.Authz.PolicyDir
+	}
+	return "Vigil's default"
 }

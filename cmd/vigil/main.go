@@ -49,7 +49,7 @@ a --config file.`,
 		},
 	}
 	root.AddCommand(newServeCmd(), newDevCmd(), newTopologyCmd(), newSubjectCmd("device"), newSubjectCmd("gateway"),
-		newClusterCmd(), newVersionCmd())
+		newClusterCmd(), newPolicyCmd(), newAuditCmd(), newVersionCmd())
 	return root
 }
 

@@ -30,6 +30,12 @@ func (m *memberFlags) register(cmd *cobra.Command) {
 	f.StringVar(&m.cfg.APIAdvertise, "api-advertise", "", "API address peers and forwarded writes use (default: --api-addr)")
 	f.StringVar(&m.cfg.ClusterKeyFile, "cluster-key-file", "", "cluster key that raft peers authenticate with (default <data-dir>/cluster.key, created by a founding member)")
 	f.StringVar(&m.cfg.TokenFile, "token-file", "", "operators' API tokens, \"name:token\" per line (default <data-dir>/api-tokens, created if missing)")
+	f.StringVar(&m.cfg.Authz.Addr, "authz-addr", m.cfg.Authz.Addr, "gRPC address of the ext_authz Check service (envoy.service.auth.v3.Authorization)")
+	f.StringVar(&m.cfg.Authz.PolicyDir, "policy-dir", "", "directory of Rego modules and data replacing the default policy; reloaded on change")
+	f.StringVar(&m.cfg.Authz.PolicyQuery, "policy-query", "", "the decision to query (default data.vigil.authz.decision)")
+	f.StringVar(&m.cfg.Authz.DecisionLog, "decision-log", "", "hash-chained decision log file (default <data-dir>/decisions.log)")
+	f.BoolVar(&m.cfg.Authz.DecisionLogStrict, "decision-log-strict", false, "make Check wait for the decision log instead of dropping decisions when it falls behind")
+	f.DurationVar(&m.cfg.Authz.EvalTimeout, "policy-timeout", 100*time.Millisecond, "longest a policy evaluation may take before the request is denied")
 	f.StringVar(&m.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&m.cfg.RaftLogLevel, "raft-log-level", "warn", "log level of the raft library itself")
 	f.DurationVar(&m.cfg.HeartbeatTimeout, "raft-heartbeat-timeout", 500*time.Millisecond,

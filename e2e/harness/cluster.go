@@ -55,11 +55,12 @@ type Cluster struct {
 
 // Member is one `vigil serve` process of a Cluster.
 type Member struct {
-	ID       string
-	DataDir  string
-	APIAddr  string
-	RaftAddr string
-	LogPath  string
+	ID        string
+	DataDir   string
+	APIAddr   string
+	RaftAddr  string
+	AuthzAddr string
+	LogPath   string
 
 	args   []string
 	mu     sync.Mutex
@@ -125,8 +126,12 @@ func New(opts Options) (*Cluster, error) {
 		if m.RaftAddr, err = FreeAddr(); err != nil {
 			return c, err
 		}
+		if m.AuthzAddr, err = FreeAddr(); err != nil {
+			return c, err
+		}
 		m.args = []string{"serve", "--node-id", m.ID, "--data-dir", m.DataDir,
-			"--api-addr", m.APIAddr, "--raft-addr", m.RaftAddr, "--log-level", opts.LogLevel}
+			"--api-addr", m.APIAddr, "--raft-addr", m.RaftAddr, "--authz-addr", m.AuthzAddr,
+			"--log-level", opts.LogLevel}
 		if i > 0 {
 			first := c.members[0]
 			m.args = append(m.args, "--join", first.APIAddr,

@@ -14,6 +14,8 @@ type Spec struct {
 	Zones           int // device zones; a "cloud" zone for services is added
 	GatewaysPerZone int
 	Devices         int // spread round-robin over all gateways
+	// NoAttestation leaves the classes without an attestation requirement.
+	NoAttestation bool
 }
 
 // Classes, services and flows every generated document has.
@@ -53,11 +55,11 @@ func Generate(s Spec) *topology.Document {
 	}
 	doc.Zones = append(doc.Zones, topology.Zone{Name: "cloud"})
 	for _, c := range classes {
-		doc.DeviceClasses = append(doc.DeviceClasses, topology.DeviceClass{
-			Name:        c,
-			Attestation: &topology.AttestationPolicy{MaxAge: "24h", Firmware: []topology.FirmwareRef{{Version: "1.0.0", SHA256: sha}}},
-			RateLimit:   "60/m",
-		})
+		dc := topology.DeviceClass{Name: c, RateLimit: "60/m"}
+		if !s.NoAttestation {
+			dc.Attestation = &topology.AttestationPolicy{MaxAge: "24h", Firmware: []topology.FirmwareRef{{Version: "1.0.0", SHA256: sha}}}
+		}
+		doc.DeviceClasses = append(doc.DeviceClasses, dc)
 	}
 	for i, svc := range services {
 		doc.Services = append(doc.Services, topology.Service{

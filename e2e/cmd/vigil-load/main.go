@@ -4,6 +4,7 @@
 //
 //	vigil-load writes   [-duration 10s] [-clients 16] [-batch 100] [-failovers 5]
 //	vigil-load topology [-devices 100000,1000000]
+//	vigil-load authz    [-duration 10s] [-inflight 16] [-devices 10000]
 //
 // Results belong in BENCHMARKS.md.
 package main
@@ -30,6 +31,8 @@ func main() {
 		err = runWrites(os.Args[2:])
 	case "topology":
 		err = runTopology(os.Args[2:])
+	case "authz":
+		err = runAuthz(os.Args[2:])
 	default:
 		usage()
 	}
@@ -40,7 +43,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology [flags]   (-h for the flags of each)")
+	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology|authz [flags]   (-h for the flags of each)")
 	os.Exit(2)
 }
 

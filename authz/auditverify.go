@@ -1,0 +1,257 @@
+package authz
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// VerifyReport is what VerifyDecisionLog found in an intact log.
+type VerifyReport struct {
+	// Entries is the number of decisions; chain_restart markers are not
+	// counted.
+	Entries int
+	// Lines is the number of lines read, markers and torn lines included.
+	Lines int
+	// Seq is the seq of the last line, 0 for an empty log.
+	Seq uint64
+	// Head is the hex SHA-256 of the last line (64 zeros for an empty log).
+	// Nothing in the file vouches for the last line, so an edit of it is
+	// invisible to the chain: record the head elsewhere (a ticket, another
+	// system's log) and compare it later to detect one.
+	Head string
+	// Restarts lists the chain segments started after a torn write.
+	Restarts []ChainRestart
+}
+
+// ChainRestart is a chain_restart marker and the torn bytes it vouches for.
+type ChainRestart struct {
+	Line      int // line of the marker
+	TornLine  int // first line of the torn bytes
+	TornLines int // how many lines the torn bytes take
+}
+
+// Problem names the kind of damage VerifyDecisionLog found.
+type Problem string
+
+// The kinds of damage. Where the chain alone cannot tell two causes apart,
+// the kind is the likelier one given the line after the break.
+const (
+	// ProblemEdited: a line's hash is not the prev of the line after it.
+	ProblemEdited Problem = "edited"
+	// ProblemRemoved: seq jumps forward; lines are missing before this one.
+	ProblemRemoved Problem = "removed"
+	// ProblemReordered: a line stands where another seq is due, and the
+	// missing seq comes later.
+	ProblemReordered Problem = "reordered"
+	// ProblemInserted: a line claims the same place in the chain as another.
+	ProblemInserted Problem = "inserted"
+	// ProblemInvalid: a line is not an entry (not JSON, no seq or prev), or
+	// is a chain_restart marker the writer would not have written.
+	ProblemInvalid Problem = "invalid"
+	// ProblemTruncated: the file ends in the middle of a line with no
+	// chain_restart after it.
+	ProblemTruncated Problem = "truncated"
+)
+
+// VerifyError is the first place where a log's chain is broken.
+type VerifyError struct {
+	Line    int // 1-based line number of the first bad line
+	Problem Problem
+	Detail  string
+}
+
+func (e *VerifyError) Error() string {
+	return fmt.Sprintf("line %d: %s: %s", e.Line, e.Problem, e.Detail)
+}
+
+// VerifyDecisionLog reads a decision log (format at the top of
+// decisionlog.go) and checks its hash chain. It returns a *VerifyError for
+// the first bad line, any other error for a failure to read, and on success
+// a report with the head hash that the caller should anchor elsewhere.
+func VerifyDecisionLog(r io.Reader) (VerifyReport, error) {
+	var rep VerifyReport
+	src := &lineSource{r: bufio.NewReaderSize(r, 64<<10)}
+	last := link{hash: zeroHash}
+	var torn []*rawLine // lines after last that are not entries
+	for {
+		ln, err := src.next()
+		if err != nil {
+			return rep, err
+		}
+		if ln == nil {
+			break
+		}
+		rep.Lines++
+		if ln.err != nil {
+			torn = append(torn, ln)
+			continue
+		}
+		e := ln.e
+		if len(torn) > 0 {
+			// Torn bytes are only legitimate when the marker that the writer
+			// wrote right after them at its restart vouches for them.
+			if !e.ChainRestart {
+				return rep, &VerifyError{torn[0].n, ProblemInvalid, torn[0].err.Error()}
+			}
+			if sum := tornHash(torn); sum != e.Torn {
+				return rep, &VerifyError{torn[0].n, ProblemInvalid, fmt.Sprintf(
+					"%v, and the chain_restart at line %d does not vouch for these bytes", torn[0].err, ln.n)}
+			}
+		} else if e.ChainRestart {
+			return rep, &VerifyError{ln.n, ProblemInvalid, "chain_restart marker with no torn bytes before it"}
+		}
+		if e.Seq != last.seq+1 || e.Prev != last.hash {
+			next, err := src.peek()
+			if err != nil {
+				return rep, err
+			}
+			return rep, classify(last, ln, next)
+		}
+		if len(torn) > 0 {
+			rep.Restarts = append(rep.Restarts, ChainRestart{Line: ln.n, TornLine: torn[0].n, TornLines: len(torn)})
+			torn = nil
+		}
+		if !e.ChainRestart {
+			rep.Entries++
+		}
+		last = link{line: ln.n, seq: e.Seq, prev: e.Prev, hash: hashLine(ln.b)}
+		rep.Seq, rep.Head = last.seq, last.hash
+	}
+	if len(rep.Head) == 0 {
+		rep.Head = zeroHash
+	}
+	switch {
+	case len(torn) == 1 && !torn[0].terminated:
+		return rep, &VerifyError{torn[0].n, ProblemTruncated, fmt.Sprintf(
+			"the file ends %d bytes into an entry, with no chain_restart after it (a torn or cut write)", len(torn[0].b))}
+	case len(torn) > 0:
+		return rep, &VerifyError{torn[0].n, ProblemInvalid, torn[0].err.Error()}
+	}
+	return rep, nil
+}
+
+// link is the last good line: what the next line must chain to.
+type link struct {
+	line int    // 0 before the first line
+	seq  uint64 // 0 before the first line
+	prev string // its own prev
+	hash string // its hash
+}
+
+// classify explains why line c does not chain to last, looking at the line
+// after c (next, nil at the end of the file) to tell likely causes apart.
+func classify(last link, c, next *rawLine) *VerifyError {
+	want := last.seq + 1
+	e := c.e
+	// nextIs reports whether next is an entry with this seq and prev.
+	nextIs := func(seq uint64, prev string) bool {
+		return next != nil && next.err == nil && next.e.Seq == seq && next.e.Prev == prev
+	}
+	switch {
+	case e.Seq == want && nextIs(e.Seq, last.hash):
+		return &VerifyError{c.n, ProblemInserted, fmt.Sprintf(
+			"seq %d with a prev that matches no line; line %d holds seq %d and chains to line %d", e.Seq, next.n, e.Seq, last.line)}
+	case e.Seq == want && last.line == 0:
+		return &VerifyError{c.n, ProblemEdited, "prev of the first line is not 64 zeros"}
+	case e.Seq == want:
+		return &VerifyError{last.line, ProblemEdited, fmt.Sprintf(
+			"its hash does not match prev of line %d", c.n)}
+	case e.Seq > want && next != nil && next.err == nil && next.e.Seq < e.Seq:
+		return &VerifyError{c.n, ProblemReordered, fmt.Sprintf(
+			"seq %d where %d is due, and line %d has seq %d", e.Seq, want, next.n, next.e.Seq)}
+	case e.Seq > want:
+		return &VerifyError{c.n, ProblemRemoved, fmt.Sprintf(
+			"seq %d where %d is due: %d line(s) missing before it", e.Seq, want, e.Seq-want)}
+	case last.line > 0 && e.Seq == last.seq && e.Prev == last.prev:
+		// Two lines claim the same place; the chain goes on from the genuine one.
+		if nextIs(e.Seq+1, hashLine(c.b)) {
+			return &VerifyError{last.line, ProblemInserted, fmt.Sprintf(
+				"line %d has the same seq %d and prev, and the chain continues from line %d", c.n, e.Seq, c.n)}
+		}
+		return &VerifyError{c.n, ProblemInserted, fmt.Sprintf(
+			"same seq %d and prev as line %d", e.Seq, last.line)}
+	default:
+		return &VerifyError{c.n, ProblemReordered, fmt.Sprintf(
+			"seq %d where %d is due: out of order", e.Seq, want)}
+	}
+}
+
+func hashLine(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// tornHash is the hash of torn lines as the writer computed it: their bytes
+// joined by "\n".
+func tornHash(lines []*rawLine) string {
+	h := sha256.New()
+	for i, ln := range lines {
+		if i > 0 {
+			h.Write([]byte{'\n'})
+		}
+		h.Write(ln.b)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// rawLine is one line of the file, parsed as far as the chain needs.
+type rawLine struct {
+	n          int    // 1-based
+	b          []byte // without "\n"
+	terminated bool   // ended in "\n"
+	e          chainFields
+	err        error // why it is not an entry
+}
+
+// lineSource reads lines with one line of lookahead.
+type lineSource struct {
+	r      *bufio.Reader
+	n      int
+	peeked *rawLine
+	done   bool
+}
+
+func (s *lineSource) next() (*rawLine, error) {
+	if s.peeked != nil {
+		ln := s.peeked
+		s.peeked = nil
+		return ln, nil
+	}
+	return s.read()
+}
+
+func (s *lineSource) peek() (*rawLine, error) {
+	if s.peeked == nil {
+		ln, err := s.read()
+		if err != nil {
+			return nil, err
+		}
+		s.peeked = ln
+	}
+	return s.peeked, nil
+}
+
+func (s *lineSource) read() (*rawLine, error) {
+	if s.done {
+		return nil, nil
+	}
+	b, err := s.r.ReadBytes('\n')
+	if errors.Is(err, io.EOF) {
+		s.done = true
+		if len(b) == 0 {
+			return nil, nil
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("read decision log: %w", err)
+	}
+	s.n++
+	ln := &rawLine{n: s.n}
+	ln.b, ln.terminated = bytes.CutSuffix(b, []byte("\n"))
+	ln.e, ln.err = parseChainLine(ln.b)
+	return ln, nil
+}

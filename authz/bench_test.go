@@ -1,0 +1,140 @@
+package authz
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/open-policy-agent/opa/v1/ast"
+
+	"github.com/vigil-iot/vigil/topology"
+	"github.com/vigil-iot/vigil/topology/topologytest"
+)
+
+var benchSpecs = []struct {
+	name string
+	spec topologytest.Spec
+}{
+	{"10k", topologytest.Spec{Zones: 10, GatewaysPerZone: 10, Devices: 10_000}},
+	{"1M", topologytest.Spec{Zones: 100, GatewaysPerZone: 100, Devices: 1_000_000}},
+}
+
+// benchRequests are a mix of allowed (even) and denied (odd) requests from
+// devices spread over the whole topology.
+func benchRequests(ix *topology.Index, n, devices int) []*authv3.CheckRequest {
+	reqs := make([]*authv3.CheckRequest, n)
+	for i := range reqs {
+		name := topologytest.DeviceName(i * (devices / n))
+		id, _ := ix.SPIFFEID(topology.DeviceSubject(name))
+		d, _ := ix.Device(name)
+		method, path, host := "POST", "/api/v1/telemetry", "telemetry.city.example"
+		switch {
+		case i%2 == 1:
+			method = "DELETE" // no flow allows it
+		case d.Class == "traffic-camera":
+			path, host = "/upload/cam.jpg", "video.city.example"
+		}
+		reqs[i] = &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+			Source: &authv3.AttributeContext_Peer{Principal: id},
+			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+				Id: fmt.Sprint(i), Method: method, Path: path, Host: host, Scheme: "https", Protocol: "HTTP/1.1",
+				Headers: map[string]string{":authority": host, ":method": method, ":path": path,
+					"content-type": "application/json", "user-agent": "slc-firmware/2.4.1"},
+			}},
+		}}
+	}
+	return reqs
+}
+
+func benchServer(b *testing.B, spec topologytest.Spec) (*Server, []*authv3.CheckRequest) {
+	b.Helper()
+	ix, err := topology.NewIndex(topologytest.Generate(spec))
+	if err != nil {
+		b.Fatal(err)
+	}
+	snap := topology.NewSnapshot(9, 1, ix, topology.NewState())
+	engine, err := NewEngine(context.Background(), quiet())
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The generated classes require attestation; without it every request
+	// would stop at that check. Record a fresh one for every device asked.
+	reqs := benchRequests(ix, 1024, spec.Devices)
+	updates := map[topology.Subject]*topology.SubjectState{}
+	for _, r := range reqs {
+		sub, _ := ix.BySPIFFEID(r.Attributes.Source.Principal)
+		updates[sub] = &topology.SubjectState{Attestation: &topology.Attestation{Method: "tpm", FirmwareVersion: "1.0.0",
+			VerifiedAt: time.Now().Add(-time.Hour), ExpiresAt: time.Now().Add(time.Hour)}}
+	}
+	snap = topology.NewSnapshot(10, 1, ix, snap.State().With(updates))
+	s := NewServer(Config{Node: "bench", Snapshot: func() *topology.Snapshot { return snap }, Engine: engine, Log: discard{}})
+	// Rate limits are per device; the benchmark measures decisions, so lift them.
+	s.limiter = newLimiter()
+	return s, reqs
+}
+
+type discard struct{}
+
+func (discard) Record(*Decision) {}
+
+// BenchmarkCheck is the whole decision path of one Check, without gRPC:
+// parse, resolve, build input, evaluate, respond.
+func BenchmarkCheck(b *testing.B) {
+	for _, bs := range benchSpecs {
+		b.Run(bs.name, func(b *testing.B) {
+			s, reqs := benchServer(b, bs.spec)
+			ctx := context.Background()
+			allowed := 0
+			i := 0
+			for b.Loop() {
+				resp, _ := s.Check(ctx, reqs[i%len(reqs)])
+				if resp.GetStatus().GetCode() == 0 {
+					allowed++
+				}
+				i++
+			}
+			b.ReportMetric(float64(allowed)/float64(i), "allowed/op")
+		})
+	}
+}
+
+// BenchmarkPolicyEval is policy evaluation alone (inputs built beforehand),
+// with its p99, the figure ARCHITECTURE.md sets a target for.
+func BenchmarkPolicyEval(b *testing.B) {
+	for _, bs := range benchSpecs {
+		b.Run(bs.name, func(b *testing.B) {
+			s, reqs := benchServer(b, bs.spec)
+			snap := s.cfg.Snapshot()
+			inputs := make([]ast.Value, len(reqs))
+			for i, req := range reqs {
+				r, err := ParseRequest(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				res := resolve(snap, &r, "bench", time.Now())
+				if inputs[i], err = BuildInput(req, res.vigil); err != nil {
+					b.Fatal(err)
+				}
+			}
+			ctx := context.Background()
+			p := s.cfg.Engine.Current()
+			times := make([]time.Duration, 0, 1<<16)
+			i := 0
+			for b.Loop() {
+				t0 := time.Now()
+				if _, err := p.Eval(ctx, inputs[i%len(inputs)]); err != nil {
+					b.Fatal(err)
+				}
+				if len(times) < cap(times) {
+					times = append(times, time.Since(t0))
+				}
+				i++
+			}
+			slices.Sort(times)
+			b.ReportMetric(float64(times[len(times)*99/100].Nanoseconds())/1000, "p99-µs")
+		})
+	}
+}

@@ -1,0 +1,500 @@
+package authz
+
+// The decision log file
+//
+// A decision log is a file of lines, each one JSON object ending in "\n".
+// A line is a decision: two chain fields, then every field of Decision under
+// its JSON name (HTML characters are not escaped):
+//
+//	{"seq":2,"prev":"<64 hex>","decision_id":"…","time":"…",…,"latency_us":112}
+//
+//   - seq is 1 on the first line of the file and grows by exactly 1 per line.
+//   - prev is the lower-case hex SHA-256 of the previous line's exact bytes,
+//     without its "\n"; on the first line it is 64 zeros.
+//
+// A line is an entry when it is a JSON object with a seq from 1 and a prev
+// of 64 lower-case hex digits (parseChainLine); the writer and the verifier
+// use the same test.
+//
+// Removing, reordering, inserting or editing a line therefore breaks the
+// chain at that line or the next, and VerifyDecisionLog (auditverify.go)
+// finds the first such line. Nothing comes after the last line to vouch for
+// it, so an edit of the last line, or of the last k lines together with
+// rewriting their chain, cannot be seen from the file alone: the verifier
+// reports the hash of the last line (the head), for operators to anchor
+// elsewhere and compare later.
+//
+// Restart. OpenDecisionLog reads the end of an existing file and continues
+// its chain: seq is the last line's seq + 1, prev is that line's hash. A line
+// that was written whole but lost only its "\n" counts as whole (a proper
+// prefix of a JSON object is never a valid object, so a valid line is the
+// complete line); the "\n" is added and the chain continues from it.
+//
+// Torn tail. A crash can leave the end of a write on disk: part of a line,
+// or blocks of zero bytes, after the last complete line. The chain is not
+// continued from such bytes as if they were an entry, and they are not
+// removed either (they are evidence). Instead they are ended with "\n" and
+// a new chain segment starts with a marker line:
+//
+//	{"seq":4,"prev":"<hash of the last complete line>","chain_restart":true,"torn":"<64 hex>","time":"…"}
+//
+// seq and prev continue from the last complete line, as if the torn bytes
+// were not there, and torn is the SHA-256 of the torn bytes: all the bytes
+// after the last complete line's "\n", without the one "\n" that ends them.
+// The marker vouches for the torn bytes; the next decision's prev is the
+// marker's hash. The verifier accepts torn bytes only in exactly that shape:
+// bytes that are not an entry, directly followed by a marker that continues
+// the chain from the line before them and whose torn hash matches them, that
+// is, bytes that were the very tail of the file when the writer restarted.
+// It reports each such restart. Torn bytes with no marker after them are an
+// error (a truncated last line, or an invalid line), and so is a marker with
+// no torn bytes before it. Torn bytes can span more than one line only when
+// the writer crashed again while writing the marker; the marker written by
+// the next start then covers all of them.
+//
+// One process writes a file; two writers on one file break its chain.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	// flushInterval bounds how long a written decision waits in the buffer.
+	flushInterval = 100 * time.Millisecond
+	// dropWarnInterval is the least time between two warnings about drops.
+	dropWarnInterval = 10 * time.Second
+	// maxTailScan bounds how far back OpenDecisionLog looks for the last
+	// complete line.
+	maxTailScan = 64 << 20
+	// defaultDecisionBuffer is the default queue capacity.
+	defaultDecisionBuffer = 65536
+)
+
+// zeroHash is prev on the first line of a file.
+const zeroHash = "0000000000000000000000000000000000000000000000000000000000000000"
+
+// DecisionLogConfig sets up a DecisionLog.
+type DecisionLogConfig struct {
+	// Path is the log file; decisions are appended to it. It is created
+	// with mode 0600 if missing; its directory must exist.
+	Path string
+	// Buffer is how many decisions may wait for the writer (default 65536).
+	Buffer int
+	// Strict makes Record wait for room in the queue instead of dropping a
+	// decision when the queue is full.
+	Strict bool
+	// SyncInterval, when positive, fsyncs the file after a flush at most
+	// this often. Zero leaves it to the operating system until Run ends,
+	// which always fsyncs.
+	SyncInterval time.Duration
+	// Logger gets warnings about dropped decisions (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// DecisionLog is the authorizer's hash-chained decision log: Record queues
+// a decision without touching the disk and Run writes the queue to the file.
+type DecisionLog struct {
+	cfg   DecisionLogConfig
+	queue chan *Decision
+
+	closed   atomic.Bool  // set by Run when it stops taking decisions
+	inflight atomic.Int64 // Record calls between their closed check and their send
+	started  atomic.Bool
+	written  atomic.Uint64
+	dropped  atomic.Uint64
+
+	// Owned by Run.
+	f    *os.File
+	seq  uint64
+	prev [64]byte // hex of the last line's hash
+}
+
+var _ Recorder = (*DecisionLog)(nil)
+
+// entry is a decision line: the chain fields, then the decision.
+type entry struct {
+	Seq  uint64 `json:"seq"`
+	Prev string `json:"prev"`
+	*Decision
+}
+
+// restartEntry is the marker line that starts a chain segment after torn
+// bytes.
+type restartEntry struct {
+	Seq          uint64    `json:"seq"`
+	Prev         string    `json:"prev"`
+	ChainRestart bool      `json:"chain_restart"`
+	Torn         string    `json:"torn"`
+	Time         time.Time `json:"time"`
+}
+
+// OpenDecisionLog opens (or creates) the log file and positions its chain
+// after the last complete line; see the top of this file for torn tails.
+func OpenDecisionLog(cfg DecisionLogConfig) (*DecisionLog, error) {
+	if cfg.Path == "" || cfg.Path == "-" {
+		return nil, errors.New("decision log: a file path is required")
+	}
+	if cfg.Buffer < 0 {
+		return nil, fmt.Errorf("decision log: buffer %d is negative", cfg.Buffer)
+	}
+	if cfg.Buffer == 0 {
+		cfg.Buffer = defaultDecisionBuffer
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	f, err := os.OpenFile(cfg.Path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("decision log: %w", err)
+	}
+	l := &DecisionLog{cfg: cfg, queue: make(chan *Decision, cfg.Buffer), f: f}
+	if err := l.resume(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("decision log %s: %w", cfg.Path, err)
+	}
+	return l, nil
+}
+
+// resume sets seq and prev from the end of the file, ending a torn tail
+// with a chain_restart marker.
+func (l *DecisionLog) resume() error {
+	t, err := readTail(l.f)
+	if err != nil {
+		return err
+	}
+	l.seq = t.seq
+	copy(l.prev[:], t.prev)
+	var out []byte
+	switch {
+	case t.missingNewline:
+		// The last line is whole and valid; only its "\n" was lost.
+		out = []byte("\n")
+	case len(t.torn) > 0:
+		if t.torn[len(t.torn)-1] != '\n' {
+			out = append(out, '\n')
+		}
+		sum := sha256.Sum256(bytes.TrimSuffix(t.torn, []byte("\n")))
+		marker, err := json.Marshal(restartEntry{
+			Seq: l.seq + 1, Prev: string(l.prev[:]), ChainRestart: true,
+			Torn: hex.EncodeToString(sum[:]), Time: time.Now().UTC(),
+		})
+		if err != nil {
+			return err
+		}
+		out = append(append(out, marker...), '\n')
+		l.advance(marker)
+		l.cfg.Logger.Warn("decision log ended in a torn write; started a new chain segment",
+			"path", l.cfg.Path, "torn_bytes", len(t.torn), "seq", l.seq)
+	default:
+		return nil
+	}
+	// One write, so that a crash now leaves at most one more torn piece.
+	if _, err := l.f.Write(out); err != nil {
+		return err
+	}
+	return l.f.Sync()
+}
+
+// advance moves the chain past a line just written.
+func (l *DecisionLog) advance(line []byte) {
+	sum := sha256.Sum256(line)
+	hex.Encode(l.prev[:], sum[:])
+	l.seq++
+}
+
+// tail is what the end of a log file says about its chain.
+type tail struct {
+	seq            uint64 // seq of the last valid line; 0 if none
+	prev           string // hash of that line; zeroHash if none
+	torn           []byte // the bytes after it, when they are not a valid line
+	missingNewline bool   // the last valid line is the end of the file, without "\n"
+}
+
+// readTail reads f backwards to its last valid line. Everything after that
+// line's "\n" is torn.
+func readTail(f *os.File) (tail, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return tail{}, err
+	}
+	size := st.Size()
+	for window := int64(64 << 10); ; window *= 2 {
+		start := max(size-window, 0)
+		buf := make([]byte, size-start)
+		if _, err := f.ReadAt(buf, start); err != nil && !errors.Is(err, io.EOF) {
+			return tail{}, err
+		}
+		// Walk the lines of buf from the last one back; a line is known
+		// whole when a "\n" precedes it in buf or it starts the file.
+		end := len(buf)
+		for {
+			lineEnd := end
+			if end > 0 && buf[end-1] == '\n' {
+				lineEnd = end - 1
+			}
+			i := bytes.LastIndexByte(buf[:lineEnd], '\n')
+			if i < 0 && start > 0 {
+				break // this line may begin before buf: read further back
+			}
+			line := buf[i+1 : lineEnd]
+			if e, err := parseChainLine(line); err == nil {
+				sum := sha256.Sum256(line)
+				return tail{
+					seq: e.Seq, prev: hex.EncodeToString(sum[:]),
+					torn:           bytes.Clone(buf[end:]),
+					missingNewline: end == len(buf) && lineEnd == end,
+				}, nil
+			}
+			if i < 0 {
+				// The start of the file and no valid line: all of it is torn.
+				return tail{prev: zeroHash, torn: buf}, nil
+			}
+			end = i + 1
+		}
+		if window >= maxTailScan {
+			return tail{}, fmt.Errorf("no complete entry in the last %d bytes", window)
+		}
+	}
+}
+
+// chainFields are the fields of a line that make the chain.
+type chainFields struct {
+	Seq          uint64 `json:"seq"`
+	Prev         string `json:"prev"`
+	ChainRestart bool   `json:"chain_restart"`
+	Torn         string `json:"torn"`
+}
+
+// parseChainLine reads the chain fields of a line, which must be a JSON
+// object with a seq from 1 and a prev of 64 lower-case hex digits.
+func parseChainLine(line []byte) (chainFields, error) {
+	var e chainFields
+	if len(line) == 0 || line[0] != '{' {
+		return e, errors.New("not a JSON object")
+	}
+	if err := json.Unmarshal(line, &e); err != nil {
+		return e, fmt.Errorf("invalid JSON: %w", err)
+	}
+	if e.Seq == 0 {
+		return e, errors.New("no seq")
+	}
+	if !isHash(e.Prev) {
+		return e, errors.New("prev is not 64 lower-case hex digits")
+	}
+	if e.ChainRestart && !isHash(e.Torn) {
+		return e, errors.New("chain_restart without a torn hash")
+	}
+	return e, nil
+}
+
+func isHash(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// Record queues d for the log and returns at once; d is copied, so the
+// caller may reuse it. When the queue is full, Record drops d and counts it,
+// or, with Strict, waits for room (until Run has started, if need be).
+// After Run has ended every decision is dropped and counted, Strict or not.
+func (l *DecisionLog) Record(d *Decision) {
+	if d == nil {
+		return
+	}
+	// inflight lets Run tell, after it sets closed, when no Record can
+	// still put a decision in the queue (see Run).
+	l.inflight.Add(1)
+	defer l.inflight.Add(-1)
+	if l.closed.Load() {
+		l.dropped.Add(1)
+		return
+	}
+	if l.cfg.Strict {
+		c := *d
+		l.queue <- &c
+		return
+	}
+	if len(l.queue) == cap(l.queue) {
+		l.dropped.Add(1) // full: drop without copying d
+		return
+	}
+	c := *d
+	select {
+	case l.queue <- &c:
+	default:
+		l.dropped.Add(1)
+	}
+}
+
+// Stats returns how many decisions have been written to the file (flushed)
+// and how many were dropped.
+func (l *DecisionLog) Stats() (written, dropped uint64) {
+	return l.written.Load(), l.dropped.Load()
+}
+
+// Run writes queued decisions to the file, one line each, flushing when the
+// queue is empty and at least every 100ms, until ctx ends. Then it writes
+// what is queued, flushes, fsyncs, closes the file and returns nil. A write
+// error ends Run with that error; decisions still queued are dropped.
+func (l *DecisionLog) Run(ctx context.Context) error {
+	if !l.started.CompareAndSwap(false, true) {
+		return errors.New("decision log: Run called twice")
+	}
+	w := newLineWriter(l)
+	tick := time.NewTicker(flushInterval)
+	defer tick.Stop()
+	var lastWarn time.Time
+	var warned uint64
+	warnDrops := func(force bool) {
+		d := l.dropped.Load()
+		if d > warned && (force || time.Since(lastWarn) >= dropWarnInterval) {
+			l.cfg.Logger.Warn("decision log dropped decisions", "path", l.cfg.Path,
+				"dropped", d-warned, "dropped_total", d)
+			warned, lastWarn = d, time.Now()
+		}
+	}
+	err := func() error {
+		for {
+			select {
+			case d := <-l.queue:
+				if err := w.write(d); err != nil {
+					return err
+				}
+			drain:
+				for {
+					select {
+					case d := <-l.queue:
+						if err := w.write(d); err != nil {
+							return err
+						}
+						if time.Since(w.flushed) >= flushInterval {
+							if err := w.flush(); err != nil {
+								return err
+							}
+						}
+					default:
+						break drain
+					}
+				}
+				if err := w.flush(); err != nil {
+					return err
+				}
+			case <-tick.C:
+				if err := w.flush(); err != nil {
+					return err
+				}
+				warnDrops(false)
+			case <-ctx.Done():
+				return nil
+			}
+		}
+	}()
+	// Stop taking decisions, then empty the queue until no Record is
+	// between its closed check and its send: a Record that saw closed
+	// unset has raised inflight first, so once inflight is 0 after closed
+	// is set, nothing more can enter the queue.
+	l.closed.Store(true)
+	for {
+		idle := l.inflight.Load() == 0
+		for more := true; more; {
+			select {
+			case d := <-l.queue:
+				if err == nil {
+					err = w.write(d)
+				} else {
+					l.dropped.Add(1)
+				}
+			default:
+				more = false
+			}
+		}
+		if idle {
+			break
+		}
+		runtime.Gosched()
+	}
+	if err == nil {
+		err = w.flush()
+	}
+	if serr := l.f.Sync(); err == nil && serr != nil {
+		err = serr
+	}
+	if cerr := l.f.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	warnDrops(true)
+	if err != nil {
+		return fmt.Errorf("decision log %s: %w", l.cfg.Path, err)
+	}
+	return nil
+}
+
+// lineWriter encodes, buffers and chains lines; it belongs to Run.
+type lineWriter struct {
+	l       *DecisionLog
+	buf     *bufio.Writer
+	line    bytes.Buffer
+	enc     *json.Encoder
+	pending uint64 // decisions buffered since the last flush
+	dirty   bool   // flushed since the last fsync
+	flushed time.Time
+	synced  time.Time
+}
+
+func newLineWriter(l *DecisionLog) *lineWriter {
+	w := &lineWriter{l: l, buf: bufio.NewWriterSize(l.f, 256<<10), flushed: time.Now()}
+	w.enc = json.NewEncoder(&w.line)
+	w.enc.SetEscapeHTML(false)
+	return w
+}
+
+func (w *lineWriter) write(d *Decision) error {
+	w.line.Reset()
+	if err := w.enc.Encode(entry{Seq: w.l.seq + 1, Prev: string(w.l.prev[:]), Decision: d}); err != nil {
+		return err
+	}
+	line := w.line.Bytes() // ends in "\n"
+	if _, err := w.buf.Write(line); err != nil {
+		return err
+	}
+	w.l.advance(line[:len(line)-1])
+	w.pending++
+	return nil
+}
+
+func (w *lineWriter) flush() error {
+	w.flushed = time.Now()
+	if w.pending > 0 {
+		if err := w.buf.Flush(); err != nil {
+			return err
+		}
+		w.l.written.Add(w.pending)
+		w.pending, w.dirty = 0, true
+	}
+	// fsync at most every SyncInterval; the ticker's flushes make sure the
+	// last batch before a pause is synced too.
+	if iv := w.l.cfg.SyncInterval; iv > 0 && w.dirty && w.flushed.Sub(w.synced) >= iv {
+		w.synced, w.dirty = w.flushed, false
+		return w.l.f.Sync()
+	}
+	return nil
+}

@@ -1,0 +1,115 @@
+package vigil.authz_test
+
+import data.vigil.authz
+
+# A sensor posting telemetry, allowed by flow "sensor-telemetry" unless a
+# test changes something.
+base := {
+	"attributes": {"source": {"principal": "spiffe://city.example/zone/north/device/aq-1"}},
+	"vigil": {
+		"revision": 7,
+		"node": "n1",
+		"request": {"method": "POST", "path": "/api/v1/telemetry", "host": "telemetry.city.example"},
+		"subject": {
+			"kind": "device", "name": "aq-1", "spiffe_id": "spiffe://city.example/zone/north/device/aq-1",
+			"zone": "north", "class": "air-quality", "gateway": "gw-1", "labels": {},
+			"quarantined": false, "risk": 0, "attestation_required": true,
+			"attestation": {"method": "tpm", "firmware_version": "1.8.3", "acceptable": true, "problem": ""},
+		},
+		"gateway": {"name": "gw-1", "spiffe_id": "spiffe://city.example/zone/north/gateway/gw-1", "quarantined": false},
+		"service": {"name": "telemetry", "zone": "cloud", "protocol": "http", "spiffe_id": "spiffe://city.example/zone/cloud/service/telemetry", "labels": {}},
+		"flows": [
+			{"name": "firmware", "methods": ["GET"], "paths": [{"value": "/firmware/", "prefix": true}], "rate_limit": ""},
+			{"name": "sensor-telemetry", "methods": ["POST"], "paths": [{"value": "/api/v1/telemetry", "prefix": false}], "rate_limit": "10/m"},
+		],
+	},
+}
+
+with_vigil(patch) := object.union(base, {"vigil": object.union(base.vigil, patch)})
+
+with_subject(patch) := with_vigil({"subject": object.union(base.vigil.subject, patch)})
+
+with_request(method, path) := with_vigil({"request": {"method": method, "path": path, "host": "telemetry.city.example"}})
+
+test_allowed_by_the_matching_flow if {
+	d := authz.decision with input as base
+	d.allowed
+	d.reason == "allowed by flow \"sensor-telemetry\""
+}
+
+test_wrong_method_is_denied if {
+	d := authz.decision with input as with_request("GET", "/api/v1/telemetry")
+	not d.allowed
+	contains(d.reason, "no flow allows GET /api/v1/telemetry")
+}
+
+test_wrong_path_is_denied if {
+	d := authz.decision with input as with_request("POST", "/api/v1/telemetry/extra")
+	not d.allowed
+}
+
+test_prefix_path_allows_below_it if {
+	d := authz.decision with input as with_request("GET", "/firmware/slc/2.5.0.bin")
+	d.allowed
+	d.reason == "allowed by flow \"firmware\""
+}
+
+test_prefix_path_is_not_a_substring_match if {
+	d := authz.decision with input as with_request("GET", "/x/firmware/")
+	not d.allowed
+}
+
+test_no_flows_to_the_service if {
+	d := authz.decision with input as with_vigil({"flows": []})
+	not d.allowed
+	contains(d.reason, "no flow allows spiffe://city.example/zone/north/device/aq-1 to reach service telemetry")
+}
+
+test_unknown_identity if {
+	d := authz.decision with input as with_vigil({"subject": null, "gateway": null, "flows": []})
+	not d.allowed
+	d.reason == "unknown identity \"spiffe://city.example/zone/north/device/aq-1\""
+}
+
+test_unknown_service if {
+	d := authz.decision with input as with_vigil({"service": null, "flows": []})
+	not d.allowed
+	d.reason == "unknown destination service"
+}
+
+test_quarantined_subject_is_denied_even_with_a_flow if {
+	d := authz.decision with input as with_subject({"quarantined": true, "quarantine": {"reason": "tamper switch", "by": "ops", "since": "2026-01-01T00:00:00Z"}})
+	not d.allowed
+	d.reason == "spiffe://city.example/zone/north/device/aq-1 is quarantined: tamper switch"
+}
+
+test_quarantined_gateway_denies_its_devices if {
+	d := authz.decision with input as with_vigil({"gateway": {"name": "gw-1", "spiffe_id": "x", "quarantined": true}})
+	not d.allowed
+	d.reason == "gateway gw-1 is quarantined"
+}
+
+test_missing_attestation if {
+	d := authz.decision with input as with_subject({"attestation": null})
+	not d.allowed
+	contains(d.reason, "has no attestation")
+}
+
+test_stale_attestation if {
+	d := authz.decision with input as with_subject({"attestation": {"acceptable": false, "problem": "it is 30h0m0s old; class air-quality allows 12h0m0s"}})
+	not d.allowed
+	contains(d.reason, "it is 30h0m0s old")
+}
+
+test_attestation_not_required if {
+	d := authz.decision with input as with_subject({"attestation_required": false, "attestation": null})
+	d.allowed
+}
+
+test_quarantine_wins_over_every_other_reason if {
+	d := authz.decision with input as with_vigil({
+		"subject": object.union(base.vigil.subject, {"quarantined": true, "quarantine": {"reason": "r"}, "attestation": null}),
+		"flows": [],
+	})
+	contains(d.reason, "is quarantined")
+}

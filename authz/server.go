@@ -1,0 +1,172 @@
+package authz
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/vigil-iot/vigil/topology"
+)
+
+// Recorder takes decisions for the decision log; it must not block.
+type Recorder interface {
+	Record(d *Decision)
+}
+
+// Config sets up a Server.
+type Config struct {
+	// Node is the ID of the member deciding, recorded with every decision.
+	Node string
+	// Snapshot returns the member's current replica.
+	Snapshot func() *topology.Snapshot
+	// Ready reports whether the replica has caught up with the cluster;
+	// nil means always. Until it has, every request is denied.
+	Ready  func() bool
+	Engine *Engine
+	// Log records every decision; nil records nothing.
+	Log Recorder
+	// EvalTimeout bounds one policy evaluation (default 100ms).
+	EvalTimeout time.Duration
+	Now         func() time.Time
+	Logger      *slog.Logger
+}
+
+// Server is the ext_authz Check service of one member.
+type Server struct {
+	authv3.UnimplementedAuthorizationServer
+	cfg     Config
+	limiter *limiter
+	idBase  string
+	seq     atomic.Uint64
+}
+
+var _ authv3.AuthorizationServer = (*Server)(nil)
+
+// NewServer returns a Check server.
+func NewServer(cfg Config) *Server {
+	if cfg.EvalTimeout == 0 {
+		cfg.EvalTimeout = 100 * time.Millisecond
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	b := make([]byte, 6)
+	rand.Read(b)
+	return &Server{cfg: cfg, limiter: newLimiter(), idBase: hex.EncodeToString(b) + "-"}
+}
+
+// Register adds the Check service, gRPC health and reflection to g.
+func (s *Server) Register(g *grpc.Server) {
+	authv3.RegisterAuthorizationServer(g, s)
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(g, hs)
+	reflection.Register(g)
+}
+
+// Run keeps the rate limiter's memory bounded until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	s.limiter.run(ctx, 10*time.Minute)
+	return nil
+}
+
+// Check decides one request. It never returns an error: every failure is
+// a deny with its reason, so Envoy fails closed whatever its settings.
+func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	start := s.cfg.Now()
+	d := &Decision{
+		ID:   s.idBase + strconv.FormatUint(s.seq.Add(1), 10),
+		Time: start.UTC(), Node: s.cfg.Node, HTTPStatus: 403,
+	}
+	resp := s.decide(ctx, req, d, start)
+	d.LatencyUS = s.cfg.Now().Sub(start).Microseconds()
+	if s.cfg.Log != nil {
+		s.cfg.Log.Record(d)
+	}
+	return resp, nil
+}
+
+func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decision, now time.Time) *authv3.CheckResponse {
+	deny := func(reason string) *authv3.CheckResponse {
+		d.Reason = reason
+		return Deny(Result{Reason: reason, HTTPStatus: d.HTTPStatus}, d.ID)
+	}
+	snap := s.cfg.Snapshot()
+	if snap != nil {
+		d.Revision = snap.Revision()
+	}
+	r, err := ParseRequest(req)
+	d.Method, d.Path, d.Subject = r.Method, r.Path, r.Principal
+	if err != nil {
+		return deny("malformed request: " + err.Error())
+	}
+	if r.Principal == "" {
+		d.HTTPStatus, d.Reason = 401, "no verified client identity (source.principal is empty)"
+		return Unauthenticated(d.Reason, d.ID)
+	}
+	if s.cfg.Ready != nil && !s.cfg.Ready() {
+		return deny("this member is still catching up with the cluster")
+	}
+	if snap == nil || !snap.HasDocument() {
+		return deny("this member holds no topology yet")
+	}
+	res := resolve(snap, &r, s.cfg.Node, now)
+	d.Subject, d.Gateway, d.Service = res.subjectID, res.gateway, res.service
+	if res.deny != "" {
+		return deny(res.deny)
+	}
+	input, err := BuildInput(req, res.vigil)
+	if err != nil {
+		return deny("cannot build policy input: " + err.Error())
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.EvalTimeout)
+	defer cancel()
+	result, policy, err := s.cfg.Engine.Eval(ctx, input)
+	d.PolicyHash = policy.Hash
+	if err != nil {
+		return deny("policy failed, so the request is denied: " + err.Error())
+	}
+	if !result.Allowed {
+		if result.Reason == "" {
+			result.Reason = "denied by policy"
+		}
+		if result.HTTPStatus == 0 {
+			result.HTTPStatus = 403
+		}
+		d.Reason, d.HTTPStatus = result.Reason, result.HTTPStatus
+		return Deny(result, d.ID)
+	}
+	if over := s.limiter.admit(res.device, res.class, matchingFlow(res.flows, &r), now); over != "" {
+		d.HTTPStatus = 429
+		return deny(over)
+	}
+	if result.Reason == "" {
+		result.Reason = "allowed by policy"
+	}
+	d.Allowed, d.HTTPStatus, d.Reason = true, 200, result.Reason
+	return Allow(result, d.ID)
+}
+
+// matchingFlow is the first flow that allows the request, for its rate.
+func matchingFlow(flows []*topology.Rule, r *Request) *topology.Rule {
+	for _, f := range flows {
+		if f.AllowsRequest(r.Method, r.Path) {
+			return f
+		}
+	}
+	return nil
+}

@@ -1,0 +1,102 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/vigil-iot/vigil/authz"
+)
+
+// AuthzConfig configures the member's ext_authz server.
+type AuthzConfig struct {
+	// Addr is the gRPC listen address of envoy.service.auth.v3.Authorization.
+	Addr string
+	// PolicyDir holds Rego modules and data that replace Vigil's default
+	// policy; it is watched and reloaded on change. Empty: the default.
+	PolicyDir string
+	// PolicyQuery selects the decision (default data.vigil.authz.decision).
+	PolicyQuery string
+	// DecisionLog is the hash-chained decision log file (default
+	// <data-dir>/decisions.log); Strict makes Check wait rather than drop
+	// decisions when the log falls behind.
+	DecisionLog       string
+	DecisionLogStrict bool
+	// EvalTimeout bounds one policy evaluation.
+	EvalTimeout time.Duration
+}
+
+type authzPart struct {
+	cfg    AuthzConfig
+	engine *authz.Engine
+	log    *authz.DecisionLog
+	server *authz.Server
+	ln     net.Listener
+	grpc   *grpc.Server
+}
+
+// startAuthz loads the policy (a policy dir that does not load stops the
+// start, with OPA's error), opens the decision log and binds the listener.
+func (n *Node) startAuthz(ctx context.Context) (*authzPart, error) {
+	cfg := n.cfg.Authz
+	if cfg.DecisionLog == "" {
+		cfg.DecisionLog = filepath.Join(n.cfg.DataDir, "decisions.log")
+	}
+	engine, err := authz.NewEngine(ctx, n.cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.PolicyDir != "" {
+		p, err := authz.LoadDir(ctx, cfg.PolicyDir, cfg.PolicyQuery)
+		if err != nil {
+			return nil, fmt.Errorf("policy dir %s: %w", cfg.PolicyDir, err)
+		}
+		engine.Use(p)
+	} else if cfg.PolicyQuery != "" && cfg.PolicyQuery != authz.DefaultQuery {
+		return nil, errors.New("--policy-query needs --policy-dir: the default policy answers only its own query")
+	}
+	dlog, err := authz.OpenDecisionLog(authz.DecisionLogConfig{Path: cfg.DecisionLog, Strict: cfg.DecisionLogStrict, Logger: n.cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("decision log: %w", err)
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("authz listen on %s: %w", cfg.Addr, err)
+	}
+	p := &authzPart{cfg: cfg, engine: engine, log: dlog, ln: ln, grpc: grpc.NewServer()}
+	p.server = authz.NewServer(authz.Config{
+		Node: n.cfg.ID, Snapshot: n.store.Current, Ready: n.Ready, Engine: engine, Log: dlog,
+		EvalTimeout: cfg.EvalTimeout, Logger: n.cfg.Logger,
+	})
+	p.server.Register(p.grpc)
+	return p, nil
+}
+
+// Addr is where the Check service listens.
+func (p *authzPart) Addr() string { return p.ln.Addr().String() }
+
+// parts are the long-running pieces of the authorizer.
+func (p *authzPart) parts() []func(context.Context) error {
+	parts := []func(context.Context) error{
+		func(ctx context.Context) error {
+			go func() { <-ctx.Done(); p.grpc.GracefulStop() }()
+			if err := p.grpc.Serve(p.ln); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("authz server: %w", err)
+			}
+			return nil
+		},
+		p.server.Run,
+		p.log.Run,
+	}
+	if p.cfg.PolicyDir != "" {
+		parts = append(parts, func(ctx context.Context) error {
+			return p.engine.WatchDir(ctx, p.cfg.PolicyDir, p.cfg.PolicyQuery, time.Second)
+		})
+	}
+	return parts
+}
