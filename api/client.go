@@ -3,9 +3,12 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -30,19 +33,52 @@ type Client struct {
 	MinRevision topology.Revision
 }
 
-// transport is shared by every client, so that concurrent callers and
-// forwarding members reuse keep-alive connections instead of opening one
-// per request (the default keeps only two idle connections per host).
-var transport = func() *http.Transport {
+// Connector makes clients that share keep-alive connections (the default
+// transport keeps only two idle connections per host) and one TLS
+// configuration for https members.
+type Connector struct {
+	http *http.Client
+}
+
+// NewConnector returns a Connector; tlsConf (nil: the system's roots)
+// verifies members served over https.
+func NewConnector(tlsConf *tls.Config) *Connector {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConns = 256
 	t.MaxIdleConnsPerHost = 64
-	return t
-}()
+	t.TLSClientConfig = tlsConf
+	return &Connector{http: &http.Client{Transport: t}}
+}
 
-// NewClient returns a client for the member at addr ("host:port" or a URL).
-func NewClient(addr, token string) *Client {
-	return &Client{base: baseURL(addr), token: token, http: &http.Client{Timeout: 10 * time.Minute, Transport: transport}}
+var defaultConnector = NewConnector(nil)
+
+// Client returns a client for the member at addr ("host:port" or a URL).
+func (c *Connector) Client(addr, token string) *Client {
+	return &Client{base: baseURL(addr), token: token, http: &http.Client{Timeout: 10 * time.Minute, Transport: c.http.Transport}}
+}
+
+// NewClient returns a client for the member at addr ("host:port" or a URL)
+// that verifies https members with the system's roots.
+func NewClient(addr, token string) *Client { return defaultConnector.Client(addr, token) }
+
+// ErrCleartext is returned instead of sending a bearer token over plain
+// HTTP to anything but this machine.
+var ErrCleartext = errors.New("refusing to send an API token in clear text")
+
+// checkCleartext allows plain http only to loopback addresses.
+func checkCleartext(base string) error {
+	u, err := url.Parse(base)
+	if err != nil {
+		return err
+	}
+	if u.Scheme != "http" {
+		return nil
+	}
+	host := u.Hostname()
+	if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("%w to %s: serve the API with TLS (--api-tls-cert) and use https://", ErrCleartext, u.Host)
 }
 
 func baseURL(addr string) string {
@@ -56,6 +92,11 @@ func baseURL(addr string) string {
 func (c *Client) Addr() string { return c.base }
 
 func (c *Client) do(ctx context.Context, method, path, contentType string, body []byte, out any) error {
+	if c.token != "" {
+		if err := checkCleartext(c.base); err != nil {
+			return err
+		}
+	}
 	if c.MinRevision > 0 && method == http.MethodGet {
 		path += "?min_revision=" + strconv.FormatUint(uint64(c.MinRevision), 10)
 	}

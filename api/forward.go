@@ -15,10 +15,6 @@ import (
 // nothing when it returns an error.
 type writeHandler func(w http.ResponseWriter, r *http.Request, body []byte) error
 
-// forwardClient has no timeout of its own: the request's context, bounded
-// by the write's deadline, bounds it.
-var forwardClient = &http.Client{Transport: transport}
-
 // write runs a write on this member if it leads, and otherwise forwards it
 // to the leader. While there is no leader (an election after a failure) it
 // retries until writeDeadline. A forwarded request is never forwarded again.
@@ -68,6 +64,10 @@ func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) 
 // reports false, having written nothing, when the leader could not take the
 // request (unreachable, or no longer leading) so that the caller retries.
 func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, body []byte) bool {
+	if err := checkCleartext(baseURL(addr)); err != nil {
+		s.cfg.Logger.Error("api: cannot forward a write to the leader", "leader", addr, "err", err)
+		return false
+	}
 	req, err := http.NewRequestWithContext(r.Context(), r.Method, baseURL(addr)+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
 		return false
@@ -78,7 +78,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, bo
 		}
 	}
 	req.Header.Set(headerForwarded, s.cfg.Store.ID())
-	resp, err := forwardClient.Do(req)
+	// No timeout of its own: the request's context, bounded by the write's
+	// deadline, bounds it.
+	resp, err := s.cfg.Connector.http.Do(req)
 	if err != nil {
 		s.cfg.Logger.Debug("api: forward to leader failed", "leader", addr, "err", err)
 		return false

@@ -58,6 +58,9 @@ type ServerConfig struct {
 	Tokens *Tokens
 	// PeerToken authenticates this member to the others (status calls).
 	PeerToken string
+	// Connector reaches the other members (forwarded writes, status); nil
+	// uses the system's roots for https members.
+	Connector *Connector
 	// Ready reports whether the member has caught up with the cluster;
 	// /healthz says so. Nil means always.
 	Ready  func() bool
@@ -78,6 +81,9 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Connector == nil {
+		cfg.Connector = defaultConnector
 	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /healthz", s.health)
@@ -415,7 +421,7 @@ func (s *Server) clusterStatus(w http.ResponseWriter, r *http.Request) error {
 					return
 				}
 				var err error
-				if self, err = NewClient(ms.APIAddr, s.cfg.PeerToken).Self(ctx); err != nil {
+				if self, err = s.cfg.Connector.Client(ms.APIAddr, s.cfg.PeerToken).Self(ctx); err != nil {
 					ms.Error = err.Error()
 					return
 				}

@@ -354,3 +354,19 @@ func TestStateBatchesCannotForgeWhoOrAttest(t *testing.T) {
 		Attestation: &topology.Attestation{Method: "tpm", VerifiedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)}}})
 	apiError(t, err, 400, CodeBadRequest)
 }
+
+func TestTokensAreNeverSentInClearTextOffThisMachine(t *testing.T) {
+	for addr, ok := range map[string]bool{
+		"127.0.0.1:7070":            true,
+		"http://localhost:7070":     true,
+		"[::1]:7070":                true,
+		"10.0.0.2:7070":             false,
+		"http://vigil.example:7070": false,
+		"https://10.0.0.2:7070":     true,
+	} {
+		err := NewClient(addr, aliceToken).Health(context.Background())
+		if refused := errors.Is(err, ErrCleartext); refused == ok {
+			t.Errorf("%s: refused=%v (err %v), want refused=%v", addr, refused, err, !ok)
+		}
+	}
+}

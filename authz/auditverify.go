@@ -75,9 +75,9 @@ func (e *VerifyError) Error() string {
 // a report with the head hash that the caller should anchor elsewhere.
 func VerifyDecisionLog(r io.Reader) (VerifyReport, error) {
 	var rep VerifyReport
-	src := &lineSource{r: bufio.NewReaderSize(r, 64<<10)}
-	last := link{hash: zeroHash}
-	var torn []*rawLine // lines after last that are not entries
+	src := &logLineSource{r: bufio.NewReaderSize(r, 64<<10)}
+	last := chainLink{hash: zeroChainHash}
+	var torn []*logLine // lines after last that are not entries
 	for {
 		ln, err := src.next()
 		if err != nil {
@@ -110,7 +110,7 @@ func VerifyDecisionLog(r io.Reader) (VerifyReport, error) {
 			if err != nil {
 				return rep, err
 			}
-			return rep, classify(last, ln, next)
+			return rep, classifyBreak(last, ln, next)
 		}
 		if len(torn) > 0 {
 			rep.Restarts = append(rep.Restarts, ChainRestart{Line: ln.n, TornLine: torn[0].n, TornLines: len(torn)})
@@ -119,11 +119,11 @@ func VerifyDecisionLog(r io.Reader) (VerifyReport, error) {
 		if !e.ChainRestart {
 			rep.Entries++
 		}
-		last = link{line: ln.n, seq: e.Seq, prev: e.Prev, hash: hashLine(ln.b)}
+		last = chainLink{line: ln.n, seq: e.Seq, prev: e.Prev, hash: hashLogLine(ln.b)}
 		rep.Seq, rep.Head = last.seq, last.hash
 	}
 	if len(rep.Head) == 0 {
-		rep.Head = zeroHash
+		rep.Head = zeroChainHash
 	}
 	switch {
 	case len(torn) == 1 && !torn[0].terminated:
@@ -135,17 +135,17 @@ func VerifyDecisionLog(r io.Reader) (VerifyReport, error) {
 	return rep, nil
 }
 
-// link is the last good line: what the next line must chain to.
-type link struct {
+// chainLink is the last good line: what the next line must chain to.
+type chainLink struct {
 	line int    // 0 before the first line
 	seq  uint64 // 0 before the first line
 	prev string // its own prev
 	hash string // its hash
 }
 
-// classify explains why line c does not chain to last, looking at the line
+// classifyBreak explains why line c does not chain to last, looking at the line
 // after c (next, nil at the end of the file) to tell likely causes apart.
-func classify(last link, c, next *rawLine) *VerifyError {
+func classifyBreak(last chainLink, c, next *logLine) *VerifyError {
 	want := last.seq + 1
 	e := c.e
 	// nextIs reports whether next is an entry with this seq and prev.
@@ -169,7 +169,7 @@ func classify(last link, c, next *rawLine) *VerifyError {
 			"seq %d where %d is due: %d line(s) missing before it", e.Seq, want, e.Seq-want)}
 	case last.line > 0 && e.Seq == last.seq && e.Prev == last.prev:
 		// Two lines claim the same place; the chain goes on from the genuine one.
-		if nextIs(e.Seq+1, hashLine(c.b)) {
+		if nextIs(e.Seq+1, hashLogLine(c.b)) {
 			return &VerifyError{last.line, ProblemInserted, fmt.Sprintf(
 				"line %d has the same seq %d and prev, and the chain continues from line %d", c.n, e.Seq, c.n)}
 		}
@@ -181,14 +181,14 @@ func classify(last link, c, next *rawLine) *VerifyError {
 	}
 }
 
-func hashLine(b []byte) string {
+func hashLogLine(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
 
 // tornHash is the hash of torn lines as the writer computed it: their bytes
 // joined by "\n".
-func tornHash(lines []*rawLine) string {
+func tornHash(lines []*logLine) string {
 	h := sha256.New()
 	for i, ln := range lines {
 		if i > 0 {
@@ -199,8 +199,8 @@ func tornHash(lines []*rawLine) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// rawLine is one line of the file, parsed as far as the chain needs.
-type rawLine struct {
+// logLine is one line of the file, parsed as far as the chain needs.
+type logLine struct {
 	n          int    // 1-based
 	b          []byte // without "\n"
 	terminated bool   // ended in "\n"
@@ -208,15 +208,15 @@ type rawLine struct {
 	err        error // why it is not an entry
 }
 
-// lineSource reads lines with one line of lookahead.
-type lineSource struct {
+// logLineSource reads lines with one line of lookahead.
+type logLineSource struct {
 	r      *bufio.Reader
 	n      int
-	peeked *rawLine
+	peeked *logLine
 	done   bool
 }
 
-func (s *lineSource) next() (*rawLine, error) {
+func (s *logLineSource) next() (*logLine, error) {
 	if s.peeked != nil {
 		ln := s.peeked
 		s.peeked = nil
@@ -225,7 +225,7 @@ func (s *lineSource) next() (*rawLine, error) {
 	return s.read()
 }
 
-func (s *lineSource) peek() (*rawLine, error) {
+func (s *logLineSource) peek() (*logLine, error) {
 	if s.peeked == nil {
 		ln, err := s.read()
 		if err != nil {
@@ -236,7 +236,7 @@ func (s *lineSource) peek() (*rawLine, error) {
 	return s.peeked, nil
 }
 
-func (s *lineSource) read() (*rawLine, error) {
+func (s *logLineSource) read() (*logLine, error) {
 	if s.done {
 		return nil, nil
 	}
@@ -250,7 +250,7 @@ func (s *lineSource) read() (*rawLine, error) {
 		return nil, fmt.Errorf("read decision log: %w", err)
 	}
 	s.n++
-	ln := &rawLine{n: s.n}
+	ln := &logLine{n: s.n}
 	ln.b, ln.terminated = bytes.CutSuffix(b, []byte("\n"))
 	ln.e, ln.err = parseChainLine(ln.b)
 	return ln, nil

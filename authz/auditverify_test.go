@@ -13,9 +13,9 @@ import (
 	"testing/iotest"
 )
 
-// goodLog returns the lines (without "\n") of a log of n decisions written
+// chainedLines returns the lines (without "\n") of a log of n decisions written
 // by DecisionLog.
-func goodLog(t *testing.T, n int) []string {
+func chainedLines(t *testing.T, n int) []string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "decisions.log")
 	writeDecisions(t, path, 0, n)
@@ -26,15 +26,15 @@ func goodLog(t *testing.T, n int) []string {
 	return strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
 }
 
-func joinLines(lines []string) string { return strings.Join(lines, "\n") + "\n" }
+func joinLogLines(lines []string) string { return strings.Join(lines, "\n") + "\n" }
 
-func sha(s string) string {
+func sha256Hex(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(sum[:])
 }
 
 func TestVerifyDecisionLog(t *testing.T) {
-	good := goodLog(t, 10)
+	good := chainedLines(t, 10)
 	// Line numbers below are 1-based; good[4] is line 5.
 	forged := strings.Replace(good[4], `"allowed":true`, `"allowed":false`, 1)
 	if forged == good[4] {
@@ -46,57 +46,57 @@ func TestVerifyDecisionLog(t *testing.T) {
 		line    int
 		problem Problem
 	}{
-		{name: "intact", edit: joinLines},
+		{name: "intact", edit: joinLogLines},
 		{name: "empty", edit: func([]string) string { return "" }},
 		{name: "edit a field of a middle line", line: 5, problem: ProblemEdited,
-			edit: func(l []string) string { l[4] = forged; return joinLines(l) }},
+			edit: func(l []string) string { l[4] = forged; return joinLogLines(l) }},
 		{name: "edit the first line's prev", line: 1, problem: ProblemEdited,
 			edit: func(l []string) string {
-				l[0] = strings.Replace(l[0], zeroHash, strings.Repeat("1", 64), 1)
-				return joinLines(l)
+				l[0] = strings.Replace(l[0], zeroChainHash, strings.Repeat("1", 64), 1)
+				return joinLogLines(l)
 			}},
 		{name: "delete a middle line", line: 5, problem: ProblemRemoved,
-			edit: func(l []string) string { return joinLines(append(l[:4], l[5:]...)) }},
+			edit: func(l []string) string { return joinLogLines(append(l[:4], l[5:]...)) }},
 		{name: "delete the first line", line: 1, problem: ProblemRemoved,
-			edit: func(l []string) string { return joinLines(l[1:]) }},
+			edit: func(l []string) string { return joinLogLines(l[1:]) }},
 		{name: "swap two lines", line: 5, problem: ProblemReordered,
-			edit: func(l []string) string { l[4], l[5] = l[5], l[4]; return joinLines(l) }},
+			edit: func(l []string) string { l[4], l[5] = l[5], l[4]; return joinLogLines(l) }},
 		{name: "move a line back", line: 7, problem: ProblemReordered,
 			edit: func(l []string) string {
-				return joinLines([]string{l[0], l[1], l[2], l[3], l[4], l[5], l[2], l[6], l[7]})
+				return joinLogLines([]string{l[0], l[1], l[2], l[3], l[4], l[5], l[2], l[6], l[7]})
 			}},
 		{name: "insert a forged line before the genuine one", line: 5, problem: ProblemInserted,
 			edit: func(l []string) string {
-				return joinLines(append(l[:4:4], append([]string{forged}, l[4:]...)...))
+				return joinLogLines(append(l[:4:4], append([]string{forged}, l[4:]...)...))
 			}},
 		{name: "insert a forged line after the genuine one", line: 6, problem: ProblemInserted,
 			edit: func(l []string) string {
-				return joinLines(append(l[:5:5], append([]string{forged}, l[5:]...)...))
+				return joinLogLines(append(l[:5:5], append([]string{forged}, l[5:]...)...))
 			}},
 		{name: "insert a line with a made-up prev", line: 5, problem: ProblemInserted,
 			edit: func(l []string) string {
-				fake := strings.Replace(forged, sha(l[3]), sha("x"), 1)
-				return joinLines(append(l[:4:4], append([]string{fake}, l[4:]...)...))
+				fake := strings.Replace(forged, sha256Hex(l[3]), sha256Hex("x"), 1)
+				return joinLogLines(append(l[:4:4], append([]string{fake}, l[4:]...)...))
 			}},
 		{name: "invalid JSON in a middle line", line: 5, problem: ProblemInvalid,
-			edit: func(l []string) string { l[4] = l[4][:len(l[4])-1]; return joinLines(l) }},
+			edit: func(l []string) string { l[4] = l[4][:len(l[4])-1]; return joinLogLines(l) }},
 		{name: "empty middle line", line: 5, problem: ProblemInvalid,
-			edit: func(l []string) string { return joinLines(append(l[:4:4], append([]string{""}, l[4:]...)...)) }},
+			edit: func(l []string) string { return joinLogLines(append(l[:4:4], append([]string{""}, l[4:]...)...)) }},
 		{name: "truncate the file mid-line", line: 10, problem: ProblemTruncated,
-			edit: func(l []string) string { s := joinLines(l); return s[:len(s)-len(l[9])/2] }},
+			edit: func(l []string) string { s := joinLogLines(l); return s[:len(s)-len(l[9])/2] }},
 		{name: "chain_restart with no torn bytes", line: 5, problem: ProblemInvalid,
 			edit: func(l []string) string {
-				l[4] = fmt.Sprintf(`{"seq":5,"prev":"%s","chain_restart":true,"torn":"%s"}`, sha(l[3]), sha(""))
-				return joinLines(l)
+				l[4] = fmt.Sprintf(`{"seq":5,"prev":"%s","chain_restart":true,"torn":"%s"}`, sha256Hex(l[3]), sha256Hex(""))
+				return joinLogLines(l)
 			}},
 		{name: "torn bytes the marker does not vouch for", line: 5, problem: ProblemInvalid,
 			edit: func(l []string) string {
-				marker := fmt.Sprintf(`{"seq":5,"prev":"%s","chain_restart":true,"torn":"%s"}`, sha(l[3]), sha("other"))
-				return joinLines(append(l[:4:4], `{"seq":5,"pr`, marker))
+				marker := fmt.Sprintf(`{"seq":5,"prev":"%s","chain_restart":true,"torn":"%s"}`, sha256Hex(l[3]), sha256Hex("other"))
+				return joinLogLines(append(l[:4:4], `{"seq":5,"pr`, marker))
 			}},
 		{name: "torn bytes with their marker", edit: func(l []string) string {
-			marker := fmt.Sprintf(`{"seq":5,"prev":"%s","chain_restart":true,"torn":"%s"}`, sha(l[3]), sha(`{"seq":5,"pr`))
-			return joinLines(append(l[:4:4], `{"seq":5,"pr`, marker))
+			marker := fmt.Sprintf(`{"seq":5,"prev":"%s","chain_restart":true,"torn":"%s"}`, sha256Hex(l[3]), sha256Hex(`{"seq":5,"pr`))
+			return joinLogLines(append(l[:4:4], `{"seq":5,"pr`, marker))
 		}},
 	}
 	for _, tt := range tests {
@@ -125,24 +125,24 @@ func TestVerifyDecisionLog(t *testing.T) {
 }
 
 func TestVerifyDecisionLogReport(t *testing.T) {
-	good := goodLog(t, 4)
-	rep, err := VerifyDecisionLog(strings.NewReader(joinLines(good)))
+	good := chainedLines(t, 4)
+	rep, err := VerifyDecisionLog(strings.NewReader(joinLogLines(good)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := VerifyReport{Entries: 4, Lines: 4, Seq: 4, Head: sha(good[3])}
+	want := VerifyReport{Entries: 4, Lines: 4, Seq: 4, Head: sha256Hex(good[3])}
 	if fmt.Sprint(rep) != fmt.Sprint(want) {
 		t.Fatalf("report = %+v, want %+v", rep, want)
 	}
 	empty, err := VerifyDecisionLog(strings.NewReader(""))
-	if err != nil || empty.Head != zeroHash || empty.Entries != 0 {
+	if err != nil || empty.Head != zeroChainHash || empty.Entries != 0 {
 		t.Fatalf("empty log: %+v, %v", empty, err)
 	}
 
 	// The limit of a chain: an edit of the last line verifies, and only the
 	// head, compared with one kept elsewhere, shows it.
 	good[3] = strings.Replace(good[3], `"node":"n1"`, `"node":"n2"`, 1)
-	edited, err := VerifyDecisionLog(strings.NewReader(joinLines(good)))
+	edited, err := VerifyDecisionLog(strings.NewReader(joinLogLines(good)))
 	if err != nil {
 		t.Fatal(err)
 	}

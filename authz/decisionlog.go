@@ -83,8 +83,8 @@ const (
 	defaultDecisionBuffer = 65536
 )
 
-// zeroHash is prev on the first line of a file.
-const zeroHash = "0000000000000000000000000000000000000000000000000000000000000000"
+// zeroChainHash is prev on the first line of a file.
+const zeroChainHash = "0000000000000000000000000000000000000000000000000000000000000000"
 
 // DecisionLogConfig sets up a DecisionLog.
 type DecisionLogConfig struct {
@@ -124,8 +124,8 @@ type DecisionLog struct {
 
 var _ Recorder = (*DecisionLog)(nil)
 
-// entry is a decision line: the chain fields, then the decision.
-type entry struct {
+// decisionEntry is a decision line: the chain fields, then the decision.
+type decisionEntry struct {
 	Seq  uint64 `json:"seq"`
 	Prev string `json:"prev"`
 	*Decision
@@ -171,7 +171,7 @@ func OpenDecisionLog(cfg DecisionLogConfig) (*DecisionLog, error) {
 // resume sets seq and prev from the end of the file, ending a torn tail
 // with a chain_restart marker.
 func (l *DecisionLog) resume() error {
-	t, err := readTail(l.f)
+	t, err := readLogTail(l.f)
 	if err != nil {
 		return err
 	}
@@ -215,27 +215,27 @@ func (l *DecisionLog) advance(line []byte) {
 	l.seq++
 }
 
-// tail is what the end of a log file says about its chain.
-type tail struct {
+// logTail is what the end of a log file says about its chain.
+type logTail struct {
 	seq            uint64 // seq of the last valid line; 0 if none
-	prev           string // hash of that line; zeroHash if none
+	prev           string // hash of that line; zeroChainHash if none
 	torn           []byte // the bytes after it, when they are not a valid line
 	missingNewline bool   // the last valid line is the end of the file, without "\n"
 }
 
-// readTail reads f backwards to its last valid line. Everything after that
+// readLogTail reads f backwards to its last valid line. Everything after that
 // line's "\n" is torn.
-func readTail(f *os.File) (tail, error) {
+func readLogTail(f *os.File) (logTail, error) {
 	st, err := f.Stat()
 	if err != nil {
-		return tail{}, err
+		return logTail{}, err
 	}
 	size := st.Size()
 	for window := int64(64 << 10); ; window *= 2 {
 		start := max(size-window, 0)
 		buf := make([]byte, size-start)
 		if _, err := f.ReadAt(buf, start); err != nil && !errors.Is(err, io.EOF) {
-			return tail{}, err
+			return logTail{}, err
 		}
 		// Walk the lines of buf from the last one back; a line is known
 		// whole when a "\n" precedes it in buf or it starts the file.
@@ -252,7 +252,7 @@ func readTail(f *os.File) (tail, error) {
 			line := buf[i+1 : lineEnd]
 			if e, err := parseChainLine(line); err == nil {
 				sum := sha256.Sum256(line)
-				return tail{
+				return logTail{
 					seq: e.Seq, prev: hex.EncodeToString(sum[:]),
 					torn:           bytes.Clone(buf[end:]),
 					missingNewline: end == len(buf) && lineEnd == end,
@@ -260,12 +260,12 @@ func readTail(f *os.File) (tail, error) {
 			}
 			if i < 0 {
 				// The start of the file and no valid line: all of it is torn.
-				return tail{prev: zeroHash, torn: buf}, nil
+				return logTail{prev: zeroChainHash, torn: buf}, nil
 			}
 			end = i + 1
 		}
 		if window >= maxTailScan {
-			return tail{}, fmt.Errorf("no complete entry in the last %d bytes", window)
+			return logTail{}, fmt.Errorf("no complete entry in the last %d bytes", window)
 		}
 	}
 }
@@ -291,16 +291,16 @@ func parseChainLine(line []byte) (chainFields, error) {
 	if e.Seq == 0 {
 		return e, errors.New("no seq")
 	}
-	if !isHash(e.Prev) {
+	if !isHexHash(e.Prev) {
 		return e, errors.New("prev is not 64 lower-case hex digits")
 	}
-	if e.ChainRestart && !isHash(e.Torn) {
+	if e.ChainRestart && !isHexHash(e.Torn) {
 		return e, errors.New("chain_restart without a torn hash")
 	}
 	return e, nil
 }
 
-func isHash(s string) bool {
+func isHexHash(s string) bool {
 	if len(s) != 64 {
 		return false
 	}
@@ -354,12 +354,13 @@ func (l *DecisionLog) Stats() (written, dropped uint64) {
 // Run writes queued decisions to the file, one line each, flushing when the
 // queue is empty and at least every 100ms, until ctx ends. Then it writes
 // what is queued, flushes, fsyncs, closes the file and returns nil. A write
-// error ends Run with that error; decisions still queued are dropped.
+// error ends Run with that error; the decisions not yet written are counted
+// as dropped. Run must be called once for the file to be written and closed.
 func (l *DecisionLog) Run(ctx context.Context) error {
 	if !l.started.CompareAndSwap(false, true) {
 		return errors.New("decision log: Run called twice")
 	}
-	w := newLineWriter(l)
+	w := newDecisionWriter(l)
 	tick := time.NewTicker(flushInterval)
 	defer tick.Stop()
 	var lastWarn time.Time
@@ -435,6 +436,10 @@ func (l *DecisionLog) Run(ctx context.Context) error {
 	if err == nil {
 		err = w.flush()
 	}
+	if err != nil {
+		// Buffered lines may or may not have reached the file.
+		l.dropped.Add(w.pending)
+	}
 	if serr := l.f.Sync(); err == nil && serr != nil {
 		err = serr
 	}
@@ -448,8 +453,8 @@ func (l *DecisionLog) Run(ctx context.Context) error {
 	return nil
 }
 
-// lineWriter encodes, buffers and chains lines; it belongs to Run.
-type lineWriter struct {
+// decisionWriter encodes, buffers and chains lines; it belongs to Run.
+type decisionWriter struct {
 	l       *DecisionLog
 	buf     *bufio.Writer
 	line    bytes.Buffer
@@ -460,20 +465,22 @@ type lineWriter struct {
 	synced  time.Time
 }
 
-func newLineWriter(l *DecisionLog) *lineWriter {
-	w := &lineWriter{l: l, buf: bufio.NewWriterSize(l.f, 256<<10), flushed: time.Now()}
+func newDecisionWriter(l *DecisionLog) *decisionWriter {
+	w := &decisionWriter{l: l, buf: bufio.NewWriterSize(l.f, 256<<10), flushed: time.Now()}
 	w.enc = json.NewEncoder(&w.line)
 	w.enc.SetEscapeHTML(false)
 	return w
 }
 
-func (w *lineWriter) write(d *Decision) error {
+func (w *decisionWriter) write(d *Decision) error {
 	w.line.Reset()
-	if err := w.enc.Encode(entry{Seq: w.l.seq + 1, Prev: string(w.l.prev[:]), Decision: d}); err != nil {
+	if err := w.enc.Encode(decisionEntry{Seq: w.l.seq + 1, Prev: string(w.l.prev[:]), Decision: d}); err != nil {
+		w.l.dropped.Add(1)
 		return err
 	}
 	line := w.line.Bytes() // ends in "\n"
 	if _, err := w.buf.Write(line); err != nil {
+		w.l.dropped.Add(1)
 		return err
 	}
 	w.l.advance(line[:len(line)-1])
@@ -481,7 +488,7 @@ func (w *lineWriter) write(d *Decision) error {
 	return nil
 }
 
-func (w *lineWriter) flush() error {
+func (w *decisionWriter) flush() error {
 	w.flushed = time.Now()
 	if w.pending > 0 {
 		if err := w.buf.Flush(); err != nil {

@@ -15,9 +15,9 @@ import (
 	"time"
 )
 
-func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func testDecision(i int) *Decision {
+func sampleDecision(i int) *Decision {
 	return &Decision{
 		ID: fmt.Sprintf("d-%d", i), Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Node: "n1", Revision: 7,
 		Subject: "spiffe://city.example/zone/north/device/slc-0042", Service: "telemetry",
@@ -26,12 +26,12 @@ func testDecision(i int) *Decision {
 	}
 }
 
-// startLog opens a log at path and runs its writer; stop ends Run and
+// startDecisionLog opens a log at path and runs its writer; stop ends Run and
 // returns its error.
-func startLog(t testing.TB, cfg DecisionLogConfig) (l *DecisionLog, stop func() error) {
+func startDecisionLog(t testing.TB, cfg DecisionLogConfig) (l *DecisionLog, stop func() error) {
 	t.Helper()
 	if cfg.Logger == nil {
-		cfg.Logger = quietLog()
+		cfg.Logger = discardLogger()
 	}
 	l, err := OpenDecisionLog(cfg)
 	if err != nil {
@@ -46,16 +46,16 @@ func startLog(t testing.TB, cfg DecisionLogConfig) (l *DecisionLog, stop func() 
 // writeDecisions writes decisions first..first+n-1 to path in one run.
 func writeDecisions(t testing.TB, path string, first, n int) {
 	t.Helper()
-	l, stop := startLog(t, DecisionLogConfig{Path: path, Strict: true})
+	l, stop := startDecisionLog(t, DecisionLogConfig{Path: path, Strict: true})
 	for i := first; i < first+n; i++ {
-		l.Record(testDecision(i))
+		l.Record(sampleDecision(i))
 	}
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func verifyFile(t *testing.T, path string) VerifyReport {
+func verifyLogFile(t *testing.T, path string) VerifyReport {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -72,12 +72,12 @@ func verifyFile(t *testing.T, path string) VerifyReport {
 func TestDecisionLogRoundTrip(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "decisions.log")
 	const writers, each = 16, 500
-	l, stop := startLog(t, DecisionLogConfig{Path: path, Strict: true, SyncInterval: 10 * time.Millisecond})
+	l, stop := startDecisionLog(t, DecisionLogConfig{Path: path, Strict: true, SyncInterval: 10 * time.Millisecond})
 	var wg sync.WaitGroup
 	for w := range writers {
 		wg.Go(func() {
 			for i := range each {
-				d := testDecision(w*each + i)
+				d := sampleDecision(w*each + i)
 				l.Record(d)
 				d.Reason = "changed after Record" // Record must have copied it
 			}
@@ -90,7 +90,7 @@ func TestDecisionLogRoundTrip(t *testing.T) {
 	if written, dropped := l.Stats(); written != writers*each || dropped != 0 {
 		t.Fatalf("Stats() = %d written, %d dropped; want %d, 0", written, dropped, writers*each)
 	}
-	rep := verifyFile(t, path)
+	rep := verifyLogFile(t, path)
 	if rep.Entries != writers*each || rep.Seq != writers*each || len(rep.Restarts) != 0 {
 		t.Fatalf("report = %+v", rep)
 	}
@@ -110,7 +110,7 @@ func TestDecisionLogRoundTrip(t *testing.T) {
 		}
 		var n int
 		fmt.Sscanf(got.ID, "d-%d", &n)
-		if want := testDecision(n); got != *want {
+		if want := sampleDecision(n); got != *want {
 			t.Fatalf("line %d = %+v, want %+v", i+1, got, *want)
 		}
 		seen[got.ID] = true
@@ -118,7 +118,7 @@ func TestDecisionLogRoundTrip(t *testing.T) {
 	if len(seen) != writers*each {
 		t.Fatalf("%d distinct decisions, want %d", len(seen), writers*each)
 	}
-	if !strings.HasPrefix(string(data), `{"seq":1,"prev":"`+zeroHash+`","decision_id":"d-`) {
+	if !strings.HasPrefix(string(data), `{"seq":1,"prev":"`+zeroChainHash+`","decision_id":"d-`) {
 		t.Fatalf("first line: %.120s", data)
 	}
 }
@@ -152,7 +152,7 @@ func TestDecisionLogRestart(t *testing.T) {
 				t.Fatal(err)
 			}
 			writeDecisions(t, path, 3, 2)
-			rep := verifyFile(t, path)
+			rep := verifyLogFile(t, path)
 			if rep.Entries != 5 || len(rep.Restarts) != tt.restarts {
 				t.Fatalf("report = %+v, want 5 entries and %d restarts", rep, tt.restarts)
 			}
@@ -161,7 +161,7 @@ func TestDecisionLogRestart(t *testing.T) {
 			}
 			// A third run continues from the second, restart or not.
 			writeDecisions(t, path, 5, 1)
-			if rep := verifyFile(t, path); rep.Entries != 6 {
+			if rep := verifyLogFile(t, path); rep.Entries != 6 {
 				t.Fatalf("after a third run: %+v", rep)
 			}
 		})
@@ -188,8 +188,8 @@ func TestDecisionLogOpenErrors(t *testing.T) {
 	}
 }
 
-// within fails the test if f does not return within d.
-func within(t *testing.T, d time.Duration, what string, f func()) {
+// returnsWithin fails the test if f does not return within d.
+func returnsWithin(t *testing.T, d time.Duration, what string, f func()) {
 	t.Helper()
 	done := make(chan struct{})
 	go func() { f(); close(done) }()
@@ -209,9 +209,9 @@ func TestDecisionLogDrops(t *testing.T) {
 		t.Fatal(err)
 	}
 	// No writer yet: 4 fit, the rest are dropped, and Record never waits.
-	within(t, 5*time.Second, "non-strict Record on a full queue", func() {
+	returnsWithin(t, 5*time.Second, "non-strict Record on a full queue", func() {
 		for i := range 1000 {
-			l.Record(testDecision(i))
+			l.Record(sampleDecision(i))
 		}
 	})
 	if written, dropped := l.Stats(); written != 0 || dropped != 996 {
@@ -228,30 +228,30 @@ func TestDecisionLogDrops(t *testing.T) {
 	if got := logs.String(); !strings.Contains(got, "dropped=996") || strings.Contains(got, "d-1") {
 		t.Fatalf("warning = %q, want the count and no decision content", got)
 	}
-	if rep := verifyFile(t, path); rep.Entries != 4 {
+	if rep := verifyLogFile(t, path); rep.Entries != 4 {
 		t.Fatalf("report = %+v", rep)
 	}
 }
 
 func TestDecisionLogStrictNeverDrops(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "decisions.log")
-	l, stop := startLog(t, DecisionLogConfig{Path: path, Buffer: 1, Strict: true})
+	l, stop := startDecisionLog(t, DecisionLogConfig{Path: path, Buffer: 1, Strict: true})
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
 			for i := range 200 {
-				l.Record(testDecision(i))
+				l.Record(sampleDecision(i))
 			}
 		})
 	}
-	within(t, 30*time.Second, "strict Record with a running writer", wg.Wait)
+	returnsWithin(t, 30*time.Second, "strict Record with a running writer", wg.Wait)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	if written, dropped := l.Stats(); written != 1600 || dropped != 0 {
 		t.Fatalf("Stats() = %d, %d; want 1600, 0", written, dropped)
 	}
-	if rep := verifyFile(t, path); rep.Entries != 1600 {
+	if rep := verifyLogFile(t, path); rep.Entries != 1600 {
 		t.Fatalf("report = %+v", rep)
 	}
 }
@@ -260,14 +260,14 @@ func TestDecisionLogRecordAfterRun(t *testing.T) {
 	for _, strict := range []bool{false, true} {
 		t.Run(fmt.Sprintf("strict=%v", strict), func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "decisions.log")
-			l, stop := startLog(t, DecisionLogConfig{Path: path, Buffer: 1, Strict: strict})
-			l.Record(testDecision(0))
+			l, stop := startDecisionLog(t, DecisionLogConfig{Path: path, Buffer: 1, Strict: strict})
+			l.Record(sampleDecision(0))
 			if err := stop(); err != nil {
 				t.Fatal(err)
 			}
-			within(t, 5*time.Second, "Record after Run", func() {
+			returnsWithin(t, 5*time.Second, "Record after Run", func() {
 				for i := range 10 {
-					l.Record(testDecision(i))
+					l.Record(sampleDecision(i))
 				}
 				l.Record(nil)
 			})
@@ -281,16 +281,37 @@ func TestDecisionLogRecordAfterRun(t *testing.T) {
 	}
 }
 
+// TestDecisionLogWriteError: Run ends with the error of a failed write and
+// counts what it could not write as dropped.
+func TestDecisionLogWriteError(t *testing.T) {
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Skip("no /dev/full")
+	}
+	l, err := OpenDecisionLog(DecisionLogConfig{Path: "/dev/full", Buffer: 16, Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		l.Record(sampleDecision(i))
+	}
+	if err := l.Run(context.Background()); err == nil {
+		t.Fatal("Run on a full device returned nil")
+	}
+	if written, dropped := l.Stats(); written != 0 || dropped != 10 {
+		t.Fatalf("Stats() = %d, %d; want 0, 10", written, dropped)
+	}
+}
+
 // TestDecisionLogShutdownRace records from many goroutines while Run ends:
 // every decision is either written or counted as dropped.
 func TestDecisionLogShutdownRace(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "decisions.log")
-	l, stop := startLog(t, DecisionLogConfig{Path: path, Buffer: 64})
+	l, stop := startDecisionLog(t, DecisionLogConfig{Path: path, Buffer: 64})
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
 			for i := range 2000 {
-				l.Record(testDecision(i))
+				l.Record(sampleDecision(i))
 			}
 		})
 	}
@@ -303,7 +324,7 @@ func TestDecisionLogShutdownRace(t *testing.T) {
 	if written+dropped != 16000 {
 		t.Fatalf("written %d + dropped %d != 16000", written, dropped)
 	}
-	if rep := verifyFile(t, path); uint64(rep.Entries) != written {
+	if rep := verifyLogFile(t, path); uint64(rep.Entries) != written {
 		t.Fatalf("report = %+v, written = %d", rep, written)
 	}
 }
@@ -318,9 +339,9 @@ func TestDecisionLogShutdownRace(t *testing.T) {
 //     decision, the most it can sustain.
 func BenchmarkRecord(b *testing.B) {
 	run := func(b *testing.B, strict bool, record func(b *testing.B, l *DecisionLog, d *Decision)) {
-		l, stop := startLog(b, DecisionLogConfig{Path: filepath.Join(b.TempDir(), "decisions.log"), Strict: strict})
+		l, stop := startDecisionLog(b, DecisionLogConfig{Path: filepath.Join(b.TempDir(), "decisions.log"), Strict: strict})
 		b.ReportAllocs()
-		record(b, l, testDecision(1))
+		record(b, l, sampleDecision(1))
 		b.StopTimer()
 		if err := stop(); err != nil {
 			b.Fatal(err)

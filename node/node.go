@@ -3,6 +3,8 @@ package node
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -34,7 +36,11 @@ type Config struct {
 	// ClusterKeyFile authenticates raft peers; TokenFile lists operators'
 	// API tokens. Both default to files in DataDir, created when missing.
 	ClusterKeyFile, TokenFile string
-	RaftLogLevel              string
+	// APITLSCert and APITLSKey serve the API over https; APICAFile verifies
+	// other members' https APIs (default: the system's roots). Without TLS
+	// members only send tokens to one another over loopback.
+	APITLSCert, APITLSKey, APICAFile string
+	RaftLogLevel                     string
 	// Authz configures the ext_authz server.
 	Authz AuthzConfig
 	// HeartbeatTimeout and ElectionTimeout tune failure detection; zero
@@ -81,6 +87,7 @@ type Node struct {
 	apiAddr  string // advertised
 	http     *http.Server
 	peer     string // peer API token
+	conn     *api.Connector
 	existing bool
 	authz    *authzPart
 	ready    atomic.Bool
@@ -131,9 +138,18 @@ func Start(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("API listen on %s: %w", cfg.APIAddr, err)
 	}
 	advertise := cmp.Or(cfg.APIAdvertise, ln.Addr().String())
-	if host, _, _ := net.SplitHostPort(advertise); host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
+	if host, _, _ := net.SplitHostPort(strings.TrimPrefix(strings.TrimPrefix(advertise, "https://"), "http://")); host == "" ||
+		net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
 		ln.Close()
 		return nil, fmt.Errorf("API address %s cannot be dialled by peers; set --api-advertise", advertise)
+	}
+	serverTLS, conn, err := apiTLS(&cfg)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if serverTLS != nil && !strings.HasPrefix(advertise, "https://") {
+		advertise = "https://" + strings.TrimPrefix(advertise, "http://")
 	}
 	store, err := raft.Open(raft.Config{
 		ID: cfg.ID, DataDir: cfg.DataDir, BindAddr: cfg.RaftAddr, AdvertiseAddr: cfg.RaftAdvertise,
@@ -145,14 +161,16 @@ func Start(cfg Config) (*Node, error) {
 		ln.Close()
 		return nil, err
 	}
-	n := &Node{cfg: cfg, store: store, apiLn: ln, apiAddr: advertise, peer: api.PeerToken(key), existing: existing}
+	n := &Node{cfg: cfg, store: store, apiLn: ln, apiAddr: advertise, peer: api.PeerToken(key), conn: conn, existing: existing}
 	if n.authz, err = n.startAuthz(context.Background()); err != nil {
 		ln.Close()
 		store.Close()
 		return nil, err
 	}
 	n.http = &http.Server{
-		Handler:           api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Ready: n.Ready, Logger: log}),
+		Handler: api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Connector: conn,
+			Ready: n.Ready, Logger: log}),
+		TLSConfig:         serverTLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
@@ -202,7 +220,11 @@ func (n *Node) Run(ctx context.Context) error {
 				defer done()
 				n.http.Shutdown(shutdown)
 			}()
-			if err := n.http.Serve(n.apiLn); !errors.Is(err, http.ErrServerClosed) {
+			serve := func() error { return n.http.Serve(n.apiLn) }
+			if n.http.TLSConfig != nil {
+				serve = func() error { return n.http.ServeTLS(n.apiLn, "", "") }
+			}
+			if err := serve(); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("API server: %w", err)
 			}
 			return nil
@@ -272,7 +294,7 @@ func (n *Node) catchUp(ctx context.Context) error {
 	if id == "" || !ok || m.APIAddr == "" {
 		return errors.New("no leader known yet")
 	}
-	st, err := api.NewClient(m.APIAddr, n.peer).Self(ctx)
+	st, err := n.conn.Client(m.APIAddr, n.peer).Self(ctx)
 	if err != nil {
 		return err
 	}
@@ -331,5 +353,29 @@ func (n *Node) registerOnce(ctx context.Context, want raft.Member) error {
 	if target == "" {
 		return errors.New("no leader known yet")
 	}
-	return api.NewClient(target, n.peer).Join(ctx, want)
+	return n.conn.Client(target, n.peer).Join(ctx, want)
+}
+
+// apiTLS loads the API's certificate and the CA that verifies other members.
+func apiTLS(cfg *Config) (*tls.Config, *api.Connector, error) {
+	var roots *x509.CertPool
+	if cfg.APICAFile != "" {
+		pem, err := os.ReadFile(cfg.APICAFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("API CA file: %w", err)
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, nil, fmt.Errorf("API CA file %s holds no PEM certificate", cfg.APICAFile)
+		}
+	}
+	conn := api.NewConnector(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots})
+	if cfg.APITLSCert == "" && cfg.APITLSKey == "" {
+		return nil, conn, nil
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.APITLSCert, cfg.APITLSKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("API TLS certificate: %w", err)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}, conn, nil
 }

@@ -1,10 +1,25 @@
 package node
 
 import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/vigil-iot/vigil/api"
 )
 
 func TestSecretsMustBePrivate(t *testing.T) {
@@ -86,4 +101,72 @@ func TestJoiningWithoutTheClusterKeyFailsBeforeListening(t *testing.T) {
 	if _, err := Start(cfg); err == nil || !strings.Contains(err.Error(), "cluster key") {
 		t.Fatalf("err = %v", err)
 	}
+}
+
+func TestAMemberServesItsAPIOverTLS(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "api.crt"), filepath.Join(dir, "api.key")
+	writeSelfSigned(t, certFile, keyFile)
+	cfg := DefaultConfig()
+	cfg.ID, cfg.DataDir = "n1", filepath.Join(dir, "data")
+	cfg.APIAddr, cfg.RaftAddr, cfg.Authz.Addr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.APITLSCert, cfg.APITLSKey, cfg.APICAFile = certFile, keyFile, certFile
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	n, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	if !strings.HasPrefix(n.APIAddr(), "https://127.0.0.1:") {
+		t.Fatalf("advertised API address %q is not https", n.APIAddr())
+	}
+	tokens, _ := os.ReadFile(n.TokenFile())
+	tok, _ := api.FirstToken(tokens)
+	pem, _ := os.ReadFile(certFile)
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	cl := api.NewConnector(&tls.Config{RootCAs: roots}).Client(n.APIAddr(), tok)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := cl.Self(context.Background())
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("https API: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := api.NewClient(n.APIAddr(), tok).Health(context.Background()); err == nil {
+		t.Fatal("a client that does not trust the member's certificate got an answer")
+	}
+}
+
+func writeSelfSigned(t *testing.T, certFile, keyFile string) {
+	t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "vigil test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(priv)
+	os.WriteFile(certFile, pemEncode("CERTIFICATE", der), 0o600)
+	os.WriteFile(keyFile, pemEncode("EC PRIVATE KEY", keyDER), 0o600)
+}
+
+func pemEncode(kind string, der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der})
 }

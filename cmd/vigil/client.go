@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,12 +20,14 @@ import (
 type clientFlags struct {
 	server    string
 	tokenFile string
+	caFile    string
 	output    string
 }
 
 func (c *clientFlags) register(cmd *cobra.Command, withOutput bool) {
 	cmd.Flags().StringVar(&c.server, "server", api.DefaultAddr, "API address of any Vigil member (env VIGIL_SERVER)")
 	cmd.Flags().StringVar(&c.tokenFile, "token-file", "", "file holding the API token (env VIGIL_TOKEN_FILE; or put the token itself in VIGIL_TOKEN)")
+	cmd.Flags().StringVar(&c.caFile, "ca-file", "", "PEM CA bundle that verifies an https --server (env VIGIL_CA_FILE; default: the system's roots)")
 	if withOutput {
 		cmd.Flags().StringVarP(&c.output, "output", "o", "table", "output format: table, json or yaml")
 	}
@@ -44,7 +48,18 @@ func (c *clientFlags) client() (*api.Client, error) {
 		return nil, errors.New("no API token: pass --token-file (VIGIL_TOKEN_FILE) or set VIGIL_TOKEN; " +
 			"a member writes one to <data-dir>/api-tokens on first start")
 	}
-	return api.NewClient(c.server, token), nil
+	if c.caFile == "" {
+		return api.NewClient(c.server, token), nil
+	}
+	pem, err := os.ReadFile(c.caFile)
+	if err != nil {
+		return nil, fmt.Errorf("CA file: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("CA file %s holds no PEM certificate", c.caFile)
+	}
+	return api.NewConnector(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}).Client(c.server, token), nil
 }
 
 // print writes v as JSON or YAML, or calls table for the human form.

@@ -36,6 +36,9 @@ func (m *memberFlags) register(cmd *cobra.Command) {
 	f.StringVar(&m.cfg.Authz.DecisionLog, "decision-log", "", "hash-chained decision log file (default <data-dir>/decisions.log)")
 	f.BoolVar(&m.cfg.Authz.DecisionLogStrict, "decision-log-strict", false, "make Check wait for the decision log instead of dropping decisions when it falls behind")
 	f.DurationVar(&m.cfg.Authz.EvalTimeout, "policy-timeout", 100*time.Millisecond, "longest a policy evaluation may take before the request is denied")
+	f.StringVar(&m.cfg.APITLSCert, "api-tls-cert", "", "PEM certificate to serve the API over https (required for members on different hosts)")
+	f.StringVar(&m.cfg.APITLSKey, "api-tls-key", "", "PEM private key of --api-tls-cert")
+	f.StringVar(&m.cfg.APICAFile, "api-ca-file", "", "PEM CA bundle that verifies other members' https APIs (default: the system's roots)")
 	f.StringVar(&m.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&m.cfg.RaftLogLevel, "raft-log-level", "warn", "log level of the raft library itself")
 	f.DurationVar(&m.cfg.HeartbeatTimeout, "raft-heartbeat-timeout", 500*time.Millisecond,
