@@ -210,6 +210,13 @@ func (c *Client) Self(ctx context.Context) (*raft.Status, error) {
 	return &out, c.do(ctx, http.MethodGet, "/v1/cluster/self", "", nil, &out)
 }
 
+// Node reports the answering member's parts: readiness, the policy in
+// force, decision-log counters.
+func (c *Client) Node(ctx context.Context) (map[string]any, error) {
+	var out map[string]any
+	return out, c.do(ctx, http.MethodGet, "/v1/node", "", nil, &out)
+}
+
 // Join asks the cluster to add m as a voter.
 func (c *Client) Join(ctx context.Context, m raft.Member) error {
 	return c.send(ctx, http.MethodPost, "/v1/cluster/join", m, nil)

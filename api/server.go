@@ -63,7 +63,10 @@ type ServerConfig struct {
 	Connector *Connector
 	// Ready reports whether the member has caught up with the cluster;
 	// /healthz says so. Nil means always.
-	Ready  func() bool
+	Ready func() bool
+	// Node describes the member's other parts (the authorizer's policy and
+	// decision log) for GET /v1/node; nil leaves it out.
+	Node   func() any
 	Logger *slog.Logger
 	Now    func() time.Time
 }
@@ -98,6 +101,7 @@ func NewServer(cfg ServerConfig) *Server {
 	s.route("POST /v1/state", s.write(s.updateState))
 	s.route("GET /v1/cluster/status", s.clusterStatus)
 	s.route("GET /v1/cluster/self", s.self)
+	s.route("GET /v1/node", s.node)
 	s.route("POST /v1/cluster/join", s.write(s.join))
 	s.route("POST /v1/cluster/snapshot", s.takeSnapshot)
 	s.route("DELETE /v1/cluster/members/{id}", s.write(s.removeMember))
@@ -375,6 +379,18 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request, _ []byte) 
 	}
 	s.cfg.Logger.Info("api: member removed", "id", id, "by", actorOf(r))
 	writeJSON(w, http.StatusOK, map[string]string{"removed": id})
+	return nil
+}
+
+// node reports this member's own parts: readiness, and what the node
+// composition adds (policy in force, decision-log counters).
+func (s *Server) node(w http.ResponseWriter, r *http.Request) error {
+	out := map[string]any{"id": s.cfg.Store.ID(), "ready": s.cfg.Ready == nil || s.cfg.Ready(),
+		"revision": s.cfg.Store.Current().Revision()}
+	if s.cfg.Node != nil {
+		out["parts"] = s.cfg.Node()
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 

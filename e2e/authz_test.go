@@ -105,6 +105,18 @@ func TestEveryMemberAuthorizesAndQuarantineReachesThemAll(t *testing.T) {
 		t.Fatalf("no principal: %v %v", resp.GetStatus(), err)
 	}
 
+	// Each member exposes its policy and decision-log counters.
+	for i := range c.Size() {
+		info, err := c.Client(i).Node(ctxFor(t, 5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		authz, _ := info["parts"].(map[string]any)["authz"].(map[string]any)
+		dl, _ := authz["decisionLog"].(map[string]any)
+		if dl["dropped"] != float64(0) || info["ready"] != true {
+			t.Errorf("%s: node status %v", c.Member(i).ID, info)
+		}
+	}
 	// Every decision is in each member's chained log; stop the members so
 	// the logs are flushed, then verify them with the CLI.
 	for i := range c.Size() {

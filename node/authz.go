@@ -100,3 +100,17 @@ func (p *authzPart) parts() []func(context.Context) error {
 	}
 	return parts
 }
+
+// status describes the authorizer for GET /v1/node.
+func (p *authzPart) status() any {
+	pol := p.engine.Current()
+	written, dropped := p.log.Stats()
+	return map[string]any{
+		"authz": map[string]any{
+			"addr":   p.Addr(),
+			"policy": map[string]any{"source": pol.Source, "query": pol.Query, "hash": pol.Hash},
+			"decisionLog": map[string]any{"path": p.cfg.DecisionLog, "strict": p.cfg.DecisionLogStrict,
+				"written": written, "dropped": dropped},
+		},
+	}
+}

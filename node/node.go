@@ -169,7 +169,7 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n.http = &http.Server{
 		Handler: api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Connector: conn,
-			Ready: n.Ready, Logger: log}),
+			Ready: n.Ready, Node: func() any { return n.authz.status() }, Logger: log}),
 		TLSConfig:         serverTLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,

@@ -4,7 +4,8 @@
 //
 //	vigil-load writes   [-duration 10s] [-clients 16] [-batch 100] [-failovers 5]
 //	vigil-load topology [-devices 100000,1000000]
-//	vigil-load authz    [-duration 10s] [-inflight 16] [-devices 10000]
+//	vigil-load authz      [-duration 10s] [-inflight 16] [-devices 100000]
+//	vigil-load quarantine [-trials 30]
 //
 // Results belong in BENCHMARKS.md.
 package main
@@ -33,6 +34,8 @@ func main() {
 		err = runTopology(os.Args[2:])
 	case "authz":
 		err = runAuthz(os.Args[2:])
+	case "quarantine":
+		err = runQuarantine(os.Args[2:])
 	default:
 		usage()
 	}
@@ -43,7 +46,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology|authz [flags]   (-h for the flags of each)")
+	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology|authz|quarantine [flags]   (-h for the flags of each)")
 	os.Exit(2)
 }
 
