@@ -2,7 +2,6 @@ package authz
 
 import (
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -163,11 +162,11 @@ func isHostChar(c byte) bool {
 		c == '-' || c == '.' || c == '_' || c == '~'
 }
 
-// requestHeaderValues returns the values of the request header name (lower case),
-// or nil when it is absent. Keys are matched case-insensitively. Envoy
-// sends headers in one of two fields: the headers map, or header_map when
-// encode_raw_headers is set. If a request carries both, they must agree on
-// this header, since reading only one of them would be a guess.
+// requestHeaderValues returns the values of the request header name (lower
+// case), or nil when it is absent. Keys are matched case-insensitively.
+// Envoy sends headers in one of two fields: the headers map, or header_map
+// when encode_raw_headers is set. If a request carries both, they must
+// agree on this header, since reading only one of them would be a guess.
 func requestHeaderValues(h *authv3.AttributeContext_HttpRequest, name string) ([]string, error) {
 	var fromMap []string
 	if v, ok := h.GetHeaders()[name]; ok {
@@ -207,8 +206,8 @@ func requestHeaderValues(h *authv3.AttributeContext_HttpRequest, name string) ([
 	}
 }
 
-// requestHeader is the value of the request header name (lower case); repeated
-// fields are joined with ",".
+// requestHeader is the value of the request header name (lower case);
+// repeated fields are joined with ",".
 func requestHeader(h *authv3.AttributeContext_HttpRequest, name string) (value string, present bool, err error) {
 	vs, err := requestHeaderValues(h, name)
 	if err != nil || vs == nil {
@@ -412,28 +411,35 @@ func checkSPIFFEID(id string) error {
 // BuildInput builds the policy input for req, in the shape the OPA-Envoy
 // plugin gives policies, so that theirs run unchanged:
 //
-//	attributes      the AttributeContext as protojson.Marshal writes it with
-//	                default options (lowerCamelCase names such as
-//	                contextExtensions, 64-bit integers as strings, times in
-//	                RFC 3339, bytes in base64, empty fields left out)
-//	version         {"ext_authz": "v3", "encoding": "protojson"}
-//	parsed_path     the path before "?", percent-decoded, then split on "/"
-//	parsed_query    query parameter → array of values
-//	parsed_body     the body parsed for JSON, form and multipart content
-//	                types, else null
-//	truncated_body  whether Envoy sent only part of the body
+//	attributes        the AttributeContext as protojson.Marshal writes it
+//	                  with default options: lowerCamelCase names
+//	                  (contextExtensions, socketAddress.portValue), 64-bit
+//	                  integers as strings, times in RFC 3339, bytes in
+//	                  base64, empty fields left out
+//	version           {"ext_authz": "v3", "encoding": "protojson"}
+//	parsed_path       the path before "?", percent-decoded, split on "/"
+//	parsed_query      query parameter → array of values
+//	parsed_body       the body parsed for JSON, form and multipart content
+//	                  types, else null
+//	truncated_body    whether Envoy sent only part of the body
 //	source_principal  attributes.source.principal, when set
-//	vigil           the given value, when not nil
+//	vigil             the given value, when not nil
 //
-// It walks the protobuf fields directly instead of going through JSON:
-// the plugin's protojson → JSON → AST path costs several times more, and
-// runs for every request. Input tests prove both give the same value.
+// The plugin gets there by protojson.Marshal, a JSON decode and
+// ast.InterfaceToValue, for every request. BuildInput instead walks the
+// protobuf fields into Go maps and hands them to OPA as a lazy object: a
+// part becomes AST only when the policy reads it, so what a policy never
+// looks at (the certificate, most headers, metadata) costs almost nothing.
+// TestBuildInputMatchesProtojson and the fuzz test prove the two equal.
+//
+// The value keeps references to req's maps, so req must not change while
+// it is in use; like any lazy object it is for one goroutine at a time.
 func BuildInput(req *authv3.CheckRequest, vigil ast.Value) (ast.Value, error) {
 	h, err := checkHTTPRequest(req)
 	if err != nil {
 		return nil, err
 	}
-	attrs, err := attributesObject(req.GetAttributes())
+	attrs, err := attributesMap(req.GetAttributes())
 	if err != nil {
 		return nil, fmt.Errorf("attributes: %w", err)
 	}
@@ -441,42 +447,28 @@ func BuildInput(req *authv3.CheckRequest, vigil ast.Value) (ast.Value, error) {
 	if err != nil {
 		return nil, err
 	}
-	body, truncated, err := parseBody(h, parsedPath)
+	body, truncated, err := parseBody(h)
 	if err != nil {
 		return nil, fmt.Errorf("body: %w", err)
 	}
-	pathTerms := make([]*ast.Term, len(parsedPath))
-	for i, s := range parsedPath {
-		pathTerms[i] = ast.StringTerm(s)
-	}
-	kv := make([][2]*ast.Term, 0, 8)
-	kv = append(kv,
-		[2]*ast.Term{inputKeys.attributes, ast.NewTerm(attrs)},
-		[2]*ast.Term{inputKeys.version, inputVersion},
-		[2]*ast.Term{inputKeys.parsedPath, ast.ArrayTerm(pathTerms...)},
-		[2]*ast.Term{inputKeys.parsedQuery, ast.NewTerm(parsedQuery)},
-		[2]*ast.Term{inputKeys.parsedBody, ast.NewTerm(body)},
-		[2]*ast.Term{inputKeys.truncatedBody, ast.InternedTerm(truncated)},
-	)
+	in := make(map[string]any, 8)
+	in["attributes"] = attrs
+	in["version"] = inputVersion
+	in["parsed_path"] = parsedPath
+	in["parsed_query"] = parsedQuery
+	in["parsed_body"] = body
+	in["truncated_body"] = truncated
 	if p := req.GetAttributes().GetSource().GetPrincipal(); p != "" {
-		kv = append(kv, [2]*ast.Term{inputKeys.sourcePrincipal, ast.StringTerm(p)})
+		in["source_principal"] = p
 	}
 	if vigil != nil {
-		kv = append(kv, [2]*ast.Term{inputKeys.vigil, ast.NewTerm(vigil)})
+		in["vigil"] = vigil
 	}
-	return ast.NewObject(kv...), nil
-}
-
-var inputKeys = struct {
-	attributes, version, parsedPath, parsedQuery, parsedBody, truncatedBody, sourcePrincipal, vigil *ast.Term
-}{
-	ast.StringTerm("attributes"), ast.StringTerm("version"), ast.StringTerm("parsed_path"),
-	ast.StringTerm("parsed_query"), ast.StringTerm("parsed_body"), ast.StringTerm("truncated_body"),
-	ast.StringTerm("source_principal"), ast.StringTerm("vigil"),
+	return ast.LazyObject(in), nil
 }
 
 // inputVersion is input.version, as the plugin sets it for ext_authz v3.
-var inputVersion = ast.ObjectTerm(
+var inputVersion = ast.NewObject(
 	[2]*ast.Term{ast.StringTerm("ext_authz"), ast.StringTerm("v3")},
 	[2]*ast.Term{ast.StringTerm("encoding"), ast.StringTerm("protojson")},
 )
@@ -485,7 +477,7 @@ var inputVersion = ast.ObjectTerm(
 // part before "?" is percent-decoded, stripped of leading slashes and split
 // on "/" (so "%2F" splits too); the rest is parsed as a query string.
 // Malformed escapes or query separators are errors.
-func parsePathAndQuery(target string) ([]string, ast.Object, error) {
+func parsePathAndQuery(target string) ([]string, map[string]any, error) {
 	rawPath, rawQuery, _ := strings.Cut(target, "?")
 	decoded, err := url.PathUnescape(rawPath)
 	if err != nil {
@@ -493,29 +485,21 @@ func parsePathAndQuery(target string) ([]string, ast.Object, error) {
 	}
 	segments := strings.Split(strings.TrimLeft(decoded, "/"), "/")
 	if rawQuery == "" {
-		return segments, ast.NewObject(), nil
+		return segments, map[string]any{}, nil
 	}
 	q, err := url.ParseQuery(rawQuery)
 	if err != nil {
 		return nil, nil, fmt.Errorf("query: %w", err)
 	}
-	return segments, stringsMapObject(q), nil
+	return segments, valuesMap(q), nil
 }
 
-func stringsMapObject(m map[string][]string) ast.Object {
-	kv := make([][2]*ast.Term, 0, len(m))
-	for k, vs := range m {
-		kv = append(kv, [2]*ast.Term{ast.StringTerm(k), stringsArrayTerm(vs)})
+func valuesMap(q map[string][]string) map[string]any {
+	m := make(map[string]any, len(q))
+	for k, vs := range q {
+		m[k] = vs
 	}
-	return ast.NewObject(kv...)
-}
-
-func stringsArrayTerm(vs []string) *ast.Term {
-	ts := make([]*ast.Term, len(vs))
-	for i, v := range vs {
-		ts[i] = ast.StringTerm(v)
-	}
-	return ast.ArrayTerm(ts...)
+	return m
 }
 
 // parseBody is input.parsed_body and input.truncated_body, by the plugin's
@@ -523,15 +507,15 @@ func stringsArrayTerm(vs []string) *ast.Term {
 // exceeds what was sent; JSON, form and multipart bodies parsed; gRPC and
 // any other content type left unparsed (null). A body that does not parse
 // as its content type says is an error.
-func parseBody(h *authv3.AttributeContext_HttpRequest, parsedPath []string) (ast.Value, bool, error) {
+func parseBody(h *authv3.AttributeContext_HttpRequest) (any, bool, error) {
 	if partial, _, err := requestHeader(h, "x-envoy-auth-partial-body"); err != nil {
 		return nil, false, err
 	} else if partial == "true" {
-		return ast.NullValue, true, nil
+		return nil, true, nil
 	}
 	ct, ok, err := requestHeader(h, "content-type")
 	if err != nil || !ok {
-		return ast.NullValue, false, err
+		return nil, false, err
 	}
 	var kind string
 	switch {
@@ -540,20 +524,20 @@ func parseBody(h *authv3.AttributeContext_HttpRequest, parsedPath []string) (ast
 	case strings.Contains(ct, "application/grpc"):
 		// The plugin decodes gRPC bodies only with proto descriptors
 		// configured; Vigil has none.
-		return ast.NullValue, false, nil
+		return nil, false, nil
 	case strings.Contains(ct, "application/x-www-form-urlencoded"):
 		kind = "form"
 	case strings.Contains(ct, "multipart/form-data"):
 		kind = "multipart"
 	default:
-		return ast.NullValue, false, nil
+		return nil, false, nil
 	}
 	payload := h.GetBody()
 	if payload == "" {
 		payload = string(h.GetRawBody())
 	}
 	if payload == "" {
-		return ast.NullValue, false, nil
+		return nil, false, nil
 	}
 	if cl, ok, err := requestHeader(h, "content-length"); err != nil {
 		return nil, false, err
@@ -563,7 +547,7 @@ func parseBody(h *authv3.AttributeContext_HttpRequest, parsedPath []string) (ast
 			return nil, false, fmt.Errorf("content-length %q: %w", cl, err)
 		}
 		if n != -1 && n > int64(len(payload)) {
-			return ast.NullValue, true, nil
+			return nil, true, nil
 		}
 	}
 	switch kind {
@@ -572,38 +556,36 @@ func parseBody(h *authv3.AttributeContext_HttpRequest, parsedPath []string) (ast
 		if err := util.UnmarshalJSON([]byte(payload), &x); err != nil {
 			return nil, false, err
 		}
-		v, err := ast.InterfaceToValue(x)
-		return v, false, err
+		return x, false, nil
 	case "form":
 		q, err := url.ParseQuery(payload)
 		if err != nil {
 			return nil, false, err
 		}
-		return stringsMapObject(q), false, nil
+		return valuesMap(q), false, nil
 	default:
-		v, err := multipartObject(ct, payload)
+		v, err := multipartMap(ct, payload)
 		return v, false, err
 	}
 }
 
-// multipartObject maps each form field name to the array of its values;
-// a part whose content type is JSON is parsed.
-func multipartObject(contentType, payload string) (ast.Value, error) {
+// multipartMap maps each form field name to the array of its values; a
+// part whose content type is JSON is parsed.
+func multipartMap(contentType, payload string) (any, error) {
 	_, params, err := mime.ParseMediaType(contentType)
 	if err != nil {
 		return nil, err
 	}
 	boundary, ok := params["boundary"]
 	if !ok {
-		return ast.NullValue, nil
+		return nil, nil
 	}
-	values := map[string][]any{}
-	var names []string
+	values := map[string]any{}
 	mr := multipart.NewReader(strings.NewReader(payload), boundary)
 	for {
 		p, err := mr.NextPart()
 		if err == io.EOF {
-			break
+			return values, nil
 		}
 		if err != nil {
 			return nil, err
@@ -622,207 +604,178 @@ func multipartObject(contentType, payload string) (ast.Value, error) {
 				return nil, err
 			}
 		}
-		if _, seen := values[name]; !seen {
-			names = append(names, name)
-		}
-		values[name] = append(values[name], v)
+		vs, _ := values[name].([]any)
+		values[name] = append(vs, v)
 	}
-	kv := make([][2]*ast.Term, 0, len(names))
-	for _, name := range names {
-		v, err := ast.InterfaceToValue(values[name])
-		if err != nil {
-			return nil, err
-		}
-		kv = append(kv, [2]*ast.Term{ast.StringTerm(name), ast.NewTerm(v)})
-	}
-	return ast.NewObject(kv...), nil
 }
 
 // The functions below write AttributeContext as protojson.Marshal with
-// default options would, straight into AST values: lowerCamelCase JSON
+// default options would, into Go values that ast.InterfaceToValue turns
+// into exactly what the plugin's JSON decode gives: lowerCamelCase JSON
 // names; a scalar left out when it has its zero value, a message when nil,
 // a map or list when empty, and a oneof member whenever it is set; 64-bit
-// integers as strings, enums by name, bytes in standard base64, Timestamp
-// in RFC 3339 and Struct as plain JSON. TestAttributeFieldsCovered fails
-// when go-control-plane grows a field these functions do not write.
+// integers as strings, numbers as ast.Number, enums by name, bytes in
+// standard base64, Timestamp in RFC 3339 and Struct as plain JSON. Maps of
+// strings are the request's own. TestAttributeFieldsCovered fails when
+// go-control-plane grows a field these functions do not write.
 
-// pbObject collects the members of one JSON object.
-type pbObject [][2]*ast.Term
+// pbMap is the JSON object of one message.
+type pbMap map[string]any
 
-func (o *pbObject) add(key string, v *ast.Term) {
-	*o = append(*o, [2]*ast.Term{ast.InternedTerm(key), v})
-}
-
-func (o *pbObject) str(key, v string) {
+func (m pbMap) str(key, v string) {
 	if v != "" {
-		o.add(key, ast.StringTerm(v))
+		m[key] = v
 	}
 }
 
-func (o *pbObject) strMap(key string, m map[string]string) {
-	if len(m) > 0 {
-		o.add(key, ast.NewTerm(stringMapObject(m)))
+func (m pbMap) strMap(key string, v map[string]string) {
+	if len(v) > 0 {
+		m[key] = v
 	}
 }
 
-func (o pbObject) object() ast.Object { return ast.NewObject(o...) }
+func uintNumber(n uint64) ast.Value { return ast.Number(strconv.FormatUint(n, 10)) }
 
-func stringMapObject(m map[string]string) ast.Object {
-	kv := make([][2]*ast.Term, 0, len(m))
-	for k, v := range m {
-		kv = append(kv, [2]*ast.Term{ast.InternedTerm(k), ast.StringTerm(v)})
-	}
-	return ast.NewObject(kv...)
-}
-
-func attributesObject(a *authv3.AttributeContext) (ast.Object, error) {
-	o := make(pbObject, 0, 7)
+func attributesMap(a *authv3.AttributeContext) (map[string]any, error) {
+	m := make(pbMap, 8)
 	if a.GetSource() != nil {
-		o.add("source", ast.NewTerm(peerObject(a.GetSource())))
+		m["source"] = peerMap(a.GetSource())
 	}
 	if a.GetDestination() != nil {
-		o.add("destination", ast.NewTerm(peerObject(a.GetDestination())))
+		m["destination"] = peerMap(a.GetDestination())
 	}
-	if a.GetRequest() != nil {
-		r, err := requestObject(a.GetRequest())
-		if err != nil {
-			return nil, fmt.Errorf("request: %w", err)
+	if r := a.GetRequest(); r != nil {
+		req := make(pbMap, 2)
+		if r.GetTime() != nil {
+			t, err := timestampString(r.GetTime())
+			if err != nil {
+				return nil, fmt.Errorf("request.time: %w", err)
+			}
+			req["time"] = t
 		}
-		o.add("request", ast.NewTerm(r))
+		if r.GetHttp() != nil {
+			req["http"] = httpMap(r.GetHttp())
+		}
+		m["request"] = map[string]any(req)
 	}
-	o.strMap("contextExtensions", a.GetContextExtensions())
+	m.strMap("contextExtensions", a.GetContextExtensions())
 	if a.GetMetadataContext() != nil {
-		m, err := metadataObject(a.GetMetadataContext())
+		md, err := metadataMap(a.GetMetadataContext())
 		if err != nil {
 			return nil, fmt.Errorf("metadata_context: %w", err)
 		}
-		o.add("metadataContext", ast.NewTerm(m))
+		m["metadataContext"] = md
 	}
 	if a.GetRouteMetadataContext() != nil {
-		m, err := metadataObject(a.GetRouteMetadataContext())
+		md, err := metadataMap(a.GetRouteMetadataContext())
 		if err != nil {
 			return nil, fmt.Errorf("route_metadata_context: %w", err)
 		}
-		o.add("routeMetadataContext", ast.NewTerm(m))
+		m["routeMetadataContext"] = md
 	}
 	if t := a.GetTlsSession(); t != nil {
-		var tls pbObject
+		tls := make(pbMap, 1)
 		tls.str("sni", t.GetSni())
-		o.add("tlsSession", ast.NewTerm(tls.object()))
+		m["tlsSession"] = map[string]any(tls)
 	}
-	return o.object(), nil
+	return m, nil
 }
 
-func peerObject(p *authv3.AttributeContext_Peer) ast.Object {
-	o := make(pbObject, 0, 5)
+func peerMap(p *authv3.AttributeContext_Peer) map[string]any {
+	m := make(pbMap, 5)
 	if p.GetAddress() != nil {
-		o.add("address", ast.NewTerm(addressObject(p.GetAddress())))
+		m["address"] = addressMap(p.GetAddress())
 	}
-	o.str("service", p.GetService())
-	o.strMap("labels", p.GetLabels())
-	o.str("principal", p.GetPrincipal())
-	o.str("certificate", p.GetCertificate())
-	return o.object()
+	m.str("service", p.GetService())
+	m.strMap("labels", p.GetLabels())
+	m.str("principal", p.GetPrincipal())
+	m.str("certificate", p.GetCertificate())
+	return m
 }
 
-func addressObject(a *corev3.Address) ast.Object {
-	var o pbObject
+func addressMap(a *corev3.Address) map[string]any {
+	m := make(pbMap, 1)
 	switch x := a.GetAddress().(type) {
 	case *corev3.Address_SocketAddress:
-		o.add("socketAddress", ast.NewTerm(socketAddressObject(x.SocketAddress)))
+		m["socketAddress"] = socketAddressMap(x.SocketAddress)
 	case *corev3.Address_Pipe:
-		var p pbObject
+		p := make(pbMap, 2)
 		p.str("path", x.Pipe.GetPath())
-		if m := x.Pipe.GetMode(); m != 0 {
-			p.add("mode", ast.UIntNumberTerm(uint64(m)))
+		if mode := x.Pipe.GetMode(); mode != 0 {
+			p["mode"] = uintNumber(uint64(mode))
 		}
-		o.add("pipe", ast.NewTerm(p.object()))
+		m["pipe"] = map[string]any(p)
 	case *corev3.Address_EnvoyInternalAddress:
-		var e pbObject
+		e := make(pbMap, 2)
 		if n, ok := x.EnvoyInternalAddress.GetAddressNameSpecifier().(*corev3.EnvoyInternalAddress_ServerListenerName); ok {
-			e.add("serverListenerName", ast.StringTerm(n.ServerListenerName))
+			e["serverListenerName"] = n.ServerListenerName
 		}
 		e.str("endpointId", x.EnvoyInternalAddress.GetEndpointId())
-		o.add("envoyInternalAddress", ast.NewTerm(e.object()))
+		m["envoyInternalAddress"] = map[string]any(e)
 	}
-	return o.object()
+	return m
 }
 
-func socketAddressObject(s *corev3.SocketAddress) ast.Object {
-	o := make(pbObject, 0, 3)
+func socketAddressMap(s *corev3.SocketAddress) map[string]any {
+	m := make(pbMap, 2)
 	if p := s.GetProtocol(); p != 0 {
 		if name, ok := corev3.SocketAddress_Protocol_name[int32(p)]; ok {
-			o.add("protocol", ast.StringTerm(name))
+			m["protocol"] = name
 		} else {
-			o.add("protocol", ast.IntNumberTerm(int(p)))
+			m["protocol"] = ast.Number(strconv.Itoa(int(p)))
 		}
 	}
-	o.str("address", s.GetAddress())
+	m.str("address", s.GetAddress())
 	switch x := s.GetPortSpecifier().(type) {
 	case *corev3.SocketAddress_PortValue:
-		o.add("portValue", ast.UIntNumberTerm(uint64(x.PortValue)))
+		m["portValue"] = uintNumber(uint64(x.PortValue))
 	case *corev3.SocketAddress_NamedPort:
-		o.add("namedPort", ast.StringTerm(x.NamedPort))
+		m["namedPort"] = x.NamedPort
 	}
-	o.str("resolverName", s.GetResolverName())
+	m.str("resolverName", s.GetResolverName())
 	if s.GetIpv4Compat() {
-		o.add("ipv4Compat", ast.InternedTerm(true))
+		m["ipv4Compat"] = true
 	}
-	o.str("networkNamespaceFilepath", s.GetNetworkNamespaceFilepath())
-	return o.object()
+	m.str("networkNamespaceFilepath", s.GetNetworkNamespaceFilepath())
+	return m
 }
 
-func requestObject(r *authv3.AttributeContext_Request) (ast.Object, error) {
-	o := make(pbObject, 0, 2)
-	if r.GetTime() != nil {
-		t, err := timestampString(r.GetTime())
-		if err != nil {
-			return nil, fmt.Errorf("time: %w", err)
-		}
-		o.add("time", ast.StringTerm(t))
-	}
-	if r.GetHttp() != nil {
-		o.add("http", ast.NewTerm(httpObject(r.GetHttp())))
-	}
-	return o.object(), nil
-}
-
-func httpObject(h *authv3.AttributeContext_HttpRequest) ast.Object {
-	o := make(pbObject, 0, 8)
-	o.str("id", h.GetId())
-	o.str("method", h.GetMethod())
-	o.strMap("headers", h.GetHeaders())
+func httpMap(h *authv3.AttributeContext_HttpRequest) map[string]any {
+	m := make(pbMap, 12)
+	m.str("id", h.GetId())
+	m.str("method", h.GetMethod())
+	m.strMap("headers", h.GetHeaders())
 	if hm := h.GetHeaderMap(); hm != nil {
-		var m pbObject
+		headers := make(pbMap, 1)
 		if hs := hm.GetHeaders(); len(hs) > 0 {
-			ts := make([]*ast.Term, len(hs))
+			list := make([]any, len(hs))
 			for i, hv := range hs {
-				var e pbObject
+				e := make(pbMap, 2)
 				e.str("key", hv.GetKey())
 				e.str("value", hv.GetValue())
 				if raw := hv.GetRawValue(); len(raw) > 0 {
-					e.add("rawValue", ast.StringTerm(base64.StdEncoding.EncodeToString(raw)))
+					e["rawValue"] = base64.StdEncoding.EncodeToString(raw)
 				}
-				ts[i] = ast.NewTerm(e.object())
+				list[i] = map[string]any(e)
 			}
-			m.add("headers", ast.ArrayTerm(ts...))
+			headers["headers"] = list
 		}
-		o.add("headerMap", ast.NewTerm(m.object()))
+		m["headerMap"] = map[string]any(headers)
 	}
-	o.str("path", h.GetPath())
-	o.str("host", h.GetHost())
-	o.str("scheme", h.GetScheme())
-	o.str("query", h.GetQuery())
-	o.str("fragment", h.GetFragment())
+	m.str("path", h.GetPath())
+	m.str("host", h.GetHost())
+	m.str("scheme", h.GetScheme())
+	m.str("query", h.GetQuery())
+	m.str("fragment", h.GetFragment())
 	if n := h.GetSize(); n != 0 {
-		o.add("size", ast.StringTerm(strconv.FormatInt(n, 10))) // int64: a JSON string
+		m["size"] = strconv.FormatInt(n, 10) // int64: a JSON string
 	}
-	o.str("protocol", h.GetProtocol())
-	o.str("body", h.GetBody())
+	m.str("protocol", h.GetProtocol())
+	m.str("body", h.GetBody())
 	if raw := h.GetRawBody(); len(raw) > 0 {
-		o.add("rawBody", ast.StringTerm(base64.StdEncoding.EncodeToString(raw)))
+		m["rawBody"] = base64.StdEncoding.EncodeToString(raw)
 	}
-	return o.object()
+	return m
 }
 
 // Timestamp range of protojson (0001-01-01 to 9999-12-31).
@@ -848,99 +801,79 @@ func timestampString(t *timestamppb.Timestamp) (string, error) {
 	return s + "Z", nil
 }
 
-func metadataObject(m *corev3.Metadata) (ast.Object, error) {
+func metadataMap(m *corev3.Metadata) (map[string]any, error) {
 	if len(m.GetTypedFilterMetadata()) > 0 {
 		// google.protobuf.Any is written by resolving its type; Envoy
 		// rarely sends it, so protojson does the work.
-		return protojsonObject(m)
+		bs, err := protojson.Marshal(m)
+		if err != nil {
+			return nil, err
+		}
+		var x map[string]any
+		if err := util.UnmarshalJSON(bs, &x); err != nil {
+			return nil, err
+		}
+		return x, nil
 	}
-	var o pbObject
+	out := make(pbMap, 1)
 	if fm := m.GetFilterMetadata(); len(fm) > 0 {
-		kv := make([][2]*ast.Term, 0, len(fm))
+		filters := make(map[string]any, len(fm))
 		for k, s := range fm {
-			v, err := structObject(s)
+			v, err := structMap(s)
 			if err != nil {
 				return nil, fmt.Errorf("filter_metadata[%q]: %w", k, err)
 			}
-			kv = append(kv, [2]*ast.Term{ast.StringTerm(k), ast.NewTerm(v)})
+			filters[k] = v
 		}
-		o.add("filterMetadata", ast.ObjectTerm(kv...))
+		out["filterMetadata"] = filters
 	}
-	return o.object(), nil
+	return out, nil
 }
 
-func protojsonObject(m *corev3.Metadata) (ast.Object, error) {
-	bs, err := protojson.Marshal(m)
-	if err != nil {
-		return nil, err
-	}
-	var x any
-	if err := util.UnmarshalJSON(bs, &x); err != nil {
-		return nil, err
-	}
-	v, err := ast.InterfaceToValue(x)
-	if err != nil {
-		return nil, err
-	}
-	o, ok := v.(ast.Object)
-	if !ok {
-		return nil, fmt.Errorf("protojson wrote %T for a message", v)
-	}
-	return o, nil
-}
-
-func structObject(s *structpb.Struct) (ast.Object, error) {
-	kv := make([][2]*ast.Term, 0, len(s.GetFields()))
+func structMap(s *structpb.Struct) (map[string]any, error) {
+	m := make(map[string]any, len(s.GetFields()))
 	for k, f := range s.GetFields() {
-		v, err := structValueTerm(f)
+		v, err := structValue(f)
 		if err != nil {
 			return nil, fmt.Errorf("%q: %w", k, err)
 		}
-		kv = append(kv, [2]*ast.Term{ast.StringTerm(k), v})
+		m[k] = v
 	}
-	return ast.NewObject(kv...), nil
+	return m, nil
 }
 
-func structValueTerm(v *structpb.Value) (*ast.Term, error) {
+func structValue(v *structpb.Value) (any, error) {
 	switch k := v.GetKind().(type) {
 	case *structpb.Value_NullValue:
-		return ast.NullTerm(), nil
+		return nil, nil
 	case *structpb.Value_NumberValue:
-		n, err := jsonNumber(k.NumberValue)
-		if err != nil {
-			return nil, err
-		}
-		return ast.NumberTerm(json.Number(n)), nil
+		return jsonNumber(k.NumberValue)
 	case *structpb.Value_StringValue:
-		return ast.StringTerm(k.StringValue), nil
+		return k.StringValue, nil
 	case *structpb.Value_BoolValue:
-		return ast.InternedTerm(k.BoolValue), nil
+		return k.BoolValue, nil
 	case *structpb.Value_StructValue:
-		o, err := structObject(k.StructValue)
-		if err != nil {
-			return nil, err
-		}
-		return ast.NewTerm(o), nil
+		return structMap(k.StructValue)
 	case *structpb.Value_ListValue:
 		vs := k.ListValue.GetValues()
-		ts := make([]*ast.Term, len(vs))
+		list := make([]any, len(vs))
 		for i, e := range vs {
-			t, err := structValueTerm(e)
+			x, err := structValue(e)
 			if err != nil {
 				return nil, fmt.Errorf("[%d]: %w", i, err)
 			}
-			ts[i] = t
+			list[i] = x
 		}
-		return ast.ArrayTerm(ts...), nil
+		return list, nil
 	}
 	return nil, errors.New("google.protobuf.Value: none of the oneof fields is set")
 }
 
 // jsonNumber writes f as protojson (and encoding/json) do: no exponent
 // between 1e-6 and 1e21, the shortest representation that reads back.
-func jsonNumber(f float64) (string, error) {
+func jsonNumber(f float64) (ast.Value, error) {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
-		return "", fmt.Errorf("google.protobuf.Value: invalid number %v", f)
+		return nil, fmt.Errorf("google.protobuf.Value: invalid number %v", f)
 	}
 	format := byte('f')
 	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
@@ -954,5 +887,5 @@ func jsonNumber(f float64) (string, error) {
 			b = b[:n-1]
 		}
 	}
-	return string(b), nil
+	return ast.Number(b), nil
 }
