@@ -114,7 +114,8 @@ func BenchmarkPolicyEval(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				res := resolve(snap, &r, "bench", time.Now())
+				res := resolve(snap, &r, time.Now())
+				res.stamp(snap.Revision(), "bench")
 				if inputs[i], err = BuildInput(req, res.vigil); err != nil {
 					b.Fatal(err)
 				}

@@ -42,6 +42,9 @@ type Policy struct {
 	// Source says where it came from: a directory, or "embedded default".
 	Source string
 	Query  string
+	// Cacheable is true for Vigil's default policy, whose result depends
+	// only on input.vigil and the principal.
+	Cacheable bool
 
 	prepared rego.PreparedEvalQuery
 }
@@ -63,6 +66,7 @@ func NewEngine(ctx context.Context, log *slog.Logger) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("default policy: %w", err)
 	}
+	p.Cacheable = true
 	e.cur.Store(p)
 	return e, nil
 }

@@ -2,6 +2,7 @@ package authz
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -40,7 +41,7 @@ type resolution struct {
 }
 
 // resolve builds the resolution of r against snap at time now.
-func resolve(snap *topology.Snapshot, r *Request, node string, now time.Time) resolution {
+func resolve(snap *topology.Snapshot, r *Request, now time.Time) resolution {
 	ix := snap.Index()
 	var res resolution
 	sub, known := ix.BySPIFFEID(r.Principal)
@@ -75,9 +76,9 @@ func resolve(snap *topology.Snapshot, r *Request, node string, now time.Time) re
 		svc, svcKnown = ix.ServiceByHost(r.Host)
 	}
 
+	// revision and node are added by stamp, after a cache key could be
+	// taken from what the policy decides on.
 	obj := ast.NewObject(
-		item("revision", ast.UIntNumberTerm(uint64(snap.Revision()))),
-		item("node", ast.StringTerm(node)),
 		item("request", ast.ObjectTerm(
 			item("method", ast.StringTerm(r.Method)),
 			item("path", ast.StringTerm(r.Path)),
@@ -115,6 +116,13 @@ func resolve(snap *topology.Snapshot, r *Request, node string, now time.Time) re
 	obj.Insert(ast.StringTerm("flows"), ast.ArrayTerm(flows...))
 	res.vigil = obj
 	return res
+}
+
+// stamp adds the revision and the deciding member to input.vigil.
+func (res *resolution) stamp(rev topology.Revision, node string) {
+	obj := res.vigil.(ast.Object)
+	obj.Insert(ast.StringTerm("revision"), ast.UIntNumberTerm(uint64(rev)))
+	obj.Insert(ast.StringTerm("node"), ast.StringTerm(node))
 }
 
 // flowsBetween lists, in document order, the flows from sub to svc.
@@ -229,8 +237,8 @@ func flowTerm(f *topology.Rule) *ast.Term {
 
 func labelsTerm(l topology.Labels) *ast.Term {
 	obj := ast.NewObject()
-	for k, v := range l {
-		obj.Insert(ast.StringTerm(k), ast.StringTerm(v))
+	for _, k := range slices.Sorted(maps.Keys(l)) {
+		obj.Insert(ast.StringTerm(k), ast.StringTerm(l[k]))
 	}
 	return ast.NewTerm(obj)
 }

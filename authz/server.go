@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"sync/atomic"
@@ -46,6 +47,7 @@ type Server struct {
 	authv3.UnimplementedAuthorizationServer
 	cfg     Config
 	limiter *limiter
+	cache   *decisionCache
 	idBase  string
 	seq     atomic.Uint64
 }
@@ -65,7 +67,7 @@ func NewServer(cfg Config) *Server {
 	}
 	b := make([]byte, 6)
 	rand.Read(b)
-	return &Server{cfg: cfg, limiter: newLimiter(), idBase: hex.EncodeToString(b) + "-"}
+	return &Server{cfg: cfg, limiter: newLimiter(), cache: newDecisionCache(), idBase: hex.EncodeToString(b) + "-"}
 }
 
 // Register adds the Check service, gRPC health and reflection to g.
@@ -124,19 +126,12 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decisi
 	if snap == nil || !snap.HasDocument() {
 		return deny("this member holds no topology yet")
 	}
-	res := resolve(snap, &r, s.cfg.Node, now)
+	res := resolve(snap, &r, now)
 	d.Subject, d.Gateway, d.Service = res.subjectID, res.gateway, res.service
 	if res.deny != "" {
 		return deny(res.deny)
 	}
-	input, err := BuildInput(req, res.vigil)
-	if err != nil {
-		return deny("cannot build policy input: " + err.Error())
-	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.EvalTimeout)
-	defer cancel()
-	result, policy, err := s.cfg.Engine.Eval(ctx, input)
-	d.PolicyHash = policy.Hash
+	result, err := s.evaluate(ctx, req, &r, &res, snap, d)
 	if err != nil {
 		return deny("policy failed, so the request is denied: " + err.Error())
 	}
@@ -159,6 +154,35 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decisi
 	}
 	d.Allowed, d.HTTPStatus, d.Reason = true, 200, result.Reason
 	return Allow(result, d.ID)
+}
+
+// evaluate runs the policy in force, or takes its earlier result for the
+// same context when the policy allows that (see decisionCache).
+func (s *Server) evaluate(ctx context.Context, req *authv3.CheckRequest, r *Request, res *resolution, snap *topology.Snapshot, d *Decision) (Result, error) {
+	policy := s.cfg.Engine.Current()
+	d.PolicyHash = policy.Hash
+	var key [32]byte
+	if policy.Cacheable {
+		key = decisionKey(policy.Hash, r.Principal, res.vigil.String())
+		if cached, ok := s.cache.get(key); ok {
+			return cached, nil
+		}
+	}
+	res.stamp(snap.Revision(), s.cfg.Node)
+	input, err := BuildInput(req, res.vigil)
+	if err != nil {
+		return Result{}, fmt.Errorf("cannot build policy input: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.EvalTimeout)
+	defer cancel()
+	result, err := policy.Eval(ctx, input)
+	if err != nil {
+		return Result{}, err
+	}
+	if policy.Cacheable {
+		s.cache.put(key, result)
+	}
+	return result, nil
 }
 
 // matchingFlow is the first flow that allows the request, for its rate.

@@ -1,0 +1,71 @@
+package authz
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/vigil-iot/vigil/topology"
+)
+
+func (c *decisionCache) len() int {
+	n := 0
+	for i := range c.shards {
+		c.shards[i].mu.Lock()
+		n += len(c.shards[i].m)
+		c.shards[i].mu.Unlock()
+	}
+	return n
+}
+
+func TestCachedDecisionsFollowWhatThePolicyReads(t *testing.T) {
+	ix := testIndex(t)
+	engine, err := NewEngine(context.Background(), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := topology.NewSnapshot(1, 1, ix, topology.NewState())
+	s := NewServer(Config{Node: "n1", Snapshot: func() *topology.Snapshot { return snap }, Engine: engine, Log: &memLog{},
+		Now: func() time.Time { return testNow }})
+	c := checkCase{}
+	c.Request.Principal = "spiffe://city.example/zone/north/device/slc-n1"
+	c.Request.Host, c.Request.Method, c.Request.Path = "firmware.city.example", "GET", "/firmware/a.bin"
+	check := func() codes.Code {
+		resp, err := s.Check(context.Background(), c.request())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return codes.Code(resp.GetStatus().GetCode())
+	}
+	if got := check(); got != codes.OK {
+		t.Fatalf("first check: %v", got)
+	}
+	if check(); s.cache.len() != 1 {
+		t.Fatalf("the same request made %d cache entries, want 1", s.cache.len())
+	}
+	// Another device's quarantine is a new revision but changes nothing this
+	// request's policy reads: the entry stands.
+	q := &topology.SubjectState{Quarantine: &topology.Quarantine{Reason: "r", By: "t", Since: testNow}}
+	snap = topology.NewSnapshot(2, 1, ix, snap.State().With(map[topology.Subject]*topology.SubjectState{topology.DeviceSubject("slc-s1"): q}))
+	if got := check(); got != codes.OK || s.cache.len() != 1 {
+		t.Fatalf("after another device's quarantine: %v, %d entries", got, s.cache.len())
+	}
+	// This device's quarantine changes what the policy reads: denied at once.
+	snap = topology.NewSnapshot(3, 1, ix, snap.State().With(map[topology.Subject]*topology.SubjectState{topology.DeviceSubject("slc-n1"): q}))
+	if got := check(); got != codes.PermissionDenied {
+		t.Fatalf("after its own quarantine: %v, want PermissionDenied", got)
+	}
+	// A custom policy may read anything, so nothing of it is cached.
+	p, err := Compile(context.Background(), map[string]string{"p.rego": allowAll}, nil, "data.custom.decision", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	engine.Use(p)
+	s.cache = newDecisionCache()
+	check()
+	if n := s.cache.len(); n != 0 {
+		t.Fatalf("a custom policy's result was cached (%d entries)", n)
+	}
+}
