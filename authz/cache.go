@@ -1,8 +1,11 @@
 package authz
 
 import (
-	"crypto/sha256"
+	"hash/maphash"
 	"sync"
+	"sync/atomic"
+
+	"github.com/vigil-iot/vigil/topology"
 )
 
 // decisionCache remembers policy results by everything the policy read.
@@ -11,14 +14,19 @@ import (
 // its results are never cached. The key leaves out the revision: a state
 // change that does not alter what the policy reads (another device's
 // quarantine) keeps the entry, and one that does (this device's) changes
-// the key.
+// the key. Runtime state values are immutable and a new document is a new
+// index, so the key holds them by identity.
 type decisionCache struct {
 	shards [16]cacheShard
+	seed   maphash.Seed
+	// index is the document the entries were made for; a new one empties
+	// the cache, so that no entry keeps an old document alive.
+	index atomic.Pointer[topology.Index]
 }
 
 type cacheShard struct {
 	mu sync.Mutex
-	m  map[[32]byte]Result
+	m  map[cacheKey]Result
 }
 
 // maxCachedPerShard bounds the cache at about 16 × 8192 results; a full
@@ -26,35 +34,34 @@ type cacheShard struct {
 const maxCachedPerShard = 8192
 
 func newDecisionCache() *decisionCache {
-	c := &decisionCache{}
+	c := &decisionCache{seed: maphash.MakeSeed()}
 	for i := range c.shards {
-		c.shards[i].m = make(map[[32]byte]Result)
+		c.shards[i].m = make(map[cacheKey]Result)
 	}
 	return c
 }
 
-func decisionKey(policyHash, principal, context string) [32]byte {
-	h := sha256.New()
-	h.Write([]byte(policyHash))
-	h.Write([]byte{0})
-	h.Write([]byte(principal))
-	h.Write([]byte{0})
-	h.Write([]byte(context))
-	var k [32]byte
-	h.Sum(k[:0])
-	return k
+func (c *decisionCache) shard(k *cacheKey) *cacheShard {
+	return &c.shards[maphash.String(c.seed, k.principal+k.path)%16]
 }
 
-func (c *decisionCache) get(k [32]byte) (Result, bool) {
-	s := &c.shards[k[0]%16]
+func (c *decisionCache) get(k cacheKey) (Result, bool) {
+	if old := c.index.Load(); old != k.index && c.index.CompareAndSwap(old, k.index) {
+		for i := range c.shards {
+			c.shards[i].mu.Lock()
+			clear(c.shards[i].m)
+			c.shards[i].mu.Unlock()
+		}
+	}
+	s := c.shard(&k)
 	s.mu.Lock()
 	r, ok := s.m[k]
 	s.mu.Unlock()
 	return r, ok
 }
 
-func (c *decisionCache) put(k [32]byte, r Result) {
-	s := &c.shards[k[0]%16]
+func (c *decisionCache) put(k cacheKey, r Result) {
+	s := c.shard(&k)
 	s.mu.Lock()
 	if len(s.m) >= maxCachedPerShard {
 		clear(s.m)

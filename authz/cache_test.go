@@ -57,6 +57,14 @@ func TestCachedDecisionsFollowWhatThePolicyReads(t *testing.T) {
 	if got := check(); got != codes.PermissionDenied {
 		t.Fatalf("after its own quarantine: %v, want PermissionDenied", got)
 	}
+	// A new document empties the cache, so no entry keeps the old one alive.
+	check()
+	ix2 := testIndex(t)
+	snap = topology.NewSnapshot(4, 4, ix2, snap.State())
+	check()
+	if n := s.cache.len(); n != 1 {
+		t.Fatalf("after a new document the cache holds %d entries, want only the new one", n)
+	}
 	// A custom policy may read anything, so nothing of it is cached.
 	p, err := Compile(context.Background(), map[string]string{"p.rego": allowAll}, nil, "data.custom.decision", "test")
 	if err != nil {

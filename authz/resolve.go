@@ -27,26 +27,33 @@ import (
 //	flows     [{name, methods, paths: [{value, prefix}], rate_limit}]
 //	          the flows from subject to service, in document order
 type resolution struct {
-	vigil ast.Value
 	// deny is set when the identity itself is unacceptable (a forwarded
 	// identity that does not check out); the policy is not consulted.
 	deny string
 
+	snap      *topology.Snapshot
+	req       *Request
+	now       time.Time
 	subjectID string // SPIFFE ID decided for, for the log
-	gateway   string
-	service   string
+	sub       topology.Subject
+	known     bool
+	gw        *topology.Gateway
+	svc       *topology.Service
 	device    *topology.Device // for rate limits
 	class     *topology.Class
 	flows     []*topology.Rule
+	// The runtime state the policy sees; values are immutable, so their
+	// identity stands for their content in the decision cache's key.
+	subjState, gwState *topology.SubjectState
+	attProblem         string
 }
 
-// resolve builds the resolution of r against snap at time now.
+// resolve finds, in Go and without building any policy input, everything
+// the decision depends on.
 func resolve(snap *topology.Snapshot, r *Request, now time.Time) resolution {
 	ix := snap.Index()
-	var res resolution
+	res := resolution{snap: snap, req: r, now: now, subjectID: r.Principal}
 	sub, known := ix.BySPIFFEID(r.Principal)
-	res.subjectID = r.Principal
-	var gw *topology.Gateway
 	if r.Forwarded != "" {
 		if !known || sub.Kind != topology.KindGateway {
 			res.deny = fmt.Sprintf("%s may not forward a device identity: only a gateway of this topology may", r.Principal)
@@ -62,67 +69,123 @@ func resolve(snap *topology.Snapshot, r *Request, now time.Time) resolution {
 			res.deny = fmt.Sprintf("device %s is not behind gateway %s", dev.Name, sub.Name)
 			return res
 		}
-		gw, _ = ix.Gateway(sub.Name)
+		res.gw, _ = ix.Gateway(sub.Name)
 		sub, res.subjectID = dev, r.Forwarded
 	} else if known && sub.Kind == topology.KindDevice {
 		d, _ := ix.Device(sub.Name)
-		gw, _ = ix.Gateway(d.Gateway)
+		res.gw, _ = ix.Gateway(d.Gateway)
 	}
-
-	svc, svcKnown := (*topology.Service)(nil), false
+	res.sub, res.known = sub, known
 	if r.Service != "" {
-		svc, svcKnown = ix.Service(r.Service)
+		res.svc, _ = ix.Service(r.Service)
 	} else {
-		svc, svcKnown = ix.ServiceByHost(r.Host)
+		res.svc, _ = ix.ServiceByHost(r.Host)
 	}
+	if res.gw != nil {
+		res.gwState = snap.SubjectState(topology.GatewaySubject(res.gw.Name))
+	}
+	if !known {
+		return res
+	}
+	res.subjState = snap.SubjectState(sub)
+	if sub.Kind == topology.KindDevice {
+		res.device, _ = ix.Device(sub.Name)
+		res.class, _ = ix.Class(res.device.Class)
+	}
+	if res.subjState != nil && res.subjState.Attestation != nil {
+		res.attProblem = attestationProblem(res.subjState.Attestation, res.class, now)
+	}
+	if res.svc != nil {
+		res.flows = flowsBetween(ix, sub, res.svc)
+	}
+	return res
+}
 
-	// revision and node are added by stamp, after a cache key could be
-	// taken from what the policy decides on.
+// cacheKey is everything Vigil's default policy reads, by identity.
+type cacheKey struct {
+	policy                *Policy
+	index                 *topology.Index
+	principal, forwarded  string
+	service, method, path string
+	host                  string
+	subjState, gwState    *topology.SubjectState
+	attProblem            string
+}
+
+func (res *resolution) key(p *Policy) cacheKey {
+	k := cacheKey{policy: p, index: res.snap.Index(), principal: res.req.Principal, forwarded: res.req.Forwarded,
+		method: res.req.Method, path: res.req.Path, host: res.req.Host,
+		subjState: res.subjState, gwState: res.gwState, attProblem: res.attProblem}
+	if res.svc != nil {
+		k.service = res.svc.Name
+	}
+	return k
+}
+
+func (res *resolution) gatewayName() string {
+	if res.gw == nil {
+		return ""
+	}
+	return res.gw.Name
+}
+
+func (res *resolution) serviceName() string {
+	if res.svc == nil {
+		return ""
+	}
+	return res.svc.Name
+}
+
+// input builds input.vigil:
+//
+//	revision  number   the topology revision decided at
+//	node      string   the Vigil member deciding
+//	request   {method, path, host}
+//	subject   null | {kind, name, spiffe_id, zone, class, gateway, labels,
+//	                  quarantined, quarantine: {reason, by, since},
+//	                  risk, attestation_required,
+//	                  attestation: null | {method, firmware_version,
+//	                     verified_at, expires_at, acceptable, problem}}
+//	gateway   null | {name, spiffe_id, quarantined}   the gateway it came through
+//	service   null | {name, zone, protocol, spiffe_id, labels}
+//	flows     [{name, methods, paths: [{value, prefix}], rate_limit}]
+//	          the flows from subject to service, in document order
+func (res *resolution) input(node string) ast.Value {
+	ix, r := res.snap.Index(), res.req
 	obj := ast.NewObject(
+		item("revision", ast.UIntNumberTerm(uint64(res.snap.Revision()))),
+		item("node", ast.StringTerm(node)),
 		item("request", ast.ObjectTerm(
 			item("method", ast.StringTerm(r.Method)),
 			item("path", ast.StringTerm(r.Path)),
 			item("host", ast.StringTerm(r.Host)),
 		)),
 	)
-	obj.Insert(ast.StringTerm("subject"), nullOr(known, func() *ast.Term { return ast.NewTerm(res.subjectValue(snap, sub, now)) }))
-	obj.Insert(ast.StringTerm("gateway"), nullOr(gw != nil, func() *ast.Term {
-		res.gateway = gw.Name
-		id, _ := ix.SPIFFEID(topology.GatewaySubject(gw.Name))
+	obj.Insert(ast.StringTerm("subject"), nullOr(res.known, func() *ast.Term { return ast.NewTerm(res.subjectValue()) }))
+	obj.Insert(ast.StringTerm("gateway"), nullOr(res.gw != nil, func() *ast.Term {
+		id, _ := ix.SPIFFEID(topology.GatewaySubject(res.gw.Name))
 		return ast.ObjectTerm(
-			item("name", ast.StringTerm(gw.Name)),
+			item("name", ast.StringTerm(res.gw.Name)),
 			item("spiffe_id", ast.StringTerm(id)),
-			item("quarantined", ast.BooleanTerm(snap.Quarantined(topology.GatewaySubject(gw.Name)))),
+			item("quarantined", ast.BooleanTerm(res.gwState != nil && res.gwState.Quarantine != nil)),
 		)
 	}))
-	obj.Insert(ast.StringTerm("service"), nullOr(svcKnown, func() *ast.Term {
-		res.service = svc.Name
-		id, _ := ix.SPIFFEID(topology.ServiceSubject(svc.Name))
+	obj.Insert(ast.StringTerm("service"), nullOr(res.svc != nil, func() *ast.Term {
+		id, _ := ix.SPIFFEID(topology.ServiceSubject(res.svc.Name))
 		return ast.ObjectTerm(
-			item("name", ast.StringTerm(svc.Name)),
-			item("zone", ast.StringTerm(svc.Zone)),
-			item("protocol", ast.StringTerm(svc.Protocol)),
+			item("name", ast.StringTerm(res.svc.Name)),
+			item("zone", ast.StringTerm(res.svc.Zone)),
+			item("protocol", ast.StringTerm(res.svc.Protocol)),
 			item("spiffe_id", ast.StringTerm(id)),
-			item("labels", labelsTerm(svc.Labels)),
+			item("labels", labelsTerm(res.svc.Labels)),
 		)
 	}))
-	if known && svcKnown {
-		res.flows = flowsBetween(ix, sub, svc)
-	}
 	flows := make([]*ast.Term, len(res.flows))
 	for i, f := range res.flows {
 		flows[i] = flowTerm(f)
 	}
 	obj.Insert(ast.StringTerm("flows"), ast.ArrayTerm(flows...))
-	res.vigil = obj
-	return res
-}
-
-// stamp adds the revision and the deciding member to input.vigil.
-func (res *resolution) stamp(rev topology.Revision, node string) {
-	obj := res.vigil.(ast.Object)
-	obj.Insert(ast.StringTerm("revision"), ast.UIntNumberTerm(uint64(rev)))
-	obj.Insert(ast.StringTerm("node"), ast.StringTerm(node))
+	return obj
 }
 
 // flowsBetween lists, in document order, the flows from sub to svc.
@@ -137,11 +200,10 @@ func flowsBetween(ix *topology.Index, sub topology.Subject, svc *topology.Servic
 	return out
 }
 
-func (res *resolution) subjectValue(snap *topology.Snapshot, sub topology.Subject, now time.Time) ast.Value {
-	ix := snap.Index()
+func (res *resolution) subjectValue() ast.Value {
+	ix, sub, st := res.snap.Index(), res.sub, res.subjState
 	zone, _ := ix.ZoneOf(sub)
 	id, _ := ix.SPIFFEID(sub)
-	st := snap.SubjectState(sub)
 	obj := ast.NewObject(
 		item("kind", ast.StringTerm(sub.Kind.String())),
 		item("name", ast.StringTerm(sub.Name)),
@@ -152,12 +214,9 @@ func (res *resolution) subjectValue(snap *topology.Snapshot, sub topology.Subjec
 	required := false
 	switch sub.Kind {
 	case topology.KindDevice:
-		d, _ := ix.Device(sub.Name)
-		c, _ := ix.Class(d.Class)
-		res.device, res.class = d, c
-		labels, required = d.Labels, c.MaxAge > 0
-		obj.Insert(ast.StringTerm("class"), ast.StringTerm(d.Class))
-		obj.Insert(ast.StringTerm("gateway"), ast.StringTerm(d.Gateway))
+		labels, required = res.device.Labels, res.class.MaxAge > 0
+		obj.Insert(ast.StringTerm("class"), ast.StringTerm(res.device.Class))
+		obj.Insert(ast.StringTerm("gateway"), ast.StringTerm(res.device.Gateway))
 	case topology.KindGateway:
 		g, _ := ix.Gateway(sub.Name)
 		labels = g.Labels
@@ -186,14 +245,13 @@ func (res *resolution) subjectValue(snap *topology.Snapshot, sub topology.Subjec
 		att = st.Attestation
 	}
 	obj.Insert(ast.StringTerm("attestation"), nullOr(att != nil, func() *ast.Term {
-		problem := attestationProblem(att, res.class, now)
 		return ast.ObjectTerm(
 			item("method", ast.StringTerm(att.Method)),
 			item("firmware_version", ast.StringTerm(att.FirmwareVersion)),
 			item("verified_at", ast.StringTerm(att.VerifiedAt.UTC().Format(time.RFC3339Nano))),
 			item("expires_at", ast.StringTerm(att.ExpiresAt.UTC().Format(time.RFC3339Nano))),
-			item("acceptable", ast.BooleanTerm(problem == "")),
-			item("problem", ast.StringTerm(problem)),
+			item("acceptable", ast.BooleanTerm(res.attProblem == "")),
+			item("problem", ast.StringTerm(res.attProblem)),
 		)
 	}))
 	return obj

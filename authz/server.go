@@ -127,11 +127,11 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decisi
 		return deny("this member holds no topology yet")
 	}
 	res := resolve(snap, &r, now)
-	d.Subject, d.Gateway, d.Service = res.subjectID, res.gateway, res.service
+	d.Subject, d.Gateway, d.Service = res.subjectID, res.gatewayName(), res.serviceName()
 	if res.deny != "" {
 		return deny(res.deny)
 	}
-	result, err := s.evaluate(ctx, req, &r, &res, snap, d)
+	result, err := s.evaluate(ctx, req, &res, d)
 	if err != nil {
 		return deny("policy failed, so the request is denied: " + err.Error())
 	}
@@ -158,18 +158,17 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decisi
 
 // evaluate runs the policy in force, or takes its earlier result for the
 // same context when the policy allows that (see decisionCache).
-func (s *Server) evaluate(ctx context.Context, req *authv3.CheckRequest, r *Request, res *resolution, snap *topology.Snapshot, d *Decision) (Result, error) {
+func (s *Server) evaluate(ctx context.Context, req *authv3.CheckRequest, res *resolution, d *Decision) (Result, error) {
 	policy := s.cfg.Engine.Current()
 	d.PolicyHash = policy.Hash
-	var key [32]byte
+	var key cacheKey
 	if policy.Cacheable {
-		key = decisionKey(policy.Hash, r.Principal, res.vigil.String())
+		key = res.key(policy)
 		if cached, ok := s.cache.get(key); ok {
 			return cached, nil
 		}
 	}
-	res.stamp(snap.Revision(), s.cfg.Node)
-	input, err := BuildInput(req, res.vigil)
+	input, err := BuildInput(req, res.input(s.cfg.Node))
 	if err != nil {
 		return Result{}, fmt.Errorf("cannot build policy input: %w", err)
 	}
