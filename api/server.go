@@ -407,6 +407,9 @@ func (s *Server) takeSnapshot(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) self(w http.ResponseWriter, r *http.Request) error {
+	if _, err := s.snapshot(w, r); err != nil { // honours ?min_revision
+		return err
+	}
 	st, err := s.cfg.Store.Status()
 	if err != nil {
 		return err

@@ -292,6 +292,9 @@ func TestMinRevisionWaitIsBounded(t *testing.T) {
 	if _, err := c.Topology(ctx); err == nil {
 		t.Fatal("a read of a revision from the future succeeded")
 	}
+	if _, err := c.Self(ctx); err == nil {
+		t.Fatal("a status read of a revision from the future succeeded")
+	}
 }
 
 func TestTokenFileFormat(t *testing.T) {

@@ -376,7 +376,15 @@ func (s *Store) UpdateState(ctx context.Context, ops []StateOp) (topology.Revisi
 	if err := checkOps(ops); err != nil {
 		return 0, err
 	}
-	return s.apply(ctx, cmdState, stateBatch{Ops: ops})
+	rev, err := s.apply(ctx, cmdState, stateBatch{Ops: ops})
+	if err == nil && slices.ContainsFunc(ops, func(op StateOp) bool { return op.Op == OpQuarantine }) {
+		// Followers learn that an entry committed from the leader's next
+		// message, which with nothing else to send is the next heartbeat
+		// (tens of milliseconds). A barrier entry carries the commit
+		// index to them now, so a quarantine reaches every replica at once.
+		s.raft.Barrier(100 * time.Millisecond)
+	}
+	return rev, err
 }
 
 // checkOps refuses, before anything is proposed, operations that no replica

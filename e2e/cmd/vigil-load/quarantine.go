@@ -56,7 +56,11 @@ func runQuarantine(args []string) error {
 		return err
 	}
 	ctx := context.Background()
-	if _, err := c.Client(leader).ApplyTopology(ctx, data); err != nil {
+	rev, err := c.Client(leader).ApplyTopology(ctx, data)
+	if err != nil {
+		return err
+	}
+	if err := waitRevision(c, rev); err != nil {
 		return err
 	}
 	clients := make([]authv3.AuthorizationClient, c.Size())
