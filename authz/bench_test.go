@@ -2,7 +2,6 @@ package authz
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -10,6 +9,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
 
+	"github.com/vigil-iot/vigil/authz/authztest"
 	"github.com/vigil-iot/vigil/topology"
 	"github.com/vigil-iot/vigil/topology/topologytest"
 )
@@ -20,33 +20,6 @@ var benchSpecs = []struct {
 }{
 	{"10k", topologytest.Spec{Zones: 10, GatewaysPerZone: 10, Devices: 10_000}},
 	{"1M", topologytest.Spec{Zones: 100, GatewaysPerZone: 100, Devices: 1_000_000}},
-}
-
-// benchRequests are a mix of allowed (even) and denied (odd) requests from
-// devices spread over the whole topology.
-func benchRequests(ix *topology.Index, n, devices int) []*authv3.CheckRequest {
-	reqs := make([]*authv3.CheckRequest, n)
-	for i := range reqs {
-		name := topologytest.DeviceName(i * (devices / n))
-		id, _ := ix.SPIFFEID(topology.DeviceSubject(name))
-		d, _ := ix.Device(name)
-		method, path, host := "POST", "/api/v1/telemetry", "telemetry.city.example"
-		switch {
-		case i%2 == 1:
-			method = "DELETE" // no flow allows it
-		case d.Class == "traffic-camera":
-			path, host = "/upload/cam.jpg", "video.city.example"
-		}
-		reqs[i] = &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-			Source: &authv3.AttributeContext_Peer{Principal: id},
-			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-				Id: fmt.Sprint(i), Method: method, Path: path, Host: host, Scheme: "https", Protocol: "HTTP/1.1",
-				Headers: map[string]string{":authority": host, ":method": method, ":path": path,
-					"content-type": "application/json", "user-agent": "slc-firmware/2.4.1"},
-			}},
-		}}
-	}
-	return reqs
 }
 
 func benchServer(b *testing.B, spec topologytest.Spec) (*Server, []*authv3.CheckRequest) {
@@ -71,7 +44,7 @@ func benchServer(b *testing.B, spec topologytest.Spec) (*Server, []*authv3.Check
 	}
 	// The generated classes require attestation; without it every request
 	// would stop at that check. Record a fresh one for every device asked.
-	reqs := benchRequests(ix, 1024, spec.Devices)
+	reqs := authztest.Requests(ix, 1024, spec.Devices)
 	updates := map[topology.Subject]*topology.SubjectState{}
 	for _, r := range reqs {
 		sub, _ := ix.BySPIFFEID(r.Attributes.Source.Principal)

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/vigil-iot/vigil/authz/authztest"
 	"github.com/vigil-iot/vigil/e2e/harness"
 	"github.com/vigil-iot/vigil/topology"
 	"github.com/vigil-iot/vigil/topology/topologytest"
@@ -31,17 +32,12 @@ func runAuthz(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "cluster"), 0o700); err != nil {
-		return err
-	}
-	c, err := harness.New(harness.Options{Binary: bin, Dir: filepath.Join(dir, "cluster"), Members: 1,
+	c, err := startCluster(bin, filepath.Join(dir, "cluster"), harness.Options{Members: 1,
 		Args: []string{"--decision-log", filepath.Join(dir, "decisions.log")}})
-	if c != nil {
-		defer c.Close()
-	}
 	if err != nil {
 		return err
 	}
+	defer c.Close()
 	ctx := context.Background()
 	// Classes without an attestation requirement: attestations are only
 	// recorded from verified evidence, which this tool does not produce.
@@ -58,7 +54,7 @@ func runAuthz(args []string) error {
 	if err != nil {
 		return err
 	}
-	reqs := checkRequests(ix, min(*distinct, *devices), *devices)
+	reqs := authztest.Requests(ix, min(*distinct, *devices), *devices)
 	clients := make([]authv3.AuthorizationClient, *conns)
 	for i := range clients {
 		cc, err := grpc.NewClient(c.Member(0).AuthzAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -110,30 +106,4 @@ func runAuthz(args []string) error {
 	rss, peak, _ := harness.ProcMemory(c.PID(0))
 	fmt.Printf("member RSS %s (peak %s)\n", mib(rss), mib(peak))
 	return nil
-}
-
-// checkRequests alternates requests a flow allows with ones none does.
-func checkRequests(ix *topology.Index, n, devices int) []*authv3.CheckRequest {
-	reqs := make([]*authv3.CheckRequest, n)
-	for i := range reqs {
-		name := topologytest.DeviceName(i * (devices / n))
-		id, _ := ix.SPIFFEID(topology.DeviceSubject(name))
-		d, _ := ix.Device(name)
-		method, path, host := "POST", "/api/v1/telemetry", "telemetry.city.example"
-		switch {
-		case i%2 == 1:
-			method = "DELETE"
-		case d.Class == "traffic-camera":
-			path, host = "/upload/cam.jpg", "video.city.example"
-		}
-		reqs[i] = &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-			Source: &authv3.AttributeContext_Peer{Principal: id},
-			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-				Id: fmt.Sprint(i), Method: method, Path: path, Host: host, Scheme: "https", Protocol: "HTTP/1.1",
-				Headers: map[string]string{":authority": host, ":method": method, ":path": path,
-					"content-type": "application/json", "user-agent": "slc-firmware/2.4.1"},
-			}},
-		}}
-	}
-	return reqs
 }

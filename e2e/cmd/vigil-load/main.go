@@ -64,6 +64,22 @@ func setup(fs *flag.FlagSet, args []string) (bin, dir string, err error) {
 	return bin, dir, err
 }
 
+// startCluster starts a cluster of `vigil serve` processes in dir.
+func startCluster(bin, dir string, opts harness.Options) (*harness.Cluster, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	opts.Binary, opts.Dir = bin, dir
+	c, err := harness.New(opts)
+	if err != nil {
+		if c != nil {
+			c.Close()
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
 // latencies summarises request times.
 type latencies []time.Duration
 

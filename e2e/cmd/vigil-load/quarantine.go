@@ -32,16 +32,11 @@ func runQuarantine(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "cluster"), 0o700); err != nil {
-		return err
-	}
-	c, err := harness.New(harness.Options{Binary: bin, Dir: filepath.Join(dir, "cluster")})
-	if c != nil {
-		defer c.Close()
-	}
+	c, err := startCluster(bin, filepath.Join(dir, "cluster"), harness.Options{})
 	if err != nil {
 		return err
 	}
+	defer c.Close()
 	doc := topologytest.Generate(topologytest.Spec{Zones: 10, GatewaysPerZone: 10, Devices: *devices, NoAttestation: true})
 	data, err := json.Marshal(doc)
 	if err != nil {

@@ -55,16 +55,11 @@ func bigApply(bin, dir string, spec topologytest.Spec, extra []string) error {
 	}
 	runtime.GC()
 	fmt.Printf("document: %s of JSON\n", mib(int64(len(doc))))
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	c, err := harness.New(harness.Options{Binary: bin, Dir: dir, Timeout: 5 * time.Minute, Args: extra})
-	if c != nil {
-		defer c.Close()
-	}
+	c, err := startCluster(bin, dir, harness.Options{Timeout: 5 * time.Minute, Args: extra})
 	if err != nil {
 		return err
 	}
+	defer c.Close()
 	leader, err := c.Leader()
 	if err != nil {
 		return err

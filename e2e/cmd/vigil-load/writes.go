@@ -36,16 +36,11 @@ func runWrites(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "cluster"), 0o700); err != nil {
-		return err
-	}
-	c, err := harness.New(harness.Options{Binary: bin, Dir: filepath.Join(dir, "cluster"), Args: extra})
-	if c != nil {
-		defer c.Close()
-	}
+	c, err := startCluster(bin, filepath.Join(dir, "cluster"), harness.Options{Args: extra})
 	if err != nil {
 		return err
 	}
+	defer c.Close()
 	leader, err := c.Leader()
 	if err != nil {
 		return err
