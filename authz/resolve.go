@@ -24,8 +24,11 @@ import (
 //	                     verified_at, expires_at, acceptable, problem}}
 //	gateway   null | {name, spiffe_id, quarantined}   the gateway it came through
 //	service   null | {name, zone, protocol, spiffe_id, labels}
-//	flows     [{name, methods, paths: [{value, prefix}], rate_limit}]
-//	          the flows from subject to service, in document order
+//	flows     [{name, methods, paths: [{value, prefix, max_length}], rate_limit}]
+//	          the flows from subject to service, in document order;
+//	          methods is ["*"] for any method, paths is [{value: "",
+//	          prefix: true}] for any path, and an exact path has
+//	          max_length = its own length (see flowTerm)
 type resolution struct {
 	// deny is set when the identity itself is unacceptable (a forwarded
 	// identity that does not check out); the policy is not consulted.
@@ -148,8 +151,11 @@ func (res *resolution) serviceName() string {
 //	                     verified_at, expires_at, acceptable, problem}}
 //	gateway   null | {name, spiffe_id, quarantined}   the gateway it came through
 //	service   null | {name, zone, protocol, spiffe_id, labels}
-//	flows     [{name, methods, paths: [{value, prefix}], rate_limit}]
-//	          the flows from subject to service, in document order
+//	flows     [{name, methods, paths: [{value, prefix, max_length}], rate_limit}]
+//	          the flows from subject to service, in document order;
+//	          methods is ["*"] for any method, paths is [{value: "",
+//	          prefix: true}] for any path, and an exact path has
+//	          max_length = its own length (see flowTerm)
 func (res *resolution) input(node string) ast.Value {
 	ix, r := res.snap.Index(), res.req
 	obj := ast.NewObject(
@@ -276,14 +282,31 @@ func attestationProblem(a *topology.Attestation, c *topology.Class, now time.Tim
 	return fmt.Sprintf("firmware %s is not a reference value of class %s", a.FirmwareVersion, c.Name)
 }
 
+// flowTerm gives a flow in the shape the default policy matches cheaply:
+// methods, "*" for any; paths as {value, prefix, max_length}, where an
+// exact path is a prefix no longer than itself and any path is "".
 func flowTerm(f *topology.Rule) *ast.Term {
-	methods := make([]*ast.Term, len(f.Methods))
-	for i, m := range f.Methods {
-		methods[i] = ast.StringTerm(m)
+	methods := []*ast.Term{ast.StringTerm("*")}
+	if len(f.Methods) > 0 {
+		methods = make([]*ast.Term, len(f.Methods))
+		for i, m := range f.Methods {
+			methods[i] = ast.StringTerm(m)
+		}
 	}
-	paths := make([]*ast.Term, len(f.Paths))
-	for i, p := range f.Paths {
-		paths[i] = ast.ObjectTerm(item("value", ast.StringTerm(p.Value)), item("prefix", ast.BooleanTerm(p.Prefix)))
+	path := func(value string, prefix bool) *ast.Term {
+		limit := len(value)
+		if prefix {
+			limit = maxPathLength
+		}
+		return ast.ObjectTerm(item("value", ast.StringTerm(value)), item("prefix", ast.BooleanTerm(prefix)),
+			item("max_length", ast.IntNumberTerm(limit)))
+	}
+	paths := []*ast.Term{path("", true)}
+	if len(f.Paths) > 0 {
+		paths = make([]*ast.Term, len(f.Paths))
+		for i, p := range f.Paths {
+			paths[i] = path(p.Value, p.Prefix)
+		}
 	}
 	return ast.ObjectTerm(
 		item("name", ast.StringTerm(f.Name)),
@@ -292,6 +315,9 @@ func flowTerm(f *topology.Rule) *ast.Term {
 		item("rate_limit", ast.StringTerm(f.RateLimit)),
 	)
 }
+
+// maxPathLength stands for "no limit" in a prefix path's max_length.
+const maxPathLength = 1 << 30
 
 func labelsTerm(l topology.Labels) *ast.Term {
 	obj := ast.NewObject()

@@ -55,29 +55,14 @@ denial := sprintf("unknown identity %q", [object.get(input.attributes.source, "p
 }
 
 # allowing lists, in document order, the flows that allow the request.
+# One conjunction per flow, without function calls, for speed: Vigil gives
+# each flow's methods ("*" for any) and its paths as prefixes with a longest
+# length (an exact path is a prefix as long as itself; any path is "").
 allowing := [f.name |
 	some f in input.vigil.flows
-	method_ok(f.methods, input.vigil.request.method)
-	path_ok(f.paths, input.vigil.request.path)
+	some m in f.methods
+	{"*", input.vigil.request.method}[m]
+	some p in f.paths
+	startswith(input.vigil.request.path, p.value)
+	count(input.vigil.request.path) <= p.max_length
 ]
-
-method_ok(methods, _) if count(methods) == 0
-
-method_ok(methods, m) if m in methods
-
-path_ok(paths, _) if count(paths) == 0
-
-path_ok(paths, p) if {
-	some q in paths
-	path_matches(q, p)
-}
-
-path_matches(q, p) if {
-	q.prefix
-	startswith(p, q.value)
-}
-
-path_matches(q, p) if {
-	not q.prefix
-	q.value == p
-}

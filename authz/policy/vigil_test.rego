@@ -19,8 +19,8 @@ base := {
 		"gateway": {"name": "gw-1", "spiffe_id": "spiffe://city.example/zone/north/gateway/gw-1", "quarantined": false},
 		"service": {"name": "telemetry", "zone": "cloud", "protocol": "http", "spiffe_id": "spiffe://city.example/zone/cloud/service/telemetry", "labels": {}},
 		"flows": [
-			{"name": "firmware", "methods": ["GET"], "paths": [{"value": "/firmware/", "prefix": true}], "rate_limit": ""},
-			{"name": "sensor-telemetry", "methods": ["POST"], "paths": [{"value": "/api/v1/telemetry", "prefix": false}], "rate_limit": "10/m"},
+			{"name": "firmware", "methods": ["GET"], "paths": [{"value": "/firmware/", "prefix": true, "max_length": 1073741824}], "rate_limit": ""},
+			{"name": "sensor-telemetry", "methods": ["POST"], "paths": [{"value": "/api/v1/telemetry", "prefix": false, "max_length": 17}], "rate_limit": "10/m"},
 		],
 	},
 }
@@ -56,6 +56,20 @@ test_prefix_path_allows_below_it if {
 
 test_prefix_path_is_not_a_substring_match if {
 	d := authz.decision with input as with_request("GET", "/x/firmware/")
+	not d.allowed
+}
+
+test_any_method_and_any_path if {
+	d := authz.decision with input as with_vigil({
+		"request": {"method": "PATCH", "path": "/whatever/x", "host": "telemetry.city.example"},
+		"flows": [{"name": "open", "methods": ["*"], "paths": [{"value": "", "prefix": true, "max_length": 1073741824}], "rate_limit": ""}],
+	})
+	d.allowed
+	d.reason == "allowed by flow \"open\""
+}
+
+test_an_exact_path_is_not_a_prefix if {
+	d := authz.decision with input as with_request("POST", "/api/v1/telemetryX")
 	not d.allowed
 }
 
