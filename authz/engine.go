@@ -200,6 +200,9 @@ func LoadDir(ctx context.Context, dir, query string) (*Policy, error) {
 // error and the policy in force stays.
 func (e *Engine) WatchDir(ctx context.Context, dir, query string, interval time.Duration) error {
 	last := ""
+	if e.Current().Source == dir { // loaded at start: watch for changes from here
+		last, _ = fingerprint(dir)
+	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
