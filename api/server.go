@@ -228,6 +228,11 @@ func (s *Server) getTopology(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) putTopology(w http.ResponseWriter, r *http.Request, body []byte) error {
+	// Only the leader decodes and validates: a follower forwards the bytes
+	// rather than parse a large document twice (and again on every retry).
+	if id, addr := s.cfg.Store.Leader(); id != s.cfg.Store.ID() {
+		return &raft.NotLeaderError{LeaderID: id, LeaderAddr: addr}
+	}
 	ix, err := topology.Load(body)
 	if err != nil {
 		return err
