@@ -19,6 +19,7 @@ var allowed = map[string][]string{
 	"raft":                  {"topology"},
 	"api":                   {"topology", "raft"},
 	"authz":                 {"topology"},
+	"xds":                   {"topology"},
 	"authz/authztest":       {"topology", "topology/topologytest"},
 	"node":                  {"topology", "raft", "api", "authz"},
 	"examples":              {},

@@ -1,0 +1,146 @@
+package xds
+
+import (
+	"net"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/vigil-iot/vigil/topology"
+)
+
+// SPIREAgentCluster is the cluster of the local SPIRE agent's SDS socket.
+const SPIREAgentCluster = "spire_agent"
+
+const httpProtocolOptionsKey = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+// serviceCluster names the cluster (and its endpoints) of a service.
+func serviceCluster(service string) string { return "svc-" + service }
+
+// gatewayClusters are the two infrastructure clusters plus one per service
+// a route leads to.
+func gatewayClusters(p *gatewayPlan, opts Options) []types.Resource {
+	out := []types.Resource{authzCluster(p, opts), spireAgentCluster(opts)}
+	for _, sf := range p.services {
+		out = append(out, serviceClusterOf(p, sf))
+	}
+	return out
+}
+
+// spireAgentCluster reaches the SPIRE agent's SDS over its unix socket.
+func spireAgentCluster(opts Options) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 SPIREAgentCluster,
+		ConnectTimeout:       durationpb.New(time.Second),
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: SPIREAgentCluster,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{
+				lbEndpoint(&corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: opts.SDSSocket}}}),
+			}}},
+		},
+		TypedExtensionProtocolOptions: http2Options(),
+	}
+}
+
+// serviceClusterOf reaches a service over mTLS: the gateway presents its
+// own SVID and accepts only the service's SPIFFE ID, verified against the
+// trust bundle. Endpoints come by EDS when they are IP addresses; a service
+// with DNS-named endpoints gets a STRICT_DNS cluster, since Envoy does not
+// resolve names that arrive by EDS.
+func serviceClusterOf(p *gatewayPlan, sf *serviceFlows) *clusterv3.Cluster {
+	name := serviceCluster(sf.svc.Name)
+	sni := ""
+	if len(sf.svc.Hosts) > 0 {
+		sni = sf.svc.Hosts[0]
+	}
+	var alpn []string
+	if sf.svc.Protocol == topology.ProtocolGRPC {
+		alpn = []string{"h2"}
+	}
+	c := &clusterv3.Cluster{
+		Name:           name,
+		ConnectTimeout: durationpb.New(5 * time.Second),
+		TransportSocket: upstreamTLS(p, sni, alpn, &matcherv3.StringMatcher{
+			MatchPattern: &matcherv3.StringMatcher_Exact{Exact: sf.spiffeID},
+		}),
+	}
+	if sf.svc.Protocol == topology.ProtocolGRPC {
+		c.TypedExtensionProtocolOptions = http2Options()
+	}
+	if usesEDS(sf.svc) {
+		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}
+		c.EdsClusterConfig = &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name}
+	} else {
+		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
+		c.LoadAssignment = loadAssignment(name, sf.svc.Endpoints)
+	}
+	return c
+}
+
+// upstreamTLS presents the gateway's SVID and checks the peer's URI SAN
+// with san, on top of chain verification against the trust bundle; alpn
+// is offered as given (h2 for HTTP/2 clusters).
+func upstreamTLS(p *gatewayPlan, sni string, alpn []string, san *matcherv3.StringMatcher) *corev3.TransportSocket {
+	ctx := &tlsv3.UpstreamTlsContext{
+		Sni: sni,
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsParams:                      &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(p.spiffeID)},
+			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
+				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+					DefaultValidationContext: &tlsv3.CertificateValidationContext{
+						MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+							SanType: tlsv3.SubjectAltNameMatcher_URI,
+							Matcher: san,
+						}},
+					},
+					ValidationContextSdsSecretConfig: sdsSecret(bundleSecretName(p.trustDomain)),
+				},
+			},
+			AlpnProtocols: alpn,
+		},
+	}
+	return &corev3.TransportSocket{
+		Name:       wellknown.TransportSocketTLS,
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(ctx)},
+	}
+}
+
+// http2Options makes a cluster speak HTTP/2 (gRPC) upstream.
+func http2Options() map[string]*anypb.Any {
+	return map[string]*anypb.Any{httpProtocolOptionsKey: mustAny(&httpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
+		}},
+	})}
+}
+
+// discoveryType is STATIC when every endpoint is an IP address.
+func discoveryType(endpoints []string) clusterv3.Cluster_DiscoveryType {
+	if allIPs(endpoints) {
+		return clusterv3.Cluster_STATIC
+	}
+	return clusterv3.Cluster_STRICT_DNS
+}
+
+func usesEDS(svc *topology.Service) bool { return allIPs(svc.Endpoints) }
+
+func allIPs(endpoints []string) bool {
+	for _, e := range endpoints {
+		h, _, err := net.SplitHostPort(e)
+		if err != nil || net.ParseIP(h) == nil {
+			return false
+		}
+	}
+	return true
+}

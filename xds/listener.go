@@ -1,0 +1,109 @@
+package xds
+
+import (
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// Names of the gateway's fixed resources.
+const (
+	GatewayListenerName = "vigil-gateway"
+	GatewayRouteName    = "vigil-gateway-routes"
+)
+
+// gatewayListener is the device-facing mTLS listener: a device must present
+// an SVID of this trust domain; requests then pass ext_authz → RBAC →
+// local rate limit → router.
+func gatewayListener(p *gatewayPlan, opts Options) *listenerv3.Listener {
+	hcm := &hcmv3.HttpConnectionManager{
+		StatPrefix: "vigil_gateway",
+		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource:    adsSource(),
+			RouteConfigName: GatewayRouteName,
+		}},
+		// Devices connect directly: their address is the real one, and
+		// the forwarded device identity is the one Envoy verified, never
+		// one a device sent.
+		UseRemoteAddress:            wrapperspb.Bool(true),
+		ForwardClientCertDetails:    hcmv3.HttpConnectionManager_SANITIZE_SET,
+		SetCurrentClientCertDetails: &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true},
+		// Routes match paths exactly; normalise first so that /a/../b or
+		// //b cannot reach a route (or miss the 403) by spelling.
+		NormalizePath:                wrapperspb.Bool(true),
+		MergeSlashes:                 true,
+		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_REJECT_REQUEST,
+		// Virtual hosts list bare host names; a device may add the port.
+		StripPortMode: &hcmv3.HttpConnectionManager_StripAnyHostPort{StripAnyHostPort: true},
+		HttpFilters: []*hcmv3.HttpFilter{
+			extAuthzFilter(opts),
+			rbacFilter(),
+			localRateLimitFilter(),
+			{Name: wellknown.Router, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})}},
+		},
+	}
+	tls := &tlsv3.DownstreamTlsContext{
+		RequireClientCertificate: wrapperspb.Bool(true),
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsParams:                      &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(p.spiffeID)},
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+				ValidationContextSdsSecretConfig: sdsSecret(bundleSecretName(p.trustDomain)),
+			},
+			AlpnProtocols: []string{"h2", "http/1.1"},
+		},
+	}
+	return &listenerv3.Listener{
+		Name: GatewayListenerName,
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address:       "0.0.0.0",
+			PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: opts.ListenerPort},
+		}}},
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters: []*listenerv3.Filter{{
+				Name:       wellknown.HTTPConnectionManager,
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)},
+			}},
+			TransportSocket: &corev3.TransportSocket{
+				Name:       wellknown.TransportSocketTLS,
+				ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(tls)},
+			},
+		}},
+	}
+}
+
+// bundleSecretName is the SDS name under which the SPIRE agent serves the
+// trust bundle of a trust domain.
+func bundleSecretName(trustDomain string) string { return "spiffe://" + trustDomain }
+
+// sdsSecret asks the local SPIRE agent (cluster spire_agent) for a secret.
+// SPIRE serves a workload's SVID under its SPIFFE ID and each trust bundle
+// under spiffe://<trust domain>.
+func sdsSecret(name string) *tlsv3.SdsSecretConfig {
+	return &tlsv3.SdsSecretConfig{
+		Name: name,
+		SdsConfig: &corev3.ConfigSource{
+			ResourceApiVersion: corev3.ApiVersion_V3,
+			ConfigSourceSpecifier: &corev3.ConfigSource_ApiConfigSource{ApiConfigSource: &corev3.ApiConfigSource{
+				ApiType:             corev3.ApiConfigSource_GRPC,
+				TransportApiVersion: corev3.ApiVersion_V3,
+				GrpcServices: []*corev3.GrpcService{{
+					TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: SPIREAgentCluster}},
+				}},
+			}},
+		},
+	}
+}
+
+// adsSource is "fetch this over the ADS stream".
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+	}
+}

@@ -1,0 +1,323 @@
+package xds
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/vigil-iot/vigil/topology"
+)
+
+// ErrUnknownNode is returned (wrapped) by Translate when the node's ID names
+// no gateway of the topology. The server answers such nodes with a deny-all
+// configuration instead of another zone's.
+var ErrUnknownNode = errors.New("unknown xds node")
+
+// Node is the Envoy node asking for configuration: ID is node.id (the
+// gateway's name), Cluster is node.cluster (its zone, informational).
+type Node struct {
+	ID      string
+	Cluster string
+}
+
+// Defaults of Options.
+const (
+	// DefaultSDSSocket is where the SPIRE agent's Workload API (which also
+	// serves Envoy SDS) listens in SPIRE's Envoy integration examples; the
+	// agent's built-in default (/tmp/spire-agent/public/api.sock) is not
+	// meant for production. Deployments set Options.SDSSocket.
+	DefaultSDSSocket    = "/run/spire/sockets/agent.sock"
+	DefaultListenerPort = 8443
+	DefaultAuthzTimeout = 250 * time.Millisecond
+	// DefaultAuthzEndpoint is the ext_authz address of a Vigil node on the
+	// same machine (`vigil dev`); production gateways list real nodes.
+	DefaultAuthzEndpoint = "127.0.0.1:9191"
+)
+
+// Options are the deployment facts the topology does not hold.
+type Options struct {
+	// AuthzEndpoints are the Vigil ext_authz addresses (host:port).
+	AuthzEndpoints []string
+	// AuthzTLS makes the gateway call ext_authz over mTLS with its own SVID,
+	// accepting only Vigil node identities (spiffe://<td>/vigil/node/...).
+	AuthzTLS bool
+	// SDSSocket is the SPIRE agent's unix socket serving SDS.
+	SDSSocket string
+	// ListenerPort is the device-facing port.
+	ListenerPort uint32
+	// AuthzTimeout bounds each ext_authz Check.
+	AuthzTimeout time.Duration
+}
+
+// DefaultOptions returns the options Translate uses for zero fields.
+func DefaultOptions() Options {
+	return Options{
+		AuthzEndpoints: []string{DefaultAuthzEndpoint},
+		SDSSocket:      DefaultSDSSocket,
+		ListenerPort:   DefaultListenerPort,
+		AuthzTimeout:   DefaultAuthzTimeout,
+	}
+}
+
+func (o Options) withDefaults() Options {
+	d := DefaultOptions()
+	if len(o.AuthzEndpoints) == 0 {
+		o.AuthzEndpoints = d.AuthzEndpoints
+	}
+	o.SDSSocket = cmp.Or(o.SDSSocket, d.SDSSocket)
+	o.ListenerPort = cmp.Or(o.ListenerPort, d.ListenerPort)
+	o.AuthzTimeout = cmp.Or(o.AuthzTimeout, d.AuthzTimeout)
+	return o
+}
+
+// Validate reports options Translate cannot use.
+func (o Options) Validate() error {
+	var errs []error
+	for _, e := range o.AuthzEndpoints {
+		if _, _, err := splitHostPort(e); err != nil {
+			errs = append(errs, fmt.Errorf("authz endpoint: %w", err))
+		}
+	}
+	if o.ListenerPort > 65535 {
+		errs = append(errs, fmt.Errorf("listener port %d out of range", o.ListenerPort))
+	}
+	if o.AuthzTimeout < 0 {
+		errs = append(errs, fmt.Errorf("authz timeout %v is negative", o.AuthzTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// Resources is one node's configuration, each list sorted by name.
+type Resources struct {
+	Listeners []types.Resource
+	Routes    []types.Resource
+	Clusters  []types.Resource
+	Endpoints []types.Resource
+}
+
+// Translate builds the configuration of node from snap. It is pure: the same
+// snapshot, node and options give byte-identical resources.
+func Translate(snap *topology.Snapshot, node Node, opts Options) (*Resources, error) {
+	opts = opts.withDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("xds options: %w", err)
+	}
+	p, err := planGateway(snap, node.ID)
+	if err != nil {
+		return nil, err
+	}
+	res := &Resources{
+		Listeners: []types.Resource{gatewayListener(p, opts)},
+		Routes:    []types.Resource{gatewayRoutes(p)},
+		Clusters:  gatewayClusters(p, opts),
+		Endpoints: gatewayEndpoints(p),
+	}
+	for _, list := range [][]types.Resource{res.Listeners, res.Routes, res.Clusters, res.Endpoints} {
+		slices.SortFunc(list, func(a, b types.Resource) int { return cmp.Compare(name(a), name(b)) })
+		for _, r := range list {
+			if err := validateDeep(r); err != nil {
+				return nil, fmt.Errorf("xds node %q: %T %q: %w", node.ID, r, name(r), err)
+			}
+		}
+	}
+	return res, nil
+}
+
+// name is a resource's xDS name.
+func name(r types.Resource) string {
+	switch r := r.(type) {
+	case interface{ GetClusterName() string }: // ClusterLoadAssignment
+		return r.GetClusterName()
+	case interface{ GetName() string }:
+		return r.GetName()
+	}
+	return ""
+}
+
+// gatewayPlan is what a gateway's configuration is made of, decided once
+// from the index and shared by the per-feature builders.
+type gatewayPlan struct {
+	trustDomain string
+	gateway     *topology.Gateway
+	spiffeID    string
+	// services the gateway's devices may reach, sorted by name.
+	services []*serviceFlows
+	// quarantined holds the SPIFFE IDs of this gateway's quarantined
+	// devices, sorted; gatewayQuarantined cuts off the whole gateway.
+	quarantined        []string
+	gatewayQuarantined bool
+}
+
+// serviceFlows is a reachable service and the flows that reach it.
+type serviceFlows struct {
+	svc      *topology.Service
+	spiffeID string
+	grants   []*grant // in document order
+}
+
+// grant is a flow from some of this gateway's devices to a service.
+type grant struct {
+	rule    *topology.Rule
+	service string
+	// classes holds the classes of this gateway's devices the flow applies
+	// to, with their default rates.
+	classes map[string]topology.Rate
+}
+
+func planGateway(snap *topology.Snapshot, id string) (*gatewayPlan, error) {
+	ix := snap.Index()
+	gw, ok := ix.Gateway(id)
+	if !ok {
+		return nil, fmt.Errorf("%w %q: no gateway of that name", ErrUnknownNode, id)
+	}
+	p := &gatewayPlan{
+		trustDomain:        ix.TrustDomain(),
+		gateway:            gw,
+		spiffeID:           topology.SPIFFEID(ix.TrustDomain(), gw.Zone, topology.GatewaySubject(gw.Name)),
+		gatewayQuarantined: snap.Quarantined(topology.GatewaySubject(gw.Name)),
+	}
+	type key struct {
+		rule    *topology.Rule
+		service string
+	}
+	grants := make(map[key]*grant)
+	for _, d := range ix.DevicesOf(gw.Name) {
+		sub := topology.DeviceSubject(d.Name)
+		if snap.Quarantined(sub) {
+			p.quarantined = append(p.quarantined, topology.SPIFFEID(p.trustDomain, gw.Zone, sub))
+		}
+		class, _ := ix.Class(d.Class)
+		for _, r := range ix.RulesFrom(sub) {
+			// Flows to devices (service → device commands) are not
+			// served by the gateway's device-facing listener.
+			// tcp services are left out too: this listener speaks HTTP.
+			for _, svc := range targetServices(ix, r) {
+				k := key{r, svc}
+				g := grants[k]
+				if g == nil {
+					g = &grant{rule: r, service: svc, classes: map[string]topology.Rate{}}
+					grants[k] = g
+				}
+				g.classes[d.Class] = class.Rate
+			}
+		}
+	}
+	bySvc := make(map[string]*serviceFlows)
+	for _, g := range grants {
+		sf := bySvc[g.service]
+		if sf == nil {
+			svc, _ := ix.Service(g.service)
+			sf = &serviceFlows{svc: svc, spiffeID: topology.SPIFFEID(p.trustDomain, svc.Zone, topology.ServiceSubject(svc.Name))}
+			bySvc[g.service] = sf
+			p.services = append(p.services, sf)
+		}
+		sf.grants = append(sf.grants, g)
+	}
+	slices.SortFunc(p.services, func(a, b *serviceFlows) int { return cmp.Compare(a.svc.Name, b.svc.Name) })
+	for _, sf := range p.services {
+		slices.SortFunc(sf.grants, func(a, b *grant) int { return cmp.Compare(a.rule.Position, b.rule.Position) })
+	}
+	slices.Sort(p.quarantined)
+	return p, nil
+}
+
+// targetServices lists the services the rule's "to" side selects, as the
+// index has them (a zone in the selector narrows the services).
+func targetServices(ix *topology.Index, r *topology.Rule) []string {
+	names := r.To.Services
+	if r.To.Service != "" {
+		names = append([]string{r.To.Service}, names...)
+	}
+	var out []string
+	for _, n := range names {
+		svc, _ := ix.Service(n)
+		if svc.Protocol != topology.ProtocolTCP && slices.Contains(ix.RulesTo(topology.ServiceSubject(n)), r) && !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// splitHostPort splits an endpoint and reports whether its host is an IP.
+func splitHostPort(e string) (host string, port uint32, err error) {
+	h, p, err := net.SplitHostPort(e)
+	if err != nil {
+		return "", 0, fmt.Errorf("endpoint %q must be host:port", e)
+	}
+	var n uint32
+	if _, err := fmt.Sscanf(p, "%d", &n); err != nil || n == 0 || n > 65535 || fmt.Sprint(n) != p {
+		return "", 0, fmt.Errorf("endpoint %q has an invalid port", e)
+	}
+	if h == "" {
+		return "", 0, fmt.Errorf("endpoint %q has no host", e)
+	}
+	return h, n, nil
+}
+
+// mustAny packs m deterministically (map fields in key order) so that the
+// same input gives byte-identical output. Marshalling a generated message
+// cannot fail; a failure is a programming error.
+func mustAny(m proto.Message) *anypb.Any {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		panic(fmt.Sprintf("xds: marshal %T: %v", m, err))
+	}
+	return &anypb.Any{TypeUrl: "type.googleapis.com/" + string(m.ProtoReflect().Descriptor().FullName()), Value: b}
+}
+
+// validateDeep runs the generated Validate of m and of every message packed
+// in an Any below it (Validate itself does not look inside an Any).
+func validateDeep(m proto.Message) error {
+	if v, ok := m.(interface{ Validate() error }); ok {
+		if err := v.Validate(); err != nil {
+			return err
+		}
+	}
+	var err error
+	var walk func(protoreflect.Message) bool
+	check := func(v protoreflect.Value) bool {
+		msg := v.Message()
+		if a, ok := msg.Interface().(*anypb.Any); ok {
+			inner, uerr := a.UnmarshalNew()
+			if uerr == nil {
+				uerr = validateDeep(inner)
+			}
+			if uerr != nil {
+				err = fmt.Errorf("%s: %w", a.GetTypeUrl(), uerr)
+				return false
+			}
+			return true
+		}
+		return walk(msg)
+	}
+	walk = func(msg protoreflect.Message) bool {
+		ok := true
+		msg.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			switch {
+			case fd.IsList() && fd.Message() != nil:
+				for i := 0; ok && i < v.List().Len(); i++ {
+					ok = check(v.List().Get(i))
+				}
+			case fd.IsMap() && fd.MapValue().Message() != nil:
+				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+					ok = check(mv)
+					return ok
+				})
+			case !fd.IsList() && !fd.IsMap() && fd.Message() != nil:
+				ok = check(v)
+			}
+			return ok
+		})
+		return ok
+	}
+	walk(m.ProtoReflect())
+	return err
+}
