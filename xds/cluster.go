@@ -26,10 +26,12 @@ const httpProtocolOptionsKey = "envoy.extensions.upstreams.http.v3.HttpProtocolO
 // serviceCluster names the cluster (and its endpoints) of a service.
 func serviceCluster(service string) string { return "svc-" + service }
 
-// gatewayClusters are the two infrastructure clusters plus one per service
-// a route leads to.
+// gatewayClusters are the ext_authz cluster plus one per service a route
+// leads to. The SPIRE agent's cluster is not among them: Envoy takes an SDS
+// config source only from a statically defined cluster, so it lives in the
+// bootstrap (see Bootstrap).
 func gatewayClusters(p *gatewayPlan, opts Options) []types.Resource {
-	out := []types.Resource{authzCluster(p, opts), spireAgentCluster(opts)}
+	out := []types.Resource{authzCluster(p, opts)}
 	for _, sf := range p.services {
 		out = append(out, serviceClusterOf(p, sf))
 	}

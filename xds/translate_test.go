@@ -189,7 +189,7 @@ func TestNoRouteWithoutFlow(t *testing.T) {
 	if want := []string{"telemetry", "deny-all"}; !slices.Equal(hosts, want) {
 		t.Errorf("gw-north-2 virtual hosts = %v, want %v", hosts, want)
 	}
-	if want := []string{"spire_agent", "svc-telemetry", "vigil_authz"}; !slices.Equal(clusters, want) {
+	if want := []string{"svc-telemetry", "vigil_authz"}; !slices.Equal(clusters, want) {
 		t.Errorf("gw-north-2 clusters = %v, want %v (no video storage, no firmware)", clusters, want)
 	}
 }

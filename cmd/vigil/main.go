@@ -49,7 +49,7 @@ a --config file.`,
 		},
 	}
 	root.AddCommand(newServeCmd(), newDevCmd(), newTopologyCmd(), newSubjectCmd("device"), newSubjectCmd("gateway"),
-		newClusterCmd(), newPolicyCmd(), newAuditCmd(), newVersionCmd())
+		newClusterCmd(), newPolicyCmd(), newAuditCmd(), newEnvoyCmd(), newVersionCmd())
 	return root
 }
 

@@ -1,0 +1,92 @@
+package xds
+
+import (
+	"cmp"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// XDSCluster is the bootstrap's cluster of Vigil members serving xDS.
+const XDSCluster = "vigil_xds"
+
+// DefaultAdminAddr is where the bootstrap puts Envoy's admin interface:
+// loopback only, since it can change the proxy's state.
+const DefaultAdminAddr = "127.0.0.1:9901"
+
+// Bootstrap is the Envoy bootstrap for a gateway node: ADS to the given
+// Vigil members for listeners and clusters (routes, endpoints and nothing
+// else follow from them), the SPIRE agent's SDS cluster (which Envoy
+// requires to be static), and the admin interface on loopback.
+func Bootstrap(node Node, xdsAddrs []string, opts Options) (*bootstrapv3.Bootstrap, error) {
+	opts = opts.withDefaults()
+	if node.ID == "" {
+		return nil, fmt.Errorf("bootstrap: a node id is required")
+	}
+	if len(xdsAddrs) == 0 {
+		return nil, fmt.Errorf("bootstrap: at least one Vigil xDS address is required")
+	}
+	members := make([]*endpointv3.LbEndpoint, 0, len(xdsAddrs))
+	allIP := true
+	for _, a := range xdsAddrs {
+		host, portStr, err := net.SplitHostPort(a)
+		port, perr := strconv.ParseUint(portStr, 10, 16)
+		if err != nil || perr != nil || host == "" {
+			return nil, fmt.Errorf("bootstrap: xDS address %q must be host:port", a)
+		}
+		allIP = allIP && net.ParseIP(host) != nil
+		members = append(members, lbEndpoint(socketAddress(host, uint32(port))))
+	}
+	discovery := clusterv3.Cluster_STATIC
+	if !allIP {
+		discovery = clusterv3.Cluster_STRICT_DNS
+	}
+	ads := &corev3.ApiConfigSource{
+		ApiType:             corev3.ApiConfigSource_GRPC,
+		TransportApiVersion: corev3.ApiVersion_V3,
+		GrpcServices: []*corev3.GrpcService{{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: XDSCluster}}}},
+		SetNodeOnFirstMessageOnly: true,
+	}
+	adminHost, adminPort, _ := net.SplitHostPort(DefaultAdminAddr)
+	ap, _ := strconv.ParseUint(adminPort, 10, 16)
+	b := &bootstrapv3.Bootstrap{
+		Node: &corev3.Node{Id: node.ID, Cluster: cmp.Or(node.Cluster, node.ID)},
+		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
+			AdsConfig: ads,
+			LdsConfig: adsSource(),
+			CdsConfig: adsSource(),
+		},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{
+			{
+				Name:                          XDSCluster,
+				ConnectTimeout:                durationpb.New(2 * time.Second),
+				ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: discovery},
+				TypedExtensionProtocolOptions: http2Options(),
+				LoadAssignment: &endpointv3.ClusterLoadAssignment{
+					ClusterName: XDSCluster,
+					Endpoints:   []*endpointv3.LocalityLbEndpoints{{LbEndpoints: members}},
+				},
+			},
+			spireAgentCluster(opts),
+		}},
+		Admin: &bootstrapv3.Admin{Address: socketAddress(adminHost, uint32(ap))},
+	}
+	if err := validateDeep(b); err != nil {
+		return nil, fmt.Errorf("bootstrap for %s does not validate: %w", node.ID, err)
+	}
+	return b, nil
+}
+
+func socketAddress(host string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
