@@ -217,6 +217,18 @@ func (c *Client) Node(ctx context.Context) (map[string]any, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/node", "", nil, &out)
 }
 
+// Proxies reports the proxies connected to the member and their xDS state.
+func (c *Client) Proxies(ctx context.Context) (map[string]any, error) {
+	var out map[string]any
+	return out, c.do(ctx, http.MethodGet, "/v1/proxies", "", nil, &out)
+}
+
+// XDSDump returns, as YAML, the configuration the member serves node.
+func (c *Client) XDSDump(ctx context.Context, node string) ([]byte, error) {
+	var out []byte
+	return out, c.do(ctx, http.MethodGet, "/v1/xds/"+url.PathEscape(node), "", nil, &out)
+}
+
 // Join asks the cluster to add m as a voter.
 func (c *Client) Join(ctx context.Context, m raft.Member) error {
 	return c.send(ctx, http.MethodPost, "/v1/cluster/join", m, nil)

@@ -66,7 +66,9 @@ type ServerConfig struct {
 	Ready func() bool
 	// Node describes the member's other parts (the authorizer's policy and
 	// decision log) for GET /v1/node; nil leaves it out.
-	Node   func() any
+	Node func() any
+	// XDS reports the member's xDS server; nil serves no proxy endpoints.
+	XDS    XDS
 	Logger *slog.Logger
 	Now    func() time.Time
 }
@@ -102,6 +104,8 @@ func NewServer(cfg ServerConfig) *Server {
 	s.route("GET /v1/cluster/status", s.clusterStatus)
 	s.route("GET /v1/cluster/self", s.self)
 	s.route("GET /v1/node", s.node)
+	s.route("GET /v1/proxies", s.proxies)
+	s.route("GET /v1/xds/{node}", s.xdsDump)
 	s.route("POST /v1/cluster/join", s.write(s.join))
 	s.route("POST /v1/cluster/snapshot", s.takeSnapshot)
 	s.route("DELETE /v1/cluster/members/{id}", s.write(s.removeMember))
@@ -396,6 +400,36 @@ func (s *Server) node(w http.ResponseWriter, r *http.Request) error {
 		out["parts"] = s.cfg.Node()
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// XDS is what the API shows of a member's xDS server.
+type XDS interface {
+	// ProxyStatus lists the proxies connected to this member, with what was
+	// sent, ACKed and NACKed per type.
+	ProxyStatus() any
+	// Dump renders, as YAML, the configuration a node receives.
+	Dump(node string) ([]byte, error)
+}
+
+func (s *Server) proxies(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.XDS == nil {
+		return notFound("this member serves no xDS")
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"member": s.cfg.Store.ID(), "proxies": s.cfg.XDS.ProxyStatus()})
+	return nil
+}
+
+func (s *Server) xdsDump(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.XDS == nil {
+		return notFound("this member serves no xDS")
+	}
+	data, err := s.cfg.XDS.Dump(r.PathValue("node"))
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/yaml")
+	w.Write(data)
 	return nil
 }
 

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	"google.golang.org/protobuf/encoding/protojson"
 	"gopkg.in/yaml.v3"
 
 	"github.com/vigil-iot/vigil/topology"
@@ -114,7 +113,7 @@ func TestGolden(t *testing.T) {
 			} {
 				out := filepath.Join("testdata", "out", name+"."+kind.suffix+".yaml")
 				written[out] = true
-				got, err := toYAML(kind.list)
+				got, err := YAML(kind.list)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -146,39 +145,6 @@ func TestGolden(t *testing.T) {
 			continue
 		}
 		t.Errorf("%s is stale: no case produces it (run go test ./xds -update)", out)
-	}
-}
-
-// toYAML renders resources through protojson as block-style YAML. Field
-// order is protojson's (declaration order); map keys are sorted.
-func toYAML(list []types.Resource) ([]byte, error) {
-	seq := &yaml.Node{Kind: yaml.SequenceNode}
-	for _, r := range list {
-		js, err := protojson.Marshal(r)
-		if err != nil {
-			return nil, err
-		}
-		var n yaml.Node
-		if err := yaml.Unmarshal(js, &n); err != nil {
-			return nil, err
-		}
-		plain(&n)
-		seq.Content = append(seq.Content, n.Content[0])
-	}
-	var buf bytes.Buffer
-	enc := yaml.NewEncoder(&buf)
-	enc.SetIndent(2)
-	if err := enc.Encode(seq); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), enc.Close()
-}
-
-// plain drops JSON's flow and quoting styles so that yaml.v3 picks its own.
-func plain(n *yaml.Node) {
-	n.Style = 0
-	for _, c := range n.Content {
-		plain(c)
 	}
 }
 
