@@ -21,7 +21,7 @@ var allowed = map[string][]string{
 	"authz":                 {"topology"},
 	"xds":                   {"topology"},
 	"authz/authztest":       {"topology", "topology/topologytest"},
-	"node":                  {"topology", "raft", "api", "authz"},
+	"node":                  {"topology", "raft", "api", "authz", "xds"},
 	"examples":              {},
 	"cmd/vigil":             {"*"},
 }

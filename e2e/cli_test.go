@@ -89,7 +89,7 @@ func TestCLIWalkthrough(t *testing.T) {
 }
 
 func TestDevCommand(t *testing.T) {
-	apiAddr, raftAddr, authzAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	apiAddr, raftAddr, authzAddr, xdsAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	tmp := t.TempDir() // the dev member's temporary data dir goes here
 	logPath := filepath.Join(t.TempDir(), "dev.log")
 	logFile, err := os.Create(logPath)
@@ -97,7 +97,7 @@ func TestDevCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logFile.Close()
-	cmd := exec.Command(vigilBin, "dev", "--api-addr", apiAddr, "--raft-addr", raftAddr, "--authz-addr", authzAddr)
+	cmd := exec.Command(vigilBin, "dev", "--api-addr", apiAddr, "--raft-addr", raftAddr, "--authz-addr", authzAddr, "--xds-addr", xdsAddr)
 	cmd.Env = harness.Env("TMPDIR=" + tmp)
 	cmd.Stderr = logFile
 	// A pipe of our own rather than cmd.StdoutPipe, which Wait (running in
@@ -198,9 +198,9 @@ wait:
 func TestServeConfigFileAndEnv(t *testing.T) {
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
-	decoyAPI, apiAddr, raftAddr, authzAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	decoyAPI, apiAddr, raftAddr, authzAddr, xdsAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	config := filepath.Join(dir, "vigil.yaml")
-	writeFile(t, config, fmt.Sprintf("node-id: from-config\ndata-dir: %s\napi-addr: %s\nauthz-addr: %s\nlog-level: warn\n", dataDir, decoyAPI, authzAddr))
+	writeFile(t, config, fmt.Sprintf("node-id: from-config\ndata-dir: %s\napi-addr: %s\nauthz-addr: %s\nxds-addr: %s\nlog-level: warn\n", dataDir, decoyAPI, authzAddr, xdsAddr))
 	// The environment sets what the file does not (raft-addr), and wins
 	// over the file where both do (api-addr).
 	env := harness.Env("VIGIL_API_ADDR="+apiAddr, "VIGIL_RAFT_ADDR="+raftAddr)

@@ -43,6 +43,8 @@ type Config struct {
 	RaftLogLevel                     string
 	// Authz configures the ext_authz server.
 	Authz AuthzConfig
+	// XDS configures the xDS server.
+	XDS XDSConfig
 	// HeartbeatTimeout and ElectionTimeout tune failure detection; zero
 	// keeps the raft package's defaults.
 	HeartbeatTimeout, ElectionTimeout time.Duration
@@ -52,7 +54,7 @@ type Config struct {
 // DefaultConfig holds the documented defaults.
 func DefaultConfig() Config {
 	return Config{DataDir: "vigil-data", RaftAddr: "127.0.0.1:7000", APIAddr: api.DefaultAddr,
-		Authz: AuthzConfig{Addr: ":9191"}}
+		Authz: AuthzConfig{Addr: ":9191"}, XDS: XDSConfig{Addr: ":18000"}}
 }
 
 // Validate checks the configuration and fills in derived defaults.
@@ -66,7 +68,7 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data dir is required (--data-dir)"))
 	}
-	for name, a := range map[string]string{"raft address": c.RaftAddr, "API address": c.APIAddr, "authz address": c.Authz.Addr} {
+	for name, a := range map[string]string{"raft address": c.RaftAddr, "API address": c.APIAddr, "authz address": c.Authz.Addr, "xDS address": c.XDS.Addr} {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: %v", name, a, err))
 		}
@@ -90,6 +92,7 @@ type Node struct {
 	conn     *api.Connector
 	existing bool
 	authz    *authzPart
+	xds      *xdsPart
 	ready    atomic.Bool
 }
 
@@ -167,9 +170,15 @@ func Start(cfg Config) (*Node, error) {
 		store.Close()
 		return nil, err
 	}
+	if n.xds, err = n.startXDS(); err != nil {
+		n.authz.ln.Close()
+		ln.Close()
+		store.Close()
+		return nil, err
+	}
 	n.http = &http.Server{
 		Handler: api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Connector: conn,
-			Ready: n.Ready, Node: func() any { return n.authz.status() }, Logger: log}),
+			Ready: n.Ready, Node: func() any { return n.authz.status() }, XDS: n.xds, Logger: log}),
 		TLSConfig:         serverTLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -236,13 +245,13 @@ func (n *Node) Run(ctx context.Context) error {
 			return nil
 		},
 		n.becomeReady,
-	}, n.authz.parts()...)
+	}, append(n.authz.parts(), n.xds.parts()...)...)
 	errc := make(chan error, len(parts))
 	for _, run := range parts {
 		go func() { errc <- run(ctx) }()
 	}
 	n.cfg.Logger.Info("vigil member serving", "id", n.cfg.ID, "api", n.apiAddr, "raft", n.store.Addr(),
-		"authz", n.authz.Addr(), "policy", n.authz.engine.Current().Source, "data_dir", n.cfg.DataDir)
+		"authz", n.authz.Addr(), "xds", n.xds.Addr(), "policy", n.authz.engine.Current().Source, "data_dir", n.cfg.DataDir)
 	// A part may finish early and cleanly (registration does); the first
 	// one to fail stops them all. Every part returns once ctx ends.
 	var err error
@@ -307,6 +316,9 @@ func (n *Node) catchUp(ctx context.Context) error {
 	}
 	return nil
 }
+
+// XDSAddr is where proxies connect for xDS.
+func (n *Node) XDSAddr() string { return n.xds.Addr() }
 
 // AuthzAddr is where the ext_authz Check service listens.
 func (n *Node) AuthzAddr() string { return n.authz.Addr() }

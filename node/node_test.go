@@ -109,7 +109,7 @@ func TestAMemberServesItsAPIOverTLS(t *testing.T) {
 	writeSelfSigned(t, certFile, keyFile)
 	cfg := DefaultConfig()
 	cfg.ID, cfg.DataDir = "n1", filepath.Join(dir, "data")
-	cfg.APIAddr, cfg.RaftAddr, cfg.Authz.Addr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.APIAddr, cfg.RaftAddr, cfg.Authz.Addr, cfg.XDS.Addr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.APITLSCert, cfg.APITLSKey, cfg.APICAFile = certFile, keyFile, certFile
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	n, err := Start(cfg)

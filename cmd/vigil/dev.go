@@ -63,6 +63,8 @@ reused and the example is only applied if the store holds no topology yet.`,
 	m.cfg.ID = "dev"
 	m.cfg.Authz.Addr = "127.0.0.1:9191"
 	cmd.Flags().Lookup("authz-addr").DefValue = m.cfg.Authz.Addr
+	m.cfg.XDS.Addr = "127.0.0.1:18000"
+	cmd.Flags().Lookup("xds-addr").DefValue = m.cfg.XDS.Addr
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the temporary data dir when stopping")
 	return cmd
 }
@@ -108,6 +110,7 @@ func printDevBanner(w io.Writer, n *node.Node, cfg *node.Config, snap *topology.
 Vigil dev member %q is running.
   HTTP API   http://%s   (bearer tokens in %s)
   ext_authz  %s   (gRPC envoy.service.auth.v3.Authorization, policy: %s)
+  xDS        %s   (ADS for the gateways' Envoy: vigil envoy bootstrap --node gw-north-1)
   Raft       %s
   Data dir   %s (%s)
   Topology   smart-city example at revision %d: %d zones, %d gateways, %d devices, %d services, %d flows
@@ -119,10 +122,11 @@ Try, in another terminal:
   go run ./cmd/vigil device quarantine %s --reason "tamper switch opened"
   go run ./cmd/vigil device release %s
   go run ./cmd/vigil cluster status
+  go run ./cmd/vigil xds dump --node gw-north-1
   go run ./cmd/vigil topology validate -f examples/smart-city/topology.yaml
 
 Press Ctrl-C to stop.
-`, cfg.ID, n.APIAddr(), n.TokenFile(), n.AuthzAddr(), policyName(cfg), n.Store().Addr(), cfg.DataDir, removed,
+`, cfg.ID, n.APIAddr(), n.TokenFile(), n.AuthzAddr(), policyName(cfg), n.XDSAddr(), n.Store().Addr(), cfg.DataDir, removed,
 		snap.Revision(), ix.NumZones(), ix.NumGateways(), ix.NumDevices(), ix.NumServices(), ix.NumFlows(),
 		n.TokenFile(), device, device, device)
 }

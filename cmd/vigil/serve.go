@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vigil-iot/vigil/node"
+	"github.com/vigil-iot/vigil/xds"
 )
 
 // memberFlags are the flags of commands that run a member.
@@ -36,6 +37,10 @@ func (m *memberFlags) register(cmd *cobra.Command) {
 	f.StringVar(&m.cfg.Authz.DecisionLog, "decision-log", "", "hash-chained decision log file (default <data-dir>/decisions.log)")
 	f.BoolVar(&m.cfg.Authz.DecisionLogStrict, "decision-log-strict", false, "make Check wait for the decision log instead of dropping decisions when it falls behind")
 	f.DurationVar(&m.cfg.Authz.EvalTimeout, "policy-timeout", 100*time.Millisecond, "longest a policy evaluation may take before the request is denied")
+	f.StringVar(&m.cfg.XDS.Addr, "xds-addr", m.cfg.XDS.Addr, "gRPC address where Envoy proxies and xDS clients get their configuration (ADS, SotW and delta)")
+	f.StringSliceVar(&m.cfg.XDS.Options.AuthzEndpoints, "xds-authz-endpoint", nil, "ext_authz address(es) gateways' Envoy calls (default: this member's --authz-addr)")
+	f.StringVar(&m.cfg.XDS.Options.SDSSocket, "xds-sds-socket", "", "the SPIRE agent's SDS socket on each gateway (default "+xds.DefaultSDSSocket+")")
+	f.Uint32Var(&m.cfg.XDS.Options.ListenerPort, "xds-listener-port", 0, "the device-facing port of each gateway's Envoy (default "+fmt.Sprint(xds.DefaultListenerPort)+")")
 	f.StringVar(&m.cfg.APITLSCert, "api-tls-cert", "", "PEM certificate to serve the API over https (required for members on different hosts)")
 	f.StringVar(&m.cfg.APITLSKey, "api-tls-key", "", "PEM private key of --api-tls-cert")
 	f.StringVar(&m.cfg.APICAFile, "api-ca-file", "", "PEM CA bundle that verifies other members' https APIs (default: the system's roots)")

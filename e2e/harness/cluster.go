@@ -60,6 +60,7 @@ type Member struct {
 	APIAddr   string
 	RaftAddr  string
 	AuthzAddr string
+	XDSAddr   string
 	LogPath   string
 
 	args   []string
@@ -129,8 +130,11 @@ func New(opts Options) (*Cluster, error) {
 		if m.AuthzAddr, err = FreeAddr(); err != nil {
 			return c, err
 		}
+		if m.XDSAddr, err = FreeAddr(); err != nil {
+			return c, err
+		}
 		m.args = []string{"serve", "--node-id", m.ID, "--data-dir", m.DataDir,
-			"--api-addr", m.APIAddr, "--raft-addr", m.RaftAddr, "--authz-addr", m.AuthzAddr,
+			"--api-addr", m.APIAddr, "--raft-addr", m.RaftAddr, "--authz-addr", m.AuthzAddr, "--xds-addr", m.XDSAddr,
 			"--log-level", opts.LogLevel}
 		if i > 0 {
 			first := c.members[0]

@@ -1,0 +1,120 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"google.golang.org/grpc"
+
+	"github.com/vigil-iot/vigil/raft"
+	"github.com/vigil-iot/vigil/xds"
+)
+
+// XDSConfig configures the member's xDS server.
+type XDSConfig struct {
+	// Addr is the gRPC listen address of ADS and the per-type services.
+	Addr string
+	// Options are what every gateway's translation needs: the ext_authz
+	// endpoints its Envoy calls, the SPIRE agent's SDS socket, the
+	// device-facing port.
+	Options xds.Options
+}
+
+type xdsPart struct {
+	server *xds.Server
+	ln     net.Listener
+	grpc   *grpc.Server
+	store  *raft.Store
+}
+
+func (n *Node) startXDS() (*xdsPart, error) {
+	cfg := n.cfg.XDS
+	opts := cfg.Options
+	if len(opts.AuthzEndpoints) == 0 {
+		// Gateways call the authorizer of the member that configures them
+		// unless told otherwise.
+		opts.AuthzEndpoints = []string{reachable(n.authz.Addr(), n.apiAddr)}
+	}
+	srv, err := xds.NewServer(xds.Config{Source: n.store, Options: opts, NodeID: n.cfg.ID, Logger: n.cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("xds: %w", err)
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("xds listen on %s: %w", cfg.Addr, err)
+	}
+	p := &xdsPart{server: srv, ln: ln, grpc: grpc.NewServer(), store: n.store}
+	srv.Register(p.grpc)
+	return p, nil
+}
+
+// reachable replaces an unspecified listen host (":9191") with the host of
+// the member's advertised API address.
+func reachable(listen, advertised string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+		return listen
+	}
+	u := advertised
+	for _, p := range []string{"https://", "http://"} {
+		if len(u) > len(p) && u[:len(p)] == p {
+			u = u[len(p):]
+		}
+	}
+	if h, _, err := net.SplitHostPort(u); err == nil && h != "" {
+		return net.JoinHostPort(h, port)
+	}
+	return net.JoinHostPort("127.0.0.1", port)
+}
+
+// Addr is where proxies connect for xDS.
+func (p *xdsPart) Addr() string { return p.ln.Addr().String() }
+
+func (p *xdsPart) parts() []func(context.Context) error {
+	return []func(context.Context) error{
+		func(ctx context.Context) error {
+			go func() { <-ctx.Done(); p.grpc.GracefulStop() }()
+			if err := p.grpc.Serve(p.ln); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("xds server: %w", err)
+			}
+			return nil
+		},
+		func(ctx context.Context) error { return p.server.Run(ctx) },
+		p.follow,
+	}
+}
+
+// follow hands every committed change to the xDS server, which rebuilds the
+// nodes it affects.
+func (p *xdsPart) follow(ctx context.Context) error {
+	sub, snap := p.store.Subscribe()
+	defer sub.Close()
+	p.server.Update(snap, xds.Change{Document: true})
+	for {
+		ev, err := sub.Next(ctx)
+		if errors.Is(err, context.Canceled) || ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("xds: following the store: %w", err)
+		}
+		p.server.Update(ev.Snapshot, xds.Change{Document: ev.Document, Restored: ev.Restored, Subjects: ev.Subjects})
+	}
+}
+
+// ProxyStatus lists the proxies connected to this member.
+func (p *xdsPart) ProxyStatus() any { return p.server.Status() }
+
+// Dump renders what node receives from this member.
+func (p *xdsPart) Dump(node string) ([]byte, error) {
+	res, err := p.server.Dump(node)
+	if err != nil {
+		return nil, err
+	}
+	return res.YAML()
+}

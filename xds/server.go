@@ -1,0 +1,297 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+
+	"github.com/vigil-iot/vigil/topology"
+)
+
+// DefaultDebounce is how long ordinary changes are coalesced per node.
+const DefaultDebounce = 100 * time.Millisecond
+
+// Source gives the current topology snapshot (*raft.Store satisfies it).
+type Source interface {
+	Current() *topology.Snapshot
+}
+
+// Change says what a committed revision changed (raft.Event without the
+// snapshot).
+type Change struct {
+	// Document: the topology document was replaced; every node is rebuilt.
+	Document bool
+	// Restored: the whole state was replaced (Raft snapshot restore or a
+	// lagging subscriber): every node is rebuilt at once.
+	Restored bool
+	// Subjects whose runtime state changed: a device rebuilds its
+	// gateway's node, a gateway its own node, a service every node.
+	Subjects []topology.Subject
+	// Urgent pushes at once instead of debouncing. Update also pushes at
+	// once when a listed subject's quarantine began or ended since the
+	// node was last built, so callers need not work that out.
+	Urgent bool
+}
+
+// Clock is time as the server sees it; tests replace it.
+type Clock interface {
+	Now() time.Time
+	// AfterFunc runs f after d; the returned stop cancels it.
+	AfterFunc(d time.Duration, f func()) (stop func() bool)
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+func (realClock) AfterFunc(d time.Duration, f func()) func() bool {
+	return time.AfterFunc(d, f).Stop
+}
+
+// Config configures a Server.
+type Config struct {
+	// Source is required: nodes are built from Source.Current() (or the
+	// snapshot last given to Update, whichever is newer).
+	Source Source
+	// Options are passed to Translate and DenyAll.
+	Options Options
+	// NodeID is this Vigil node's ID, reported in ProxyStatus.
+	NodeID string
+	Logger *slog.Logger
+	// Debounce coalesces ordinary changes per node; zero means
+	// DefaultDebounce.
+	Debounce time.Duration
+	Clock    Clock
+}
+
+// typeURLs are the resource types a node's snapshot holds, in Resources
+// order.
+var typeURLs = [...]resourcev3.Type{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, resourcev3.EndpointType}
+
+func lists(r *Resources) [len(typeURLs)][]types.Resource {
+	return [...][]types.Resource{r.Listeners, r.Routes, r.Clusters, r.Endpoints}
+}
+
+// Server serves per-node snapshots over SotW and delta xDS (ADS and the
+// per-type services).
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	cache  cachev3.SnapshotCache
+	xds    serverv3.Server
+	status *tracker
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu     sync.Mutex // guards the fields below and serialises builds
+	last   *topology.Snapshot
+	nodes  map[string]*nodeState
+	warned map[string]bool // unknown node IDs already logged
+	closed bool
+}
+
+// NewServer returns a server; Register it on a gRPC server and feed it
+// changes with Update. Close stops it.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.Source == nil {
+		return nil, errors.New("xds server: no snapshot source")
+	}
+	if err := cfg.Options.Validate(); err != nil {
+		return nil, fmt.Errorf("xds server: %w", err)
+	}
+	if cfg.Debounce < 0 {
+		return nil, fmt.Errorf("xds server: negative debounce %v", cfg.Debounce)
+	}
+	if cfg.Debounce == 0 {
+		cfg.Debounce = DefaultDebounce
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
+	s := &Server{
+		cfg:    cfg,
+		log:    cfg.Logger.With("component", "xds"),
+		status: newTracker(cfg.Clock.Now, cfg.NodeID),
+		nodes:  map[string]*nodeState{},
+		warned: map[string]bool{},
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	// Not ADS mode: in ADS mode the cache only answers a request naming
+	// every resource of a type, and grpc-go names only what it needs.
+	s.cache = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, gcpLogger{s.log})
+	s.xds = serverv3.NewServer(s.ctx, s.cache, callbacks{s})
+	return s, nil
+}
+
+// Register adds ADS (SotW and delta) and the per-type LDS, RDS, CDS and
+// EDS services to g.
+func (s *Server) Register(g *grpc.Server) {
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
+	listenerservice.RegisterListenerDiscoveryServiceServer(g, s.xds)
+	routeservice.RegisterRouteDiscoveryServiceServer(g, s.xds)
+	clusterservice.RegisterClusterDiscoveryServiceServer(g, s.xds)
+	endpointservice.RegisterEndpointDiscoveryServiceServer(g, s.xds)
+}
+
+// Run waits for ctx to end, then closes the server.
+func (s *Server) Run(ctx context.Context) error {
+	<-ctx.Done()
+	s.Close()
+	return nil
+}
+
+// Close ends every stream and cancels pending rebuilds.
+func (s *Server) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for _, n := range s.nodes {
+		if n.stop != nil {
+			n.stop()
+			n.stop = nil
+		}
+	}
+	s.cancel()
+}
+
+// Status returns every node's status, sorted by node ID.
+func (s *Server) Status() []ProxyStatus { return s.status.list() }
+
+// Dump returns what node nodeID receives now: its translation, or the
+// deny-all configuration when the ID names no gateway.
+func (s *Server) Dump(nodeID string) (*Resources, error) {
+	res, _, err := s.translate(nodeID, s.current())
+	return res, err
+}
+
+// Update records a committed change and rebuilds the nodes it affects:
+// urgent ones at once, the others after Debounce.
+func (s *Server) Update(snap *topology.Snapshot, c Change) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || snap == nil {
+		return
+	}
+	if s.last == nil || snap.Revision() >= s.last.Revision() {
+		s.last = snap
+	}
+	all := c.Document || c.Restored
+	affected := map[string]bool{}
+	for _, sub := range c.Subjects {
+		switch sub.Kind {
+		case topology.KindGateway:
+			affected[sub.Name] = true
+		case topology.KindDevice:
+			if d, ok := snap.Index().Device(sub.Name); ok {
+				affected[d.Gateway] = true
+			}
+		default:
+			all = true
+		}
+	}
+	for id, n := range s.nodes {
+		if !all && !affected[id] {
+			continue
+		}
+		if c.Urgent || c.Restored || n.quarantineFlipped(id, snap, c.Subjects) {
+			if n.stop != nil {
+				n.stop()
+				n.stop = nil
+			}
+			s.buildLocked(id, n, s.currentLocked())
+			continue
+		}
+		if n.stop == nil {
+			n.stop = s.cfg.Clock.AfterFunc(s.cfg.Debounce, func() { s.debounced(id, n) })
+		}
+	}
+}
+
+func (s *Server) debounced(id string, n *nodeState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.nodes[id] != n || n.stop == nil {
+		return // forgotten, rebuilt urgently meanwhile, or closed
+	}
+	n.stop = nil
+	s.buildLocked(id, n, s.currentLocked())
+}
+
+// current is the newest snapshot known.
+func (s *Server) current() *topology.Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.currentLocked()
+}
+
+func (s *Server) currentLocked() *topology.Snapshot {
+	cur := s.cfg.Source.Current()
+	switch {
+	case cur == nil && s.last == nil:
+		return topology.EmptySnapshot()
+	case cur == nil || s.last != nil && s.last.Revision() > cur.Revision():
+		return s.last
+	}
+	return cur
+}
+
+// ensure builds node id's snapshot if the server does not hold one yet. It
+// runs in the request callback, before go-control-plane opens the watch,
+// so the first request is answered from the cache at once.
+func (s *Server) ensure(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.nodes[id] != nil {
+		return
+	}
+	n := &nodeState{}
+	s.nodes[id] = n
+	s.buildLocked(id, n, s.currentLocked())
+}
+
+// forget drops node id once its last stream has closed, so that nodes that
+// come and go (or made-up IDs) do not pile up.
+func (s *Server) forget(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.nodes[id]
+	if n == nil || s.status.streamsOf(id) > 0 {
+		return
+	}
+	if n.stop != nil {
+		n.stop()
+	}
+	delete(s.nodes, id)
+	s.cache.ClearSnapshot(id)
+}
+
+func (g gcpLogger) debug(format string, args []any) {
+	if g.l.Enabled(context.Background(), slog.LevelDebug) {
+		g.l.Debug(fmt.Sprintf(format, args...))
+	}
+}
+
+// gcpLogger adapts go-control-plane's logger to slog; its info messages are
+// per-request chatter, so they go to debug.
+type gcpLogger struct{ l *slog.Logger }
+
+func (g gcpLogger) Debugf(format string, args ...any) { g.debug(format, args) }
+func (g gcpLogger) Infof(format string, args ...any)  { g.debug(format, args) }
+func (g gcpLogger) Warnf(format string, args ...any)  { g.l.Warn(fmt.Sprintf(format, args...)) }
+func (g gcpLogger) Errorf(format string, args ...any) { g.l.Error(fmt.Sprintf(format, args...)) }

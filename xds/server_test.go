@@ -1,0 +1,189 @@
+package xds
+
+import (
+	"strings"
+	"testing"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+
+	"github.com/vigil-iot/vigil/topology"
+)
+
+const gw = "gw-north-1"
+
+// connected subscribes gw to everything, checks it receives exactly its
+// translation, ACKs every type and waits until Status shows the ACKs.
+func connected(t *testing.T, f *fixture) *sotw {
+	t.Helper()
+	want, err := Translate(f.src.Current(), Node{ID: gw}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := f.ads(t, gw)
+	got := c.subscribe(want)
+	sameResources(t, "listeners", byName(t, got[resourcev3.ListenerType].GetResources()), want.Listeners)
+	sameResources(t, "routes", byName(t, got[resourcev3.RouteType].GetResources()), want.Routes)
+	sameResources(t, "clusters", byName(t, got[resourcev3.ClusterType].GetResources()), want.Clusters)
+	sameResources(t, "endpoints", byName(t, got[resourcev3.EndpointType].GetResources()), want.Endpoints)
+	for _, typ := range allTypes {
+		if v := got[typ].GetVersionInfo(); v != "3" {
+			t.Errorf("%s version %q, want the revision 3", typ, v)
+		}
+		c.ack(got[typ])
+	}
+	eventually(t, "every type ACKed", func() bool {
+		p, _ := statusOf(f.srv, gw)
+		for _, typ := range allTypes {
+			if ts := typeStatus(p, typ); ts.Sent != "3" || ts.Acked != "3" {
+				return false
+			}
+		}
+		return p.Connected && p.Streams == 1 && p.Peer != "" && p.ControlPlane == "vigil-1" && !p.DenyAll
+	})
+	c.silent() // ACKs are not answered
+	return c
+}
+
+func TestServerServesTranslationAndTracksACKs(t *testing.T) {
+	f := start(t, smartCitySnapshot(t, 3))
+	connected(t, f)
+}
+
+func TestServerRecordsNACK(t *testing.T) {
+	f := start(t, smartCitySnapshot(t, 3))
+	c := f.ads(t, gw)
+	c.ask(resourcev3.ListenerType)
+	r := c.next()
+	c.send(&discoverygrpc.DiscoveryRequest{TypeUrl: resourcev3.ListenerType, ResponseNonce: r.GetNonce(),
+		ErrorDetail: &status.Status{Code: 3, Message: "bad listener: boom"}})
+	eventually(t, "the NACK recorded", func() bool {
+		p, _ := statusOf(f.srv, gw)
+		ts := typeStatus(p, resourcev3.ListenerType)
+		return ts.Nack != nil && ts.Nack.Message == "bad listener: boom" && ts.Nack.Version == "3" && ts.Acked == "" && !ts.Nack.At.IsZero()
+	})
+	c.silent() // the rejected configuration is not sent again
+}
+
+func TestServerPushesQuarantineAtOnce(t *testing.T) {
+	f := start(t, smartCitySnapshot(t, 3))
+	c := connected(t, f)
+	dev := topology.DeviceSubject("slc-n1-001")
+	next := smartCitySnapshot(t, 4, dev)
+	f.src.p.Store(next)
+	// Not flagged urgent: the server sees the quarantine begin. The
+	// debounce is an hour, so only an immediate push can arrive.
+	f.srv.Update(next, Change{Subjects: []topology.Subject{dev}})
+	r := c.next()
+	if r.GetTypeUrl() != resourcev3.RouteType || r.GetVersionInfo() != "4" {
+		t.Fatalf("got %s version %q, want routes version 4", r.GetTypeUrl(), r.GetVersionInfo())
+	}
+	rc := byName(t, r.GetResources())[GatewayRouteName].(*routev3.RouteConfiguration)
+	if !vhostRBAC(rc) || !strings.Contains(rc.String(), topology.SPIFFEID("city.example", "north", dev)) {
+		t.Fatalf("route config lacks the quarantine RBAC for %s", dev)
+	}
+	c.ack(r)
+	c.silent() // listeners, clusters and endpoints did not change
+	p, _ := statusOf(f.srv, gw)
+	if v := typeStatus(p, resourcev3.ListenerType).Sent; v != "3" {
+		t.Errorf("listener version %q after a route-only change, want 3", v)
+	}
+}
+
+func TestServerLeavesUnaffectedNodesAlone(t *testing.T) {
+	f := start(t, smartCitySnapshot(t, 3))
+	c := connected(t, f)
+	other := topology.DeviceSubject("slc-n2-001") // behind gw-north-2
+	next := smartCitySnapshot(t, 4, other)
+	f.src.p.Store(next)
+	f.srv.Update(next, Change{Subjects: []topology.Subject{other}, Urgent: true})
+	c.silent()
+}
+
+func TestServerDeniesUnknownNodes(t *testing.T) {
+	f := start(t, smartCitySnapshot(t, 3))
+	deny, err := DenyAll(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"gw-nowhere", ""} {
+		t.Run("id="+id, func(t *testing.T) {
+			c := f.ads(t, id)
+			c.ask(resourcev3.ListenerType)
+			c.ask(resourcev3.ClusterType)
+			got := c.nextOf(resourcev3.ListenerType, resourcev3.ClusterType)
+			sameResources(t, "listeners", byName(t, got[resourcev3.ListenerType].GetResources()), deny.Listeners)
+			if n := len(got[resourcev3.ClusterType].GetResources()); n != 0 {
+				t.Errorf("unknown node got %d clusters", n)
+			}
+			p, _ := statusOf(f.srv, id)
+			if !p.DenyAll {
+				t.Errorf("status of %q does not say deny-all", id)
+			}
+			dump, err := f.srv.Dump(id)
+			if err != nil || len(dump.Listeners) != 1 || len(dump.Clusters) != 0 {
+				t.Errorf("Dump(%q) = %v, %v; want the deny-all listener", id, dump, err)
+			}
+		})
+	}
+}
+
+func TestServerDelta(t *testing.T) {
+	f := start(t, smartCitySnapshot(t, 3))
+	want, err := Translate(f.src.Current(), Node{ID: gw}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := f.delta(t, gw)
+	d.send(&discoverygrpc.DeltaDiscoveryRequest{Node: d.node, TypeUrl: resourcev3.ListenerType})
+	r := d.next()
+	if r.GetTypeUrl() != resourcev3.ListenerType || r.GetSystemVersionInfo() != "3" {
+		t.Fatalf("got %s version %q", r.GetTypeUrl(), r.GetSystemVersionInfo())
+	}
+	sameResources(t, "delta listeners", deltaByName(t, r), want.Listeners)
+	// Later requests carry no node: the server remembers the stream's.
+	d.send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: resourcev3.ListenerType, ResponseNonce: r.GetNonce()})
+	eventually(t, "the delta ACK", func() bool {
+		p, _ := statusOf(f.srv, gw)
+		return typeStatus(p, resourcev3.ListenerType).Acked == "3" && p.Delta
+	})
+}
+
+// TestServerAnswersOneNamedResource is grpc-go's way: it names only the
+// resources it needs, on ADS and on the per-type services.
+func TestServerAnswersOneNamedResource(t *testing.T) {
+	f := start(t, smartCitySnapshot(t, 3))
+	want, err := Translate(f.src.Current(), Node{ID: gw}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(want.Clusters) < 2 {
+		t.Fatal("the example should give gw-north-1 several clusters")
+	}
+	one := want.Clusters[0]
+	c := f.ads(t, gw)
+	c.ask(resourcev3.ClusterType, name(one))
+	sameResources(t, "ads", byName(t, c.next().GetResources()), want.Clusters[:1])
+
+	st, err := clusterservice.NewClusterDiscoveryServiceClient(f.conn).StreamClusters(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&discoverygrpc.DiscoveryRequest{Node: c.node, ResourceNames: []string{name(one)}}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *discoverygrpc.DiscoveryResponse, 1)
+	go func() {
+		r, _ := st.Recv()
+		got <- r
+	}()
+	select {
+	case r := <-got:
+		sameResources(t, "cds", byName(t, r.GetResources()), want.Clusters[:1])
+	case <-timeAfter():
+		t.Fatal("per-type CDS did not answer")
+	}
+}

@@ -1,0 +1,230 @@
+package xds
+
+import (
+	"cmp"
+	"slices"
+	"sync"
+	"time"
+)
+
+// ProxyStatus is what the server knows about one proxy node: where it is
+// connected from and, per resource type, what it was sent and what it
+// accepted or rejected.
+type ProxyStatus struct {
+	NodeID  string
+	Cluster string
+	// ControlPlane is the Vigil node serving it (Config.NodeID).
+	ControlPlane string
+	// DenyAll is true when the node is served the deny-all configuration
+	// (its ID names no gateway).
+	DenyAll   bool
+	Connected bool
+	// Streams counts its open xDS streams (ADS, or one per type).
+	Streams int
+	// Peer is the address of its most recently opened stream; Delta says
+	// whether that stream is incremental.
+	Peer  string
+	Delta bool
+	// ConnectedSince is when its current connection began;
+	// DisconnectedAt when its last stream closed.
+	ConnectedSince time.Time
+	DisconnectedAt time.Time
+	// Types is sorted by type URL.
+	Types []TypeStatus
+}
+
+// TypeStatus is the state of one resource type of one node.
+type TypeStatus struct {
+	TypeURL string
+	// Sent is the version last sent; Acked the version last accepted.
+	Sent    string
+	SentAt  time.Time
+	Acked   string
+	AckedAt time.Time
+	// Nack is the last rejection, nil if none.
+	Nack *Nack
+}
+
+// Nack is a rejected configuration.
+type Nack struct {
+	Version string
+	Message string
+	At      time.Time
+}
+
+// streamKey names a stream: go-control-plane numbers SotW and delta
+// streams with separate counters.
+type streamKey struct {
+	delta bool
+	id    int64
+}
+
+type sent struct{ version, nonce string }
+
+type streamRecord struct {
+	node     string
+	attached bool // its first request arrived and named node
+	peer     string
+	opened   time.Time
+	sent     map[string]sent // by type URL
+}
+
+type proxyRecord struct {
+	status ProxyStatus
+	types  map[string]*TypeStatus
+}
+
+// tracker records ACKs and NACKs per node and type. Its lock is never held
+// while calling out.
+type tracker struct {
+	now          func() time.Time
+	controlPlane string
+
+	mu      sync.Mutex
+	streams map[streamKey]*streamRecord
+	proxies map[string]*proxyRecord
+}
+
+func newTracker(now func() time.Time, controlPlane string) *tracker {
+	return &tracker{now: now, controlPlane: controlPlane, streams: map[streamKey]*streamRecord{}, proxies: map[string]*proxyRecord{}}
+}
+
+func (t *tracker) open(k streamKey, peer string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.streams[k] = &streamRecord{peer: peer, opened: t.now(), sent: map[string]sent{}}
+}
+
+// request records a request on stream k. nodeID and cluster are those the
+// request names (empty when it names none: only the first request must).
+// It returns the stream's node, and the version the request rejects if it
+// is a NACK of what this stream was sent.
+func (t *tracker) request(k streamKey, nodeID, cluster, typeURL, version, nonce, nackMsg string, nack bool) (node, rejected string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.streams[k]
+	if s == nil { // not opened through the callbacks; should not happen
+		s = &streamRecord{opened: t.now(), sent: map[string]sent{}}
+		t.streams[k] = s
+	}
+	if !s.attached {
+		// The first request names the node (an empty ID is a node too:
+		// it is served deny-all).
+		s.attached, s.node = true, nodeID
+		p := t.proxy(nodeID)
+		if p.status.Streams == 0 {
+			p.status.ConnectedSince = s.opened
+		}
+		p.status.Cluster = cmp.Or(cluster, p.status.Cluster)
+		p.status.Streams++
+		p.status.Connected = true
+		p.status.Peer, p.status.Delta = s.peer, k.delta
+	}
+	p := t.proxy(s.node)
+	last, ok := s.sent[typeURL]
+	if !ok || nonce == "" || nonce != last.nonce {
+		return s.node, ""
+	}
+	ts := p.typ(typeURL)
+	if nack {
+		ts.Nack = &Nack{Version: last.version, Message: nackMsg, At: t.now()}
+		return s.node, last.version
+	}
+	// SotW requests repeat the version they accept; delta requests carry
+	// none, their nonce says which response they answer.
+	if k.delta || version == last.version {
+		ts.Acked, ts.AckedAt = last.version, t.now()
+	}
+	return s.node, ""
+}
+
+func (t *tracker) response(k streamKey, typeURL, version, nonce string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.streams[k]
+	if s == nil {
+		return
+	}
+	s.sent[typeURL] = sent{version: version, nonce: nonce}
+	ts := t.proxy(s.node).typ(typeURL)
+	ts.Sent, ts.SentAt = version, t.now()
+}
+
+// closed forgets stream k and returns its node and how many streams that
+// node still has open.
+func (t *tracker) closed(k streamKey) (node string, remaining int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.streams[k]
+	if s == nil {
+		return "", 0
+	}
+	delete(t.streams, k)
+	p, ok := t.proxies[s.node]
+	if !ok || !s.attached {
+		return s.node, 0
+	}
+	p.status.Streams--
+	if p.status.Streams == 0 {
+		p.status.Connected = false
+		p.status.DisconnectedAt = t.now()
+	}
+	return s.node, p.status.Streams
+}
+
+func (t *tracker) streamsOf(node string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p, ok := t.proxies[node]; ok {
+		return p.status.Streams
+	}
+	return 0
+}
+
+func (t *tracker) setDenyAll(node string, denyAll bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.proxy(node).status.DenyAll = denyAll
+}
+
+// proxy returns node's record, creating it. Callers hold t.mu.
+func (t *tracker) proxy(node string) *proxyRecord {
+	p := t.proxies[node]
+	if p == nil {
+		p = &proxyRecord{status: ProxyStatus{NodeID: node, ControlPlane: t.controlPlane}, types: map[string]*TypeStatus{}}
+		t.proxies[node] = p
+	}
+	return p
+}
+
+func (p *proxyRecord) typ(typeURL string) *TypeStatus {
+	ts := p.types[typeURL]
+	if ts == nil {
+		ts = &TypeStatus{TypeURL: typeURL}
+		p.types[typeURL] = ts
+	}
+	return ts
+}
+
+// list returns a copy of every node's status, sorted by node ID.
+func (t *tracker) list() []ProxyStatus {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]ProxyStatus, 0, len(t.proxies))
+	for _, p := range t.proxies {
+		st := p.status
+		st.Types = make([]TypeStatus, 0, len(p.types))
+		for _, ts := range p.types {
+			c := *ts
+			if c.Nack != nil {
+				n := *c.Nack
+				c.Nack = &n
+			}
+			st.Types = append(st.Types, c)
+		}
+		slices.SortFunc(st.Types, func(a, b TypeStatus) int { return cmp.Compare(a.TypeURL, b.TypeURL) })
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b ProxyStatus) int { return cmp.Compare(a.NodeID, b.NodeID) })
+	return out
+}
