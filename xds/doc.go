@@ -3,8 +3,9 @@
 //
 // It owns the mapping from Vigil's zones, gateways, devices, services and
 // flows to Envoy listeners, routes, clusters and endpoints, one file per
-// feature. It imports only topology (and, from outside the module,
-// go-control-plane and protobuf); it must not import raft, authz, api or any
-// other package of this module. The xDS server that serves these resources
-// will sit beside the translator and keep the same rule.
+// feature, the Envoy bootstrap, and the xDS server (server.go) that serves
+// each node its resources over ADS and tracks what it ACKed. It imports
+// only topology (and, from outside the module, go-control-plane, grpc and
+// protobuf); it must not import raft, authz, api or any other package of
+// this module: the node feeds it snapshots.
 package xds
