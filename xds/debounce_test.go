@@ -1,7 +1,6 @@
 package xds
 
 import (
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -53,14 +52,7 @@ func (c *fakeClock) fire() int {
 // at revision rev.
 func withoutFlow(t *testing.T, rev topology.Revision) *topology.Snapshot {
 	t.Helper()
-	data, err := os.ReadFile(smartCity)
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc, err := topology.Decode(data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc := smartCityDoc(t)
 	doc.Flows = doc.Flows[1:]
 	ix, err := topology.NewIndex(doc)
 	if err != nil {

@@ -58,21 +58,29 @@ func gatewayListener(p *gatewayPlan, opts Options) *listenerv3.Listener {
 			AlpnProtocols: []string{"h2", "http/1.1"},
 		},
 	}
+	return gatewayHTTPListener(opts.ListenerPort, hcm, &corev3.TransportSocket{
+		Name:       wellknown.TransportSocketTLS,
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(tls)},
+	})
+}
+
+// gatewayHTTPListener is the device-facing listener shell: one filter
+// chain with the HTTP connection manager, over tls when it is given. The
+// deny-all configuration uses the same name and port, so that it replaces
+// a gateway's listener in place.
+func gatewayHTTPListener(port uint32, hcm *hcmv3.HttpConnectionManager, tls *corev3.TransportSocket) *listenerv3.Listener {
 	return &listenerv3.Listener{
 		Name: GatewayListenerName,
 		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 			Address:       "0.0.0.0",
-			PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: opts.ListenerPort},
+			PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
 		}}},
 		FilterChains: []*listenerv3.FilterChain{{
 			Filters: []*listenerv3.Filter{{
 				Name:       wellknown.HTTPConnectionManager,
 				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)},
 			}},
-			TransportSocket: &corev3.TransportSocket{
-				Name:       wellknown.TransportSocketTLS,
-				ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(tls)},
-			},
+			TransportSocket: tls,
 		}},
 	}
 }
