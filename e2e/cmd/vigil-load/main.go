@@ -6,6 +6,7 @@
 //	vigil-load topology [-devices 100000,1000000]
 //	vigil-load authz      [-duration 10s] [-inflight 16] [-devices 100000]
 //	vigil-load quarantine [-trials 30]
+//	vigil-load xds        [-gateways 1000,5000] [-devices-per-gateway 2]
 //
 // Results belong in BENCHMARKS.md.
 package main
@@ -36,6 +37,8 @@ func main() {
 		err = runAuthz(os.Args[2:])
 	case "quarantine":
 		err = runQuarantine(os.Args[2:])
+	case "xds":
+		err = runXDS(os.Args[2:])
 	default:
 		usage()
 	}
@@ -46,7 +49,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology|authz|quarantine [flags]   (-h for the flags of each)")
+	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology|authz|quarantine|xds [flags]   (-h for the flags of each)")
 	os.Exit(2)
 }
 
