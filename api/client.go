@@ -81,6 +81,11 @@ func checkCleartext(base string) error {
 	return fmt.Errorf("%w to %s: serve the API with TLS (--api-tls-cert) and use https://", ErrCleartext, u.Host)
 }
 
+// HostPort is addr without an http:// or https:// scheme.
+func HostPort(addr string) string {
+	return strings.TrimPrefix(strings.TrimPrefix(addr, "https://"), "http://")
+}
+
 func baseURL(addr string) string {
 	if strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://") {
 		return strings.TrimSuffix(addr, "/")

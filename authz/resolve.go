@@ -36,7 +36,6 @@ type resolution struct {
 
 	snap      *topology.Snapshot
 	req       *Request
-	now       time.Time
 	subjectID string // SPIFFE ID decided for, for the log
 	sub       topology.Subject
 	known     bool
@@ -55,7 +54,7 @@ type resolution struct {
 // the decision depends on.
 func resolve(snap *topology.Snapshot, r *Request, now time.Time) resolution {
 	ix := snap.Index()
-	res := resolution{snap: snap, req: r, now: now, subjectID: r.Principal}
+	res := resolution{snap: snap, req: r, subjectID: r.Principal}
 	sub, known := ix.BySPIFFEID(r.Principal)
 	if r.Forwarded != "" {
 		if !known || sub.Kind != topology.KindGateway {

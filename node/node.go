@@ -83,17 +83,16 @@ func (c *Config) Validate() error {
 
 // Node is one running member.
 type Node struct {
-	cfg      Config
-	store    *raft.Store
-	apiLn    net.Listener
-	apiAddr  string // advertised
-	http     *http.Server
-	peer     string // peer API token
-	conn     *api.Connector
-	existing bool
-	authz    *authzPart
-	xds      *xdsPart
-	ready    atomic.Bool
+	cfg     Config
+	store   *raft.Store
+	apiLn   net.Listener
+	apiAddr string // advertised
+	http    *http.Server
+	peer    string // peer API token
+	conn    *api.Connector
+	authz   *authzPart
+	xds     *xdsPart
+	ready   atomic.Bool
 }
 
 // Start provisions secrets, opens the store and binds the API listener. It
@@ -141,7 +140,7 @@ func Start(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("API listen on %s: %w", cfg.APIAddr, err)
 	}
 	advertise := cmp.Or(cfg.APIAdvertise, ln.Addr().String())
-	if host, _, _ := net.SplitHostPort(strings.TrimPrefix(strings.TrimPrefix(advertise, "https://"), "http://")); host == "" ||
+	if host, _, _ := net.SplitHostPort(api.HostPort(advertise)); host == "" ||
 		net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
 		ln.Close()
 		return nil, fmt.Errorf("API address %s cannot be dialled by peers; set --api-advertise", advertise)
@@ -152,7 +151,7 @@ func Start(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	if serverTLS != nil && !strings.HasPrefix(advertise, "https://") {
-		advertise = "https://" + strings.TrimPrefix(advertise, "http://")
+		advertise = "https://" + api.HostPort(advertise)
 	}
 	store, err := raft.Open(raft.Config{
 		ID: cfg.ID, DataDir: cfg.DataDir, BindAddr: cfg.RaftAddr, AdvertiseAddr: cfg.RaftAdvertise,
@@ -164,7 +163,7 @@ func Start(cfg Config) (*Node, error) {
 		ln.Close()
 		return nil, err
 	}
-	n := &Node{cfg: cfg, store: store, apiLn: ln, apiAddr: advertise, peer: api.PeerToken(key), conn: conn, existing: existing}
+	n := &Node{cfg: cfg, store: store, apiLn: ln, apiAddr: advertise, peer: api.PeerToken(key), conn: conn}
 	if n.authz, err = n.startAuthz(context.Background()); err != nil {
 		ln.Close()
 		store.Close()

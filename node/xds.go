@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/vigil-iot/vigil/api"
 	"github.com/vigil-iot/vigil/raft"
 	"github.com/vigil-iot/vigil/xds"
 )
@@ -60,13 +61,7 @@ func reachable(listen, advertised string) string {
 	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
 		return listen
 	}
-	u := advertised
-	for _, p := range []string{"https://", "http://"} {
-		if len(u) > len(p) && u[:len(p)] == p {
-			u = u[len(p):]
-		}
-	}
-	if h, _, err := net.SplitHostPort(u); err == nil && h != "" {
+	if h, _, err := net.SplitHostPort(api.HostPort(advertised)); err == nil && h != "" {
 		return net.JoinHostPort(h, port)
 	}
 	return net.JoinHostPort("127.0.0.1", port)
