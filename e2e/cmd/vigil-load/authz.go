@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/vigil-iot/vigil/authz/authztest"
 	"github.com/vigil-iot/vigil/e2e/harness"
-	"github.com/vigil-iot/vigil/topology"
 	"github.com/vigil-iot/vigil/topology/topologytest"
 )
 
@@ -42,15 +40,7 @@ func runAuthz(args []string) error {
 	// Classes without an attestation requirement: attestations are only
 	// recorded from verified evidence, which this tool does not produce.
 	doc := topologytest.Generate(topologytest.Spec{Zones: 10, GatewaysPerZone: 10, Devices: *devices, NoAttestation: true})
-	data, err := json.Marshal(doc)
-	if err != nil {
-		return err
-	}
-	cl := c.Client(0)
-	if _, err := cl.ApplyTopology(ctx, data); err != nil {
-		return fmt.Errorf("apply topology: %w", err)
-	}
-	ix, err := topology.NewIndex(doc)
+	ix, err := applyDocument(ctx, c, doc)
 	if err != nil {
 		return err
 	}

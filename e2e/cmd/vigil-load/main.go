@@ -12,6 +12,8 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -21,6 +23,7 @@ import (
 	"time"
 
 	"github.com/vigil-iot/vigil/e2e/harness"
+	"github.com/vigil-iot/vigil/topology"
 )
 
 func main() {
@@ -81,6 +84,28 @@ func startCluster(bin, dir string, opts harness.Options) (*harness.Cluster, erro
 		return nil, err
 	}
 	return c, nil
+}
+
+// applyDocument applies doc through the leader, waits until every member
+// serves it, and returns its index.
+func applyDocument(ctx context.Context, c *harness.Cluster, doc *topology.Document) (*topology.Index, error) {
+	ix, err := topology.NewIndex(doc)
+	if err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(doc)
+	if err != nil {
+		return nil, err
+	}
+	leader, err := c.Leader()
+	if err != nil {
+		return nil, err
+	}
+	rev, err := c.Client(leader).ApplyTopology(ctx, data)
+	if err != nil {
+		return nil, fmt.Errorf("apply topology: %w", err)
+	}
+	return ix, waitRevision(c, rev)
 }
 
 // latencies summarises request times.

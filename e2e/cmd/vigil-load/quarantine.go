@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -38,24 +37,13 @@ func runQuarantine(args []string) error {
 	}
 	defer c.Close()
 	doc := topologytest.Generate(topologytest.Spec{Zones: 10, GatewaysPerZone: 10, Devices: *devices, NoAttestation: true})
-	data, err := json.Marshal(doc)
-	if err != nil {
-		return err
-	}
-	ix, err := topology.NewIndex(doc)
+	ctx := context.Background()
+	ix, err := applyDocument(ctx, c, doc)
 	if err != nil {
 		return err
 	}
 	leader, err := c.Leader()
 	if err != nil {
-		return err
-	}
-	ctx := context.Background()
-	rev, err := c.Client(leader).ApplyTopology(ctx, data)
-	if err != nil {
-		return err
-	}
-	if err := waitRevision(c, rev); err != nil {
 		return err
 	}
 	clients := make([]authv3.AuthorizationClient, c.Size())

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -45,12 +44,8 @@ func runWrites(args []string) error {
 	if err != nil {
 		return err
 	}
-	doc, err := json.Marshal(topologytest.Generate(topologytest.Spec{Zones: 10, GatewaysPerZone: 10, Devices: *devices}))
-	if err != nil {
+	if _, err := applyDocument(context.Background(), c, topologytest.Generate(topologytest.Spec{Zones: 10, GatewaysPerZone: 10, Devices: *devices})); err != nil {
 		return err
-	}
-	if _, err := c.Client(leader).ApplyTopology(context.Background(), doc); err != nil {
-		return fmt.Errorf("apply topology: %w", err)
 	}
 	followers, err := c.Followers()
 	if err != nil {
