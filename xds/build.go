@@ -18,6 +18,7 @@ type nodeState struct {
 	hashes   [len(typeURLs)][sha256.Size]byte
 	versions [len(typeURLs)]string
 	built    bool
+	revision topology.Revision // of the last build
 	// quarantined holds the subjects quarantined in the last build.
 	quarantined map[topology.Subject]bool
 	stop        func() bool // pending debounced rebuild, or nil
@@ -30,14 +31,10 @@ func (s *Server) translate(id string, snap *topology.Snapshot) (res *Resources, 
 	if err == nil {
 		return res, false, nil
 	}
-	deny, derr := DenyAll(s.cfg.Options)
-	if derr != nil {
-		return nil, true, derr
-	}
 	if errors.Is(err, ErrUnknownNode) {
-		return deny, true, nil
+		return s.denyAll, true, nil
 	}
-	return deny, true, err
+	return s.denyAll, true, err
 }
 
 // buildLocked translates node id at snap and, if any type's content
@@ -46,9 +43,6 @@ func (s *Server) translate(id string, snap *topology.Snapshot) (res *Resources, 
 func (s *Server) buildLocked(id string, n *nodeState, snap *topology.Snapshot) {
 	res, denyAll, err := s.translate(id, snap)
 	switch {
-	case res == nil:
-		s.log.Error("cannot build deny-all configuration", "node", id, "err", err)
-		return
 	case err != nil:
 		s.log.Error("translation failed, serving deny-all", "node", id, "revision", snap.Revision(), "err", err)
 	case denyAll && !s.warned[id]:
@@ -68,7 +62,7 @@ func (s *Server) buildLocked(id string, n *nodeState, snap *topology.Snapshot) {
 		}
 		out.Resources[cachev3.GetResponseType(typeURLs[i])] = cachev3.NewResources(n.versions[i], list)
 	}
-	n.built = true
+	n.built, n.revision = true, snap.Revision()
 	n.quarantined = quarantinedOf(id, snap)
 	if !changed {
 		return

@@ -95,6 +95,8 @@ type Server struct {
 	status *tracker
 	ctx    context.Context
 	cancel context.CancelFunc
+	// denyAll is what unknown nodes get; it depends only on the options.
+	denyAll *Resources
 
 	mu     sync.Mutex // guards the fields below and serialises builds
 	last   *topology.Snapshot
@@ -124,12 +126,17 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = realClock{}
 	}
+	denyAll, err := DenyAll(cfg.Options)
+	if err != nil {
+		return nil, fmt.Errorf("xds server: %w", err)
+	}
 	s := &Server{
-		cfg:    cfg,
-		log:    cfg.Logger.With("component", "xds"),
-		status: newTracker(cfg.Clock.Now, cfg.NodeID),
-		nodes:  map[string]*nodeState{},
-		warned: map[string]bool{},
+		denyAll: denyAll,
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "xds"),
+		status:  newTracker(cfg.Clock.Now, cfg.NodeID),
+		nodes:   map[string]*nodeState{},
+		warned:  map[string]bool{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	// Not ADS mode: in ADS mode the cache only answers a request naming
@@ -278,6 +285,7 @@ func (s *Server) forget(id string) {
 		n.stop()
 	}
 	delete(s.nodes, id)
+	delete(s.warned, id)
 	s.cache.ClearSnapshot(id)
 }
 

@@ -3,7 +3,9 @@ package xds
 import (
 	"strings"
 	"testing"
+	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -96,11 +98,50 @@ func TestServerPushesQuarantineAtOnce(t *testing.T) {
 func TestServerLeavesUnaffectedNodesAlone(t *testing.T) {
 	f := start(t, smartCitySnapshot(t, 3))
 	c := connected(t, f)
+	builtAt := func() topology.Revision {
+		f.srv.mu.Lock()
+		defer f.srv.mu.Unlock()
+		return f.srv.nodes[gw].revision
+	}
 	other := topology.DeviceSubject("slc-n2-001") // behind gw-north-2
-	next := smartCitySnapshot(t, 4, other)
+	for rev, urgent := range map[topology.Revision]bool{4: true, 5: false} {
+		next := smartCitySnapshot(t, rev, other)
+		f.src.p.Store(next)
+		f.srv.Update(next, Change{Subjects: []topology.Subject{other}, Urgent: urgent})
+		c.silent()
+		if got := builtAt(); got != 3 {
+			t.Fatalf("urgent=%v: %s was rebuilt (at revision %d) for a device of another gateway", urgent, gw, got)
+		}
+	}
+	// Its own device's change does rebuild it.
+	mine := topology.DeviceSubject("slc-n1-001")
+	next := smartCitySnapshot(t, 6, other, mine)
 	f.src.p.Store(next)
-	f.srv.Update(next, Change{Subjects: []topology.Subject{other}, Urgent: true})
-	c.silent()
+	f.srv.Update(next, Change{Subjects: []topology.Subject{mine}})
+	if got := builtAt(); got != 6 {
+		t.Fatalf("%s built at revision %d after its own device's quarantine, want 6", gw, got)
+	}
+}
+
+func TestAStreamCannotSwitchNodes(t *testing.T) {
+	f := start(t, smartCitySnapshot(t, 3))
+	c := connected(t, f)
+	// A request naming another node, sent as is (c.send would name gw).
+	if err := c.stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resourcev3.ListenerType,
+		Node: &corev3.Node{Id: "gw-south-1", Cluster: "south"}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(wait)
+	for open := true; open; {
+		select {
+		case _, open = <-c.resps:
+		case <-deadline:
+			t.Fatal("the stream that switched nodes was not closed")
+		}
+	}
+	if p, _ := statusOf(f.srv, "gw-south-1"); p.Streams != 0 {
+		t.Fatalf("gw-south-1 is counted as connected: %+v", p)
+	}
 }
 
 func TestServerDeniesUnknownNodes(t *testing.T) {

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -99,7 +100,7 @@ func (t *tracker) open(k streamKey, peer string) {
 // request names (empty when it names none: only the first request must).
 // It returns the stream's node, and the version the request rejects if it
 // is a NACK of what this stream was sent.
-func (t *tracker) request(k streamKey, nodeID, cluster, typeURL, version, nonce, nackMsg string, nack bool) (node, rejected string) {
+func (t *tracker) request(k streamKey, nodeID, cluster, typeURL, version, nonce, nackMsg string, nack bool) (node, rejected string, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.streams[k]
@@ -119,23 +120,27 @@ func (t *tracker) request(k streamKey, nodeID, cluster, typeURL, version, nonce,
 		p.status.Streams++
 		p.status.Connected = true
 		p.status.Peer, p.status.Delta = s.peer, k.delta
+	} else if nodeID != "" && nodeID != s.node {
+		// go-control-plane would serve the stream from the other node's
+		// cache entry, which this server neither builds nor tracks for it.
+		return s.node, "", fmt.Errorf("xds stream opened as node %q cannot switch to node %q", s.node, nodeID)
 	}
 	p := t.proxy(s.node)
 	last, ok := s.sent[typeURL]
 	if !ok || nonce == "" || nonce != last.nonce {
-		return s.node, ""
+		return s.node, "", nil
 	}
 	ts := p.typ(typeURL)
 	if nack {
 		ts.Nack = &Nack{Version: last.version, Message: nackMsg, At: t.now()}
-		return s.node, last.version
+		return s.node, last.version, nil
 	}
 	// SotW requests repeat the version they accept; delta requests carry
 	// none, their nonce says which response they answer.
 	if k.delta || version == last.version {
 		ts.Acked, ts.AckedAt = last.version, t.now()
 	}
-	return s.node, ""
+	return s.node, "", nil
 }
 
 func (t *tracker) response(k streamKey, typeURL, version, nonce string) {
@@ -168,6 +173,11 @@ func (t *tracker) closed(k streamKey) (node string, remaining int) {
 	if p.status.Streams == 0 {
 		p.status.Connected = false
 		p.status.DisconnectedAt = t.now()
+		if p.status.DenyAll {
+			// Any client may name any node; the records of names that are
+			// no gateway must not pile up.
+			delete(t.proxies, s.node)
+		}
 	}
 	return s.node, p.status.Streams
 }
