@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 )
 
@@ -77,7 +78,7 @@ func VerifyDecisionLog(r io.Reader) (VerifyReport, error) {
 	var rep VerifyReport
 	src := &logLineSource{r: bufio.NewReaderSize(r, 64<<10)}
 	last := chainLink{hash: zeroChainHash}
-	var torn []*logLine // lines after last that are not entries
+	var torn tornRun // lines after last that are not entries
 	for {
 		ln, err := src.next()
 		if err != nil {
@@ -88,19 +89,19 @@ func VerifyDecisionLog(r io.Reader) (VerifyReport, error) {
 		}
 		rep.Lines++
 		if ln.err != nil {
-			torn = append(torn, ln)
+			torn.add(ln)
 			continue
 		}
 		e := ln.e
-		if len(torn) > 0 {
+		if torn.count > 0 {
 			// Torn bytes are only legitimate when the marker that the writer
 			// wrote right after them at its restart vouches for them.
 			if !e.ChainRestart {
-				return rep, &VerifyError{torn[0].n, ProblemInvalid, torn[0].err.Error()}
+				return rep, &VerifyError{torn.first, ProblemInvalid, torn.firstErr.Error()}
 			}
-			if sum := tornHash(torn); sum != e.Torn {
-				return rep, &VerifyError{torn[0].n, ProblemInvalid, fmt.Sprintf(
-					"%v, and the chain_restart at line %d does not vouch for these bytes", torn[0].err, ln.n)}
+			if sum := torn.sum(); sum != e.Torn {
+				return rep, &VerifyError{torn.first, ProblemInvalid, fmt.Sprintf(
+					"%v, and the chain_restart at line %d does not vouch for these bytes", torn.firstErr, ln.n)}
 			}
 		} else if e.ChainRestart {
 			return rep, &VerifyError{ln.n, ProblemInvalid, "chain_restart marker with no torn bytes before it"}
@@ -112,9 +113,9 @@ func VerifyDecisionLog(r io.Reader) (VerifyReport, error) {
 			}
 			return rep, classifyBreak(last, ln, next)
 		}
-		if len(torn) > 0 {
-			rep.Restarts = append(rep.Restarts, ChainRestart{Line: ln.n, TornLine: torn[0].n, TornLines: len(torn)})
-			torn = nil
+		if torn.count > 0 {
+			rep.Restarts = append(rep.Restarts, ChainRestart{Line: ln.n, TornLine: torn.first, TornLines: torn.count})
+			torn = tornRun{}
 		}
 		if !e.ChainRestart {
 			rep.Entries++
@@ -126,11 +127,11 @@ func VerifyDecisionLog(r io.Reader) (VerifyReport, error) {
 		rep.Head = zeroChainHash
 	}
 	switch {
-	case len(torn) == 1 && !torn[0].terminated:
-		return rep, &VerifyError{torn[0].n, ProblemTruncated, fmt.Sprintf(
-			"the file ends %d bytes into an entry, with no chain_restart after it (a torn or cut write)", len(torn[0].b))}
-	case len(torn) > 0:
-		return rep, &VerifyError{torn[0].n, ProblemInvalid, torn[0].err.Error()}
+	case torn.count == 1 && !torn.firstTerminated:
+		return rep, &VerifyError{torn.first, ProblemTruncated, fmt.Sprintf(
+			"the file ends %d bytes into an entry, with no chain_restart after it (a torn or cut write)", torn.firstLen)}
+	case torn.count > 0:
+		return rep, &VerifyError{torn.first, ProblemInvalid, torn.firstErr.Error()}
 	}
 	return rep, nil
 }
@@ -186,18 +187,30 @@ func hashLogLine(b []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// tornHash is the hash of torn lines as the writer computed it: their bytes
-// joined by "\n".
-func tornHash(lines []*logLine) string {
-	h := sha256.New()
-	for i, ln := range lines {
-		if i > 0 {
-			h.Write([]byte{'\n'})
-		}
-		h.Write(ln.b)
-	}
-	return hex.EncodeToString(h.Sum(nil))
+// tornRun follows a run of lines that are not entries without keeping
+// them: their count, the first one, and the hash the writer computed over
+// their bytes joined by "\n".
+type tornRun struct {
+	count           int
+	first           int // line number
+	firstErr        error
+	firstLen        int
+	firstTerminated bool
+	hash            hash.Hash
 }
+
+func (t *tornRun) add(ln *logLine) {
+	if t.count == 0 {
+		t.first, t.firstErr, t.firstLen, t.firstTerminated = ln.n, ln.err, len(ln.b), ln.terminated
+		t.hash = sha256.New()
+	} else {
+		t.hash.Write([]byte{'\n'})
+	}
+	t.hash.Write(ln.b)
+	t.count++
+}
+
+func (t *tornRun) sum() string { return hex.EncodeToString(t.hash.Sum(nil)) }
 
 // logLine is one line of the file, parsed as far as the chain needs.
 type logLine struct {
@@ -236,18 +249,41 @@ func (s *logLineSource) peek() (*logLine, error) {
 	return s.peeked, nil
 }
 
+// maxLogLine bounds one line: entries are a few hundred bytes, and a file
+// of bytes without a newline must not be read whole into memory.
+const maxLogLine = 16 << 20
+
+// readLine is ReadBytes('\n') with a bound on the line's length.
+func (s *logLineSource) readLine() ([]byte, error) {
+	var line []byte
+	for {
+		chunk, err := s.r.ReadSlice('\n')
+		line = append(line, chunk...)
+		if len(line) > maxLogLine {
+			return nil, &VerifyError{s.n + 1, ProblemInvalid, fmt.Sprintf("line is longer than %d bytes", maxLogLine)}
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("read decision log: %w", err)
+		}
+		return line, err
+	}
+}
+
 func (s *logLineSource) read() (*logLine, error) {
 	if s.done {
 		return nil, nil
 	}
-	b, err := s.r.ReadBytes('\n')
+	b, err := s.readLine()
 	if errors.Is(err, io.EOF) {
 		s.done = true
 		if len(b) == 0 {
 			return nil, nil
 		}
 	} else if err != nil {
-		return nil, fmt.Errorf("read decision log: %w", err)
+		return nil, err
 	}
 	s.n++
 	ln := &logLine{n: s.n}

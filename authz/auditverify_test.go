@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -159,3 +160,18 @@ func TestVerifyDecisionLogReadError(t *testing.T) {
 		t.Fatalf("err = %v, want a read error", err)
 	}
 }
+
+// TestAnEndlessLineIsRefusedNotBuffered: a file of bytes without a newline
+// is reported at its first line instead of being read whole into memory.
+func TestAnEndlessLineIsRefusedNotBuffered(t *testing.T) {
+	r := io.LimitReader(zeroReader{}, 64<<20)
+	_, err := VerifyDecisionLog(r)
+	var verr *VerifyError
+	if !errors.As(err, &verr) || verr.Line != 1 || verr.Problem != ProblemInvalid || !strings.Contains(verr.Detail, "longer than") {
+		t.Fatalf("err = %v, want an invalid-line error at line 1", err)
+	}
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
