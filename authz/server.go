@@ -135,22 +135,14 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decisi
 	if err != nil {
 		return deny("policy failed, so the request is denied: " + err.Error())
 	}
+	// ParseResult has given the result its reason and a deny its status.
 	if !result.Allowed {
-		if result.Reason == "" {
-			result.Reason = "denied by policy"
-		}
-		if result.HTTPStatus == 0 {
-			result.HTTPStatus = 403
-		}
 		d.Reason, d.HTTPStatus = result.Reason, result.HTTPStatus
 		return Deny(result, d.ID)
 	}
 	if over := s.limiter.admit(res.device, res.class, matchingFlow(res.flows, &r), now); over != "" {
 		d.HTTPStatus = 429
 		return deny(over)
-	}
-	if result.Reason == "" {
-		result.Reason = "allowed by policy"
 	}
 	d.Allowed, d.HTTPStatus, d.Reason = true, 200, result.Reason
 	return Allow(result, d.ID)
