@@ -189,6 +189,7 @@ func planGateway(snap *topology.Snapshot, id string) (*gatewayPlan, error) {
 		service string
 	}
 	grants := make(map[key]*grant)
+	targets := make(map[*topology.Rule][]string) // per rule, not per device
 	for _, d := range ix.DevicesOf(gw.Name) {
 		sub := topology.DeviceSubject(d.Name)
 		if snap.Quarantined(sub) {
@@ -199,7 +200,12 @@ func planGateway(snap *topology.Snapshot, id string) (*gatewayPlan, error) {
 			// Flows to devices (service → device commands) are not
 			// served by the gateway's device-facing listener.
 			// tcp services are left out too: this listener speaks HTTP.
-			for _, svc := range targetServices(ix, r) {
+			ts, ok := targets[r]
+			if !ok {
+				ts = targetServices(ix, r)
+				targets[r] = ts
+			}
+			for _, svc := range ts {
 				k := key{r, svc}
 				g := grants[k]
 				if g == nil {
