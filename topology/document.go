@@ -78,7 +78,12 @@ type Service struct {
 	Protocol  string   `yaml:"protocol" json:"protocol"`
 	Hosts     []string `yaml:"hosts,omitempty" json:"hosts,omitempty"`
 	Endpoints []string `yaml:"endpoints,omitempty" json:"endpoints,omitempty"`
-	Labels    Labels   `yaml:"labels,omitempty" json:"labels,omitempty"`
+	// Backends are the service's own processes behind the zone's cloud
+	// edge. When given, the edge fronts the service: it listens on the
+	// endpoints' port, admits only what the flows allow and forwards to a
+	// backend. Without them clients reach the endpoints directly.
+	Backends []string `yaml:"backends,omitempty" json:"backends,omitempty"`
+	Labels   Labels   `yaml:"labels,omitempty" json:"labels,omitempty"`
 }
 
 // Flow is one entry of the allow-list. Traffic that no flow allows is denied.

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"maps"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -77,6 +78,9 @@ type Index struct {
 	servicesByZone   map[string][]*Service
 	devicesByGateway map[string][]*Device
 	from, to         ruleIndex
+	// sources holds, per rule, the gateways and services its from side
+	// selects (a gateway when it fronts a selected device).
+	sources map[*Rule]*Sources
 
 	sortOnce      sync.Once
 	sortedDevices []*Device
@@ -126,6 +130,8 @@ type builder struct {
 	errs    []FieldError
 	dropped int
 	groups  map[group]bool
+	// edgePorts maps zone/port to the service its cloud edge fronts there.
+	edgePorts map[string]string
 }
 
 func (b *builder) errorf(path, format string, args ...any) {
@@ -327,10 +333,54 @@ func (b *builder) services() {
 				b.errorf(fmt.Sprintf("%s.endpoints[%d]", path, j), "%v", err)
 			}
 		}
+		b.backends(path, s)
 		if name(b, path, "service", s.Name, b.ix.services, s) {
 			b.ix.servicesByZone[s.Zone] = append(b.ix.servicesByZone[s.Zone], s)
 		}
 	}
+}
+
+// backends checks a service fronted by its zone's cloud edge: the edge
+// listens on the endpoints' port, so there must be endpoints, one port for
+// all of them, and no other fronted service of the zone on that port.
+func (b *builder) backends(path string, s *Service) {
+	if len(s.Backends) == 0 {
+		return
+	}
+	if s.Protocol == ProtocolTCP {
+		b.errorf(path+".backends", "a tcp service cannot be fronted by a cloud edge (http and grpc only)")
+	}
+	for j, e := range s.Backends {
+		if err := checkEndpoint(e); err != nil {
+			b.errorf(fmt.Sprintf("%s.backends[%d]", path, j), "%v", err)
+		}
+	}
+	if len(s.Endpoints) == 0 {
+		b.errorf(path+".endpoints", "a service with backends needs endpoints: the cloud edge listens on their port")
+		return
+	}
+	port := ""
+	for j, e := range s.Endpoints {
+		_, p, err := net.SplitHostPort(e)
+		if err != nil {
+			return // reported with the endpoint
+		}
+		if port == "" {
+			port = p
+		} else if p != port {
+			b.errorf(fmt.Sprintf("%s.endpoints[%d]", path, j), "port %s differs from %s: a service with backends is fronted on one port", p, port)
+			return
+		}
+	}
+	if b.edgePorts == nil {
+		b.edgePorts = map[string]string{}
+	}
+	k := s.Zone + "/" + port
+	if other, dup := b.edgePorts[k]; dup {
+		b.errorf(path+".endpoints", "port %s is already fronted by the cloud edge of zone %q for service %q", port, s.Zone, other)
+		return
+	}
+	b.edgePorts[k] = s.Name
 }
 
 func (b *builder) flows() {
@@ -431,6 +481,7 @@ func exists[T any](m map[string]T) func(string) bool {
 // one entry per group rather than one per device.
 func (b *builder) indexRules() {
 	ix := b.ix
+	ix.sources = make(map[*Rule]*Sources, len(ix.rules))
 	groups := make([]group, 0, len(b.groups))
 	for g := range b.groups {
 		groups = append(groups, g)
@@ -450,28 +501,40 @@ func (b *builder) indexRules() {
 			devices:  make(map[string][]*Rule),
 			services: make(map[string][]*Rule),
 		}
+		from := side.idx == &ix.from
 		for i := range ix.rules {
 			r := &ix.rules[i]
 			s := side.sel(r)
+			src := &Sources{}
 			switch {
 			case s.selectsServices():
 				for _, n := range s.serviceNames() {
 					if svc := ix.services[n]; len(s.Zones) == 0 || slices.Contains(s.Zones, svc.Zone) {
 						addRule(side.idx.services, n, r)
+						src.Services = append(src.Services, n)
 					}
 				}
 			case len(s.Devices) > 0:
 				for _, n := range s.Devices {
 					if d := ix.devices[n]; ix.selects(s, d) {
 						addRule(side.idx.devices, n, r)
+						src.Gateways = append(src.Gateways, d.Gateway)
 					}
 				}
 			default:
 				for _, g := range groups {
 					if ix.selectsGroup(s, g) {
 						side.idx.groups[g] = append(side.idx.groups[g], r)
+						src.Gateways = append(src.Gateways, g.gateway)
 					}
 				}
+			}
+			if from {
+				slices.Sort(src.Services)
+				src.Services = slices.Compact(src.Services)
+				slices.Sort(src.Gateways)
+				src.Gateways = slices.Compact(src.Gateways)
+				ix.sources[r] = src
 			}
 		}
 	}

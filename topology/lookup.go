@@ -115,6 +115,23 @@ func (ix *Index) Rules() []*Rule {
 // RulesFrom lists, in document order, the flows whose from side selects s.
 func (ix *Index) RulesFrom(s Subject) []*Rule { return ix.from.lookup(ix, s) }
 
+// Sources are the subjects a rule's from side selects, as they reach a
+// destination: services in person, devices through their gateways.
+type Sources struct {
+	// Gateways front at least one device the rule selects; sorted.
+	Gateways []string
+	// Services are selected services; sorted.
+	Services []string
+}
+
+// SourcesOf returns what r's from side selects. r must be a rule of ix.
+func (ix *Index) SourcesOf(r *Rule) *Sources {
+	if s := ix.sources[r]; s != nil {
+		return s
+	}
+	return &Sources{}
+}
+
 // RulesTo lists, in document order, the flows whose to side selects s.
 func (ix *Index) RulesTo(s Subject) []*Rule { return ix.to.lookup(ix, s) }
 

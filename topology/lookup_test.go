@@ -233,6 +233,35 @@ func TestRulesFromAndTo(t *testing.T) {
 	}
 }
 
+func TestSourcesOf(t *testing.T) {
+	ix := mustLoad(t, lookupDoc)
+	tests := []struct {
+		flow               string
+		gateways, services []string
+	}{
+		{"north-lights-telemetry", []string{"gw-n1", "gw-n2"}, nil},
+		{"picked-devices", []string{"gw-n1", "gw-s1"}, nil}, // light-a named twice
+		{"gw-n1-cache", []string{"gw-n1"}, nil},
+		{"all-sensors", []string{"gw-n1", "gw-s1"}, nil},
+		{"control-lights", nil, []string{"control"}},
+		{"north-services", nil, []string{"edge-cache"}}, // control is in cloud
+		{"named-but-other-zone", nil, nil},
+	}
+	for _, tt := range tests {
+		r, ok := ix.Flow(tt.flow)
+		if !ok {
+			t.Fatalf("no flow %q", tt.flow)
+		}
+		got := ix.SourcesOf(r)
+		if !slices.Equal(got.Gateways, tt.gateways) || !slices.Equal(got.Services, tt.services) {
+			t.Errorf("SourcesOf(%s) = gateways %v services %v, want %v %v", tt.flow, got.Gateways, got.Services, tt.gateways, tt.services)
+		}
+	}
+	if got := EmptyIndex().SourcesOf(&Rule{}); len(got.Gateways)+len(got.Services) != 0 {
+		t.Errorf("SourcesOf(a foreign rule) = %+v, want nothing", got)
+	}
+}
+
 func TestAllowsRequest(t *testing.T) {
 	ix := mustLoad(t, lookupDoc)
 	tests := []struct {

@@ -147,6 +147,19 @@ func TestValidationRules(t *testing.T) {
 		{"endpoint port zero", func(d *Document) { d.Services[0].Endpoints[0] = "127.0.0.1:0" }, one("services[0].endpoints[0]", "has an invalid port")},
 		{"endpoint port too large", func(d *Document) { d.Services[0].Endpoints[0] = "127.0.0.1:65536" }, one("services[0].endpoints[0]", "has an invalid port")},
 		{"endpoint named port", func(d *Document) { d.Services[0].Endpoints[0] = "127.0.0.1:https" }, one("services[0].endpoints[0]", "has an invalid port")},
+		{"backend bad", func(d *Document) { d.Services[0].Backends = []string{"127.0.0.1"} }, one("services[0].backends[0]", "must be host:port")},
+		{"backends of tcp", func(d *Document) {
+			d.Services[2].Endpoints, d.Services[2].Backends = []string{"10.0.0.1:1883"}, []string{"127.0.0.1:1883"}
+		}, one("services[2].backends", "a tcp service cannot be fronted")},
+		{"backends without endpoints", func(d *Document) { d.Services[1].Backends = []string{"127.0.0.1:9000"} }, one("services[1].endpoints", "needs endpoints")},
+		{"backends with two ports", func(d *Document) {
+			d.Services[0].Endpoints = append(d.Services[0].Endpoints, "127.0.0.2:9443")
+			d.Services[0].Backends = []string{"127.0.0.1:9000"}
+		}, one("services[0].endpoints[1]", "port 9443 differs from 8443")},
+		{"backends on a fronted port", func(d *Document) {
+			d.Services[0].Backends = []string{"127.0.0.1:9000"}
+			d.Services[1].Endpoints, d.Services[1].Backends = []string{"10.0.0.9:8443"}, []string{"127.0.0.1:9001"}
+		}, one("services[1].endpoints", `port 8443 is already fronted by the cloud edge of zone "cloud" for service "telemetry"`)},
 
 		// flow selectors
 		{"from selects nothing", func(d *Document) { d.Flows[0].From = Selector{} }, one("flows[0].from", "selects nothing")},

@@ -1,7 +1,6 @@
 package xds
 
 import (
-	"cmp"
 	"fmt"
 	"net"
 	"strconv"
@@ -29,6 +28,9 @@ func Bootstrap(node Node, xdsAddrs []string, opts Options) (*bootstrapv3.Bootstr
 	opts = opts.withDefaults()
 	if node.ID == "" {
 		return nil, fmt.Errorf("bootstrap: a node id is required")
+	}
+	if node.Cluster == "" {
+		return nil, fmt.Errorf("bootstrap: a node cluster (the zone) is required")
 	}
 	if len(xdsAddrs) == 0 {
 		return nil, fmt.Errorf("bootstrap: at least one Vigil xDS address is required")
@@ -58,7 +60,7 @@ func Bootstrap(node Node, xdsAddrs []string, opts Options) (*bootstrapv3.Bootstr
 	adminHost, adminPort, _ := net.SplitHostPort(DefaultAdminAddr)
 	ap, _ := strconv.ParseUint(adminPort, 10, 16)
 	b := &bootstrapv3.Bootstrap{
-		Node: &corev3.Node{Id: node.ID, Cluster: cmp.Or(node.Cluster, node.ID)},
+		Node: &corev3.Node{Id: node.ID, Cluster: node.Cluster},
 		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
 			AdsConfig: ads,
 			LdsConfig: adsSource(),

@@ -31,7 +31,7 @@ func serviceCluster(service string) string { return "svc-" + service }
 // config source only from a statically defined cluster, so it lives in the
 // bootstrap (see Bootstrap).
 func gatewayClusters(p *gatewayPlan, opts Options) []types.Resource {
-	out := []types.Resource{authzCluster(p, opts)}
+	out := []types.Resource{authzCluster(p.trustDomain, p.spiffeID, opts)}
 	for _, sf := range p.services {
 		out = append(out, serviceClusterOf(p, sf))
 	}
@@ -72,7 +72,7 @@ func serviceClusterOf(p *gatewayPlan, sf *serviceFlows) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
 		Name:           name,
 		ConnectTimeout: durationpb.New(5 * time.Second),
-		TransportSocket: upstreamTLS(p, sni, alpn, &matcherv3.StringMatcher{
+		TransportSocket: upstreamTLS(p.trustDomain, p.spiffeID, sni, alpn, &matcherv3.StringMatcher{
 			MatchPattern: &matcherv3.StringMatcher_Exact{Exact: sf.spiffeID},
 		}),
 	}
@@ -89,15 +89,16 @@ func serviceClusterOf(p *gatewayPlan, sf *serviceFlows) *clusterv3.Cluster {
 	return c
 }
 
-// upstreamTLS presents the gateway's SVID and checks the peer's URI SAN
-// with san, on top of chain verification against the trust bundle; alpn
-// is offered as given (h2 for HTTP/2 clusters).
-func upstreamTLS(p *gatewayPlan, sni string, alpn []string, san *matcherv3.StringMatcher) *corev3.TransportSocket {
+// upstreamTLS presents the SVID of self (a SPIFFE ID served by the local
+// SPIRE agent) and checks the peer's URI SAN with san, on top of chain
+// verification against the trust bundle; alpn is offered as given (h2 for
+// HTTP/2 clusters).
+func upstreamTLS(trustDomain, self, sni string, alpn []string, san *matcherv3.StringMatcher) *corev3.TransportSocket {
 	ctx := &tlsv3.UpstreamTlsContext{
 		Sni: sni,
 		CommonTlsContext: &tlsv3.CommonTlsContext{
 			TlsParams:                      &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
-			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(p.spiffeID)},
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(self)},
 			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
 				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
 					DefaultValidationContext: &tlsv3.CertificateValidationContext{
@@ -106,7 +107,7 @@ func upstreamTLS(p *gatewayPlan, sni string, alpn []string, san *matcherv3.Strin
 							Matcher: san,
 						}},
 					},
-					ValidationContextSdsSecretConfig: sdsSecret(bundleSecretName(p.trustDomain)),
+					ValidationContextSdsSecretConfig: sdsSecret(bundleSecretName(trustDomain)),
 				},
 			},
 			AlpnProtocols: alpn,

@@ -50,8 +50,9 @@ func extAuthzDisabled() *anypb.Any {
 }
 
 // authzCluster reaches Vigil's ext_authz over HTTP/2: STATIC when every
-// endpoint is an IP address, STRICT_DNS otherwise.
-func authzCluster(p *gatewayPlan, opts Options) *clusterv3.Cluster {
+// endpoint is an IP address, STRICT_DNS otherwise. With AuthzTLS the proxy
+// presents the SVID of self.
+func authzCluster(trustDomain, self string, opts Options) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
 		Name:                          AuthzCluster,
 		ConnectTimeout:                durationpb.New(time.Second),
@@ -61,8 +62,8 @@ func authzCluster(p *gatewayPlan, opts Options) *clusterv3.Cluster {
 	}
 	if opts.AuthzTLS {
 		// Only a Vigil node may answer for Vigil.
-		c.TransportSocket = upstreamTLS(p, "", []string{"h2"}, &matcherv3.StringMatcher{
-			MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: bundleSecretName(p.trustDomain) + "/vigil/node/"},
+		c.TransportSocket = upstreamTLS(trustDomain, self, "", []string{"h2"}, &matcherv3.StringMatcher{
+			MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: bundleSecretName(trustDomain) + "/vigil/node/"},
 		})
 	}
 	return c

@@ -23,6 +23,8 @@ var update = flag.Bool("update", false, "rewrite xds/testdata/out from the trans
 type goldenCase struct {
 	Note         string    `yaml:"note"`
 	Node         string    `yaml:"node"`
+	Cluster      string    `yaml:"cluster"`   // node.cluster (a cloud edge's zone)
+	Proxyless    bool      `yaml:"proxyless"` // a gRPC library rather than Envoy
 	TopologyFile string    `yaml:"topologyFile"`
 	Topology     yaml.Node `yaml:"topology"`
 	// Quarantined lists subjects as kind/name (device/x, gateway/y).
@@ -84,7 +86,7 @@ func loadCase(t *testing.T, path string) (*topology.Snapshot, Node, Options) {
 		opts = Options{AuthzEndpoints: o.AuthzEndpoints, AuthzTLS: o.AuthzTLS, SDSSocket: o.SDSSocket,
 			ListenerPort: o.ListenerPort, AuthzTimeout: o.AuthzTimeout}
 	}
-	return snap, Node{ID: c.Node}, opts
+	return snap, Node{ID: c.Node, Cluster: c.Cluster, Proxyless: c.Proxyless}, opts
 }
 
 // TestGolden translates every testdata/in case and compares the resources,

@@ -41,19 +41,27 @@ func gatewayRoutes(p *gatewayPlan) *routev3.RouteConfiguration {
 	return &routev3.RouteConfiguration{Name: GatewayRouteName, VirtualHosts: hosts}
 }
 
-// grantRoutes is one route per path of the flow (or one for any path). The
-// flow's methods become a header matcher on :method: an exact match for
-// one method, an anchored alternation for several (methods are validated
-// upper-case tokens, so the regex needs no escaping). One route per path
-// rather than per method × path keeps a flow's routes few and its rate
-// limit bucket shared across its methods, as the authorizer's is.
+// grantRoutes are the routes of a flow from this gateway's devices, with
+// the flow's rate limit.
 func grantRoutes(sf *serviceFlows, g *grant) []*routev3.Route {
-	paths := g.rule.Paths
+	return flowRoutes(g.rule, sf.svc.Name, serviceCluster(sf.svc.Name), routeRateLimit(grantRate(g)))
+}
+
+// flowRoutes is one route per path of the flow (or one for any path) to
+// cluster, telling the authorizer the destination service, with an
+// optional local rate limit. The flow's methods become a header matcher
+// on :method: an exact match for one method, an anchored alternation for
+// several (methods are validated upper-case tokens, so the regex needs no
+// escaping). One route per path rather than per method × path keeps a
+// flow's routes few and its rate limit bucket shared across its methods,
+// as the authorizer's is.
+func flowRoutes(r *topology.Rule, service, cluster string, rateLimit *anypb.Any) []*routev3.Route {
+	paths := r.Paths
 	if len(paths) == 0 {
 		paths = []topology.PathMatch{{Value: "/", Prefix: true}}
 	}
 	var headers []*routev3.HeaderMatcher
-	if m := g.rule.Methods; len(m) > 0 {
+	if m := r.Methods; len(m) > 0 {
 		sm := &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: m[0]}}
 		if len(m) > 1 {
 			sm = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{
@@ -65,28 +73,33 @@ func grantRoutes(sf *serviceFlows, g *grant) []*routev3.Route {
 			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: sm},
 		}}
 	}
-	perFilter := map[string]*anypb.Any{extAuthzFilterName: extAuthzRoute(sf.svc.Name)}
-	if rl := routeRateLimit(grantRate(g)); rl != nil {
-		perFilter[localRateLimitFilterName] = rl
+	perFilter := map[string]*anypb.Any{extAuthzFilterName: extAuthzRoute(service)}
+	if rateLimit != nil {
+		perFilter[localRateLimitFilterName] = rateLimit
 	}
 	routes := make([]*routev3.Route, 0, len(paths))
 	for i, pm := range paths {
-		match := &routev3.RouteMatch{Headers: headers}
-		if pm.Prefix {
-			match.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: pm.Value}
-		} else {
-			match.PathSpecifier = &routev3.RouteMatch_Path{Path: pm.Value}
-		}
 		routes = append(routes, &routev3.Route{
-			Name:  fmt.Sprintf("%s.%d", g.rule.Name, i),
-			Match: match,
+			Name:  fmt.Sprintf("%s.%d", r.Name, i),
+			Match: pathMatch(pm, headers),
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: serviceCluster(sf.svc.Name)},
+				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
 			}},
 			TypedPerFilterConfig: perFilter,
 		})
 	}
 	return routes
+}
+
+// pathMatch matches one path of a flow, exactly or by prefix.
+func pathMatch(pm topology.PathMatch, headers []*routev3.HeaderMatcher) *routev3.RouteMatch {
+	match := &routev3.RouteMatch{Headers: headers}
+	if pm.Prefix {
+		match.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: pm.Value}
+	} else {
+		match.PathSpecifier = &routev3.RouteMatch_Path{Path: pm.Value}
+	}
+	return match
 }
 
 // denyRoute answers 403 without asking the authorizer.

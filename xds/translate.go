@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -21,11 +22,62 @@ import (
 // configuration instead of another zone's.
 var ErrUnknownNode = errors.New("unknown xds node")
 
-// Node is the Envoy node asking for configuration: ID is node.id (the
-// gateway's name), Cluster is node.cluster (its zone, informational).
+// Node is the proxy asking for configuration, as its xDS node names it.
+//
+//   - An Envoy gateway: ID is the gateway's name; Cluster, when given, must
+//     be its zone.
+//   - An Envoy cloud edge: ID is the edge's own name (a DNS label that
+//     names no gateway, device or service) and Cluster the zone whose
+//     services it fronts.
+//   - A proxyless gRPC client or server (Proxyless): ID is the gateway or
+//     service it runs as.
 type Node struct {
 	ID      string
 	Cluster string
+	// Proxyless is a gRPC library rather than Envoy (the server tells by
+	// the node's user agent).
+	Proxyless bool
+}
+
+// NodeKind is what a node is to Vigil.
+type NodeKind string
+
+// Node kinds.
+const (
+	KindGateway   NodeKind = "gateway"
+	KindEdge      NodeKind = "edge"
+	KindProxyless NodeKind = "proxyless"
+)
+
+func unknownNode(node Node, why string) error {
+	return fmt.Errorf("%w %q: %s", ErrUnknownNode, node.ID, why)
+}
+
+// Classify says what node is in ix, or why it is unknown (ErrUnknownNode).
+func Classify(ix *topology.Index, node Node) (NodeKind, error) {
+	if node.Proxyless {
+		_, gw := ix.Gateway(node.ID)
+		_, svc := ix.Service(node.ID)
+		if !gw && !svc {
+			return "", unknownNode(node, "no gateway or service of that name")
+		}
+		return KindProxyless, nil
+	}
+	if gw, ok := ix.Gateway(node.ID); ok {
+		if node.Cluster != "" && node.Cluster != gw.Zone {
+			return "", unknownNode(node, fmt.Sprintf("node.cluster %q is not the gateway's zone %q", node.Cluster, gw.Zone))
+		}
+		return KindGateway, nil
+	}
+	if _, ok := ix.Zone(node.Cluster); !ok {
+		return "", unknownNode(node, "no gateway of that name, and node.cluster names no zone")
+	}
+	_, dev := ix.Device(node.ID)
+	_, svc := ix.Service(node.ID)
+	if dev || svc || !topology.IsName(node.ID) {
+		return "", unknownNode(node, "a cloud edge's node.id must be a DNS label that names no device or service")
+	}
+	return KindEdge, nil
 }
 
 // Defaults of Options.
@@ -110,15 +162,29 @@ func Translate(snap *topology.Snapshot, node Node, opts Options) (*Resources, er
 	if err := opts.Validate(); err != nil {
 		return nil, fmt.Errorf("xds options: %w", err)
 	}
-	p, err := planGateway(snap, node.ID)
+	kind, err := Classify(snap.Index(), node)
 	if err != nil {
 		return nil, err
 	}
-	res := &Resources{
-		Listeners: []types.Resource{gatewayListener(p, opts)},
-		Routes:    []types.Resource{gatewayRoutes(p)},
-		Clusters:  gatewayClusters(p, opts),
-		Endpoints: gatewayEndpoints(p),
+	var res *Resources
+	switch kind {
+	case KindGateway:
+		p, err := planGateway(snap, node.ID)
+		if err != nil {
+			return nil, err
+		}
+		res = &Resources{
+			Listeners: []types.Resource{gatewayListener(p, opts)},
+			Routes:    []types.Resource{gatewayRoutes(p)},
+			Clusters:  gatewayClusters(p, opts),
+			Endpoints: gatewayEndpoints(p),
+		}
+	case KindEdge:
+		res = translateEdge(planEdge(snap, node), opts)
+	case KindProxyless:
+		if res, err = translateProxyless(snap, node); err != nil {
+			return nil, err
+		}
 	}
 	for _, list := range [][]types.Resource{res.Listeners, res.Routes, res.Clusters, res.Endpoints} {
 		slices.SortFunc(list, func(a, b types.Resource) int { return cmp.Compare(name(a), name(b)) })
@@ -292,6 +358,9 @@ func validateDeep(m proto.Message) error {
 	check := func(v protoreflect.Value) bool {
 		msg := v.Message()
 		if a, ok := msg.Interface().(*anypb.Any); ok {
+			if validAnys.has(a) {
+				return true
+			}
 			inner, uerr := a.UnmarshalNew()
 			if uerr == nil {
 				uerr = validateDeep(inner)
@@ -300,6 +369,7 @@ func validateDeep(m proto.Message) error {
 				err = fmt.Errorf("%s: %w", a.GetTypeUrl(), uerr)
 				return false
 			}
+			validAnys.add(a)
 			return true
 		}
 		return walk(msg)
@@ -326,4 +396,40 @@ func validateDeep(m proto.Message) error {
 	}
 	walk(m.ProtoReflect())
 	return err
+}
+
+// validAnys remembers the packed messages validateDeep accepted: most are
+// byte-identical across nodes and revisions (filters, per-route settings,
+// a gateway's TLS contexts), and unpacking and validating them again was
+// most of the cost of a translation. It starts over past 64 MiB.
+var validAnys anyMemo
+
+type anyMemo struct {
+	mu     sync.Mutex
+	byType map[string]map[string]struct{} // type URL → value
+	size   int
+}
+
+func (m *anyMemo) has(a *anypb.Any) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.byType[a.GetTypeUrl()][string(a.GetValue())]
+	return ok
+}
+
+func (m *anyMemo) add(a *anypb.Any) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.byType == nil || m.size > 64<<20 {
+		m.byType, m.size = map[string]map[string]struct{}{}, 0
+	}
+	values := m.byType[a.GetTypeUrl()]
+	if values == nil {
+		values = map[string]struct{}{}
+		m.byType[a.GetTypeUrl()] = values
+	}
+	if _, ok := values[string(a.GetValue())]; !ok {
+		values[string(a.GetValue())] = struct{}{}
+		m.size += len(a.GetValue()) + 64 // roughly, with the map's overhead
+	}
 }

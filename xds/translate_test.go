@@ -95,6 +95,43 @@ func TestUnknownNode(t *testing.T) {
 	}
 }
 
+// TestClassify covers how a node is told apart, and every way to be unknown.
+func TestClassify(t *testing.T) {
+	ix := snapshotOf(t, smartCityDoc(t)).Index()
+	tests := []struct {
+		name string
+		node Node
+		want NodeKind // "" = unknown
+		why  string
+	}{
+		{"gateway", Node{ID: "gw-north-1"}, KindGateway, ""},
+		{"gateway with its zone", Node{ID: "gw-north-1", Cluster: "north"}, KindGateway, ""},
+		{"gateway claiming another zone", Node{ID: "gw-north-1", Cluster: "south"}, "", `node.cluster "south" is not the gateway's zone "north"`},
+		{"edge", Node{ID: "edge-1", Cluster: "cloud"}, KindEdge, ""},
+		{"edge of a zone without services", Node{ID: "edge-1", Cluster: "north"}, KindEdge, ""},
+		{"edge of no zone", Node{ID: "edge-1", Cluster: "mars"}, "", "node.cluster names no zone"},
+		{"edge without a cluster", Node{ID: "edge-1"}, "", "node.cluster names no zone"},
+		{"edge named like a service", Node{ID: "telemetry", Cluster: "cloud"}, "", "names no device or service"},
+		{"edge named like a device", Node{ID: "slc-n1-001", Cluster: "cloud"}, "", "names no device or service"},
+		{"edge with a bad name", Node{ID: "Edge_1", Cluster: "cloud"}, "", "must be a DNS label"},
+		{"proxyless gateway", Node{ID: "gw-south-1", Proxyless: true}, KindProxyless, ""},
+		{"proxyless service", Node{ID: "firmware", Proxyless: true}, KindProxyless, ""},
+		{"proxyless device", Node{ID: "slc-n1-001", Proxyless: true}, "", "no gateway or service"},
+		{"empty", Node{}, "", "names no zone"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Classify(ix, tt.node)
+			switch {
+			case tt.want != "" && (err != nil || got != tt.want):
+				t.Errorf("Classify(%+v) = %q, %v; want %q", tt.node, got, err, tt.want)
+			case tt.want == "" && (!errors.Is(err, ErrUnknownNode) || !strings.Contains(err.Error(), tt.why)):
+				t.Errorf("Classify(%+v) = %q, %v; want ErrUnknownNode saying %q", tt.node, got, err, tt.why)
+			}
+		})
+	}
+}
+
 func TestBadOptions(t *testing.T) {
 	snap := snapshotOf(t, smartCityDoc(t))
 	for _, o := range []Options{
