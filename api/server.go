@@ -96,6 +96,7 @@ func NewServer(cfg ServerConfig) *Server {
 	s.route("PUT /v1/topology", s.write(s.putTopology))
 	s.route("GET /v1/devices/{name}", s.getSubject(topology.KindDevice))
 	s.route("GET /v1/gateways/{name}", s.getSubject(topology.KindGateway))
+	s.route("GET /v1/services/{name}", s.getSubject(topology.KindService))
 	s.route("POST /v1/devices/{name}/quarantine", s.write(s.quarantine(topology.KindDevice)))
 	s.route("POST /v1/gateways/{name}/quarantine", s.write(s.quarantine(topology.KindGateway)))
 	s.route("POST /v1/devices/{name}/release", s.write(s.release(topology.KindDevice)))
@@ -282,6 +283,9 @@ func subjectView(snap *topology.Snapshot, sub topology.Subject) (*Subject, error
 	case topology.KindGateway:
 		g, _ := ix.Gateway(sub.Name)
 		v.Labels, v.Devices = g.Labels, len(ix.DevicesOf(sub.Name))
+	case topology.KindService:
+		svc, _ := ix.Service(sub.Name)
+		v.Labels = svc.Labels
 	}
 	return v, nil
 }

@@ -121,3 +121,38 @@ func ExamplePath(name string) (string, error) {
 	}
 	return p, nil
 }
+
+var tools struct {
+	mu    sync.Mutex
+	paths map[string]string
+}
+
+// BuildTool compiles the e2e module's cmd/<name> into dir/<name> and
+// returns the binary's path; like Build, once per process.
+func BuildTool(dir, name string) (string, error) {
+	tools.mu.Lock()
+	defer tools.mu.Unlock()
+	if p := tools.paths[name]; p != "" {
+		return p, nil
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	bin, err := filepath.Abs(filepath.Join(dir, name))
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/"+name)
+	cmd.Dir = filepath.Join(root, "e2e")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build of e2e/cmd/%s: %w\n%s", name, err, out)
+	}
+	if tools.paths == nil {
+		tools.paths = map[string]string{}
+	}
+	tools.paths[name] = bin
+	return bin, nil
+}
