@@ -3,7 +3,7 @@
 GO       ?= go
 FUZZTIME ?= 30s
 
-.PHONY: all build test fmt-check vet unit e2e fuzz bench clean
+.PHONY: all build test fmt-check vet unit e2e fuzz bench clean spire
 
 all: build
 
@@ -32,6 +32,12 @@ fuzz:
 # Benchmarks and load tools print their figures and the hardware; see BENCHMARKS.md.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./topology ./raft
+
+# The real spire-server and spire-agent (version pinned in tools/spire/go.mod),
+# built once into ${VIGIL_SPIRE_CACHE:-$HOME/.cache/vigil/spire}/<version>/,
+# outside the repo so that fresh clones reuse it. Not part of `make test` yet.
+spire:
+	@GO="$(GO)" ./scripts/spire-build.sh
 
 clean:
 	rm -rf bin e2e/bin
