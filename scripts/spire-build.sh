@@ -13,9 +13,10 @@
 #
 # A cold build takes about 10 minutes on 2 cores. spire-server needs cgo: its
 # only local datastore, sqlite3, is mattn/go-sqlite3, and without cgo SPIRE
-# compiles a stub that fails with "sqlite3 is not a supported dialect when CGO
-# is not enabled". So both binaries are built with CGO_ENABLED=1 (gcc needed),
-# in one go build so that the packages they share compile once.
+# compiles a stub: the server exits at start with "datastore-sql: sqlite3 is
+# not a supported dialect when CGO is not enabled". So both binaries are built
+# with CGO_ENABLED=1 (gcc needed), in one go build so that the packages they
+# share compile once.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
