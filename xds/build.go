@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -13,15 +14,40 @@ import (
 	"github.com/vigil-iot/vigil/topology"
 )
 
-// nodeState is what the server keeps per known node.
+// nodeState is what the server keeps per known node; Server.mu guards it.
 type nodeState struct {
-	hashes   [len(typeURLs)][sha256.Size]byte
-	versions [len(typeURLs)]string
-	built    bool
-	revision topology.Revision // of the last build
-	// quarantined holds the subjects quarantined in the last build.
+	// The installed build: per-type content hashes and versions, the
+	// revision it was made at, and the subjects it quarantines.
+	hashes      [len(typeURLs)][sha256.Size]byte
+	versions    [len(typeURLs)]string
+	built       bool
+	revision    topology.Revision
 	quarantined map[topology.Subject]bool
-	stop        func() bool // pending debounced rebuild, or nil
+
+	// queued is the pool queue the node waits in for a rebuild; ticket
+	// names its latest job, so that a job superseded by a later one (moved
+	// to the urgent queue, or its node forgotten) does nothing.
+	queued queue
+	ticket uint64
+}
+
+// queue is where a node waits for a rebuild, in increasing urgency.
+type queue uint8
+
+const (
+	notQueued queue = iota
+	normalQueue
+	urgentQueue
+)
+
+// build is a node's translation at one snapshot, made without the server's
+// lock, and the content hash of each of its types.
+type build struct {
+	snap    *topology.Snapshot
+	res     *Resources
+	denyAll bool
+	err     error
+	hashes  [len(typeURLs)][sha256.Size]byte
 }
 
 // translate is Translate, or DenyAll for an unknown node or a failed
@@ -37,38 +63,55 @@ func (s *Server) translate(id string, snap *topology.Snapshot) (res *Resources, 
 	return s.denyAll, true, err
 }
 
-// buildLocked translates node id at snap and, if any type's content
-// changed, sets a new snapshot whose changed types carry snap's revision
-// as their version. Callers hold s.mu.
-func (s *Server) buildLocked(id string, n *nodeState, snap *topology.Snapshot) {
-	res, denyAll, err := s.translate(id, snap)
+// prepare translates node id at snap and hashes the result. It is the
+// costly part of a build and runs without s.mu, in parallel with others.
+func (s *Server) prepare(id string, snap *topology.Snapshot) *build {
+	b := &build{snap: snap}
+	b.res, b.denyAll, b.err = s.translate(id, snap)
+	for i, list := range lists(b.res) {
+		b.hashes[i] = hashOf(list)
+	}
+	return b
+}
+
+// installLocked makes b node id's configuration unless the node holds a
+// build of the same or a newer snapshot (builds run in parallel and may end
+// out of order), the node was forgotten, or the server closed. A type whose
+// content changed takes b's revision as its version; a snapshot is set only
+// if some type changed. Callers hold s.mu.
+func (s *Server) installLocked(id string, n *nodeState, b *build) {
+	rev := b.snap.Revision()
+	if s.closed || s.nodes[id] != n || n.built && rev <= n.revision {
+		return
+	}
 	switch {
-	case err != nil:
-		s.log.Error("translation failed, serving deny-all", "node", id, "revision", snap.Revision(), "err", err)
-	case denyAll && !s.warned[id]:
+	case b.err != nil:
+		s.log.Error("translation failed, serving deny-all", "node", id, "revision", rev, "err", b.err)
+	case b.denyAll && !s.warned[id]:
 		s.warned[id] = true
-		s.log.Warn("unknown xds node, serving deny-all", "node", id, "revision", snap.Revision())
-	case !denyAll:
+		s.log.Warn("unknown xds node, serving deny-all", "node", id, "revision", rev)
+	case !b.denyAll:
 		delete(s.warned, id)
 	}
-	s.status.setDenyAll(id, denyAll)
-	version := strconv.FormatUint(uint64(snap.Revision()), 10)
+	s.status.setDenyAll(id, b.denyAll)
+	version := strconv.FormatUint(uint64(rev), 10)
 	changed := !n.built
 	out := &cachev3.Snapshot{}
-	for i, list := range lists(res) {
-		h := hashOf(list)
-		if !n.built || h != n.hashes[i] {
-			n.hashes[i], n.versions[i], changed = h, version, true
+	for i, list := range lists(b.res) {
+		if !n.built || b.hashes[i] != n.hashes[i] {
+			n.hashes[i], n.versions[i], changed = b.hashes[i], version, true
 		}
 		out.Resources[cachev3.GetResponseType(typeURLs[i])] = cachev3.NewResources(n.versions[i], list)
 	}
-	n.built, n.revision = true, snap.Revision()
-	n.quarantined = quarantinedOf(id, snap)
+	n.built, n.revision = true, rev
+	n.quarantined = quarantinedOf(id, b.snap)
 	if !changed {
 		return
 	}
 	// Not Snapshot.Consistent: it misreports route configurations named
 	// inside API listeners; Translate and DenyAll validate every resource.
+	// SetSnapshot only hands responses to buffered channels; it is called
+	// under s.mu so that snapshots of a node are set in revision order.
 	if err := s.cache.SetSnapshot(s.ctx, id, out); err != nil {
 		s.log.Error("set xds snapshot", "node", id, "err", err)
 	}
@@ -87,6 +130,12 @@ func quarantinedOf(id string, snap *topology.Snapshot) map[topology.Subject]bool
 		}
 	}
 	return out
+}
+
+// quarantineChanged reports whether the subjects quarantined in snap
+// differ from those of the node's last build.
+func (n *nodeState) quarantineChanged(id string, snap *topology.Snapshot) bool {
+	return !maps.Equal(quarantinedOf(id, snap), n.quarantined)
 }
 
 // quarantineFlipped reports whether a subject's quarantine began or ended

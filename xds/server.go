@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -22,7 +23,7 @@ import (
 	"github.com/vigil-iot/vigil/topology"
 )
 
-// DefaultDebounce is how long ordinary changes are coalesced per node.
+// DefaultDebounce is how long ordinary changes are coalesced.
 const DefaultDebounce = 100 * time.Millisecond
 
 // Source gives the current topology snapshot (*raft.Store satisfies it).
@@ -41,9 +42,11 @@ type Change struct {
 	// Subjects whose runtime state changed: a device rebuilds its
 	// gateway's node, a gateway its own node, a service every node.
 	Subjects []topology.Subject
-	// Urgent pushes at once instead of debouncing. Update also pushes at
-	// once when a listed subject's quarantine began or ended since the
-	// node was last built, so callers need not work that out.
+	// Urgent pushes at once instead of debouncing, ahead of other
+	// rebuilds. Update also pushes at once when a listed subject's
+	// quarantine began or ended since the node was last built (after a
+	// restore: when any of the node's quarantines did), so callers need
+	// not work that out.
 	Urgent bool
 }
 
@@ -71,10 +74,14 @@ type Config struct {
 	// NodeID is this Vigil node's ID, reported in ProxyStatus.
 	NodeID string
 	Logger *slog.Logger
-	// Debounce coalesces ordinary changes per node; zero means
-	// DefaultDebounce.
+	// Debounce coalesces ordinary changes: the nodes they affect are
+	// rebuilt together once it has passed since the first of them. Zero
+	// means DefaultDebounce.
 	Debounce time.Duration
-	Clock    Clock
+	// Workers is how many nodes are rebuilt in parallel; zero means
+	// GOMAXPROCS.
+	Workers int
+	Clock   Clock
 }
 
 // typeURLs are the resource types a node's snapshot holds, in Resources
@@ -97,12 +104,21 @@ type Server struct {
 	cancel context.CancelFunc
 	// denyAll is what unknown nodes get; it depends only on the options.
 	denyAll *Resources
+	// pool rebuilds nodes in parallel, urgent ones first. Translation and
+	// hashing run there without mu; only installing a result takes it.
+	pool *pool
 
-	mu     sync.Mutex // guards the fields below and serialises builds
+	mu     sync.Mutex // guards the fields below and every nodeState
 	last   *topology.Snapshot
 	nodes  map[string]*nodeState
 	warned map[string]bool // unknown node IDs already logged
-	closed bool
+	// dirty nodes wait for the debounce, which stopDebounce cancels.
+	dirty        map[string]*nodeState
+	stopDebounce func() bool
+	closed       bool
+	// beforeInstall, when set (by tests), runs between preparing a build
+	// and installing it, without mu.
+	beforeInstall func(id string, rev topology.Revision)
 }
 
 // NewServer returns a server; Register it on a gRPC server and feed it
@@ -114,11 +130,14 @@ func NewServer(cfg Config) (*Server, error) {
 	if err := cfg.Options.Validate(); err != nil {
 		return nil, fmt.Errorf("xds server: %w", err)
 	}
-	if cfg.Debounce < 0 {
-		return nil, fmt.Errorf("xds server: negative debounce %v", cfg.Debounce)
+	if cfg.Debounce < 0 || cfg.Workers < 0 {
+		return nil, fmt.Errorf("xds server: negative debounce %v or workers %d", cfg.Debounce, cfg.Workers)
 	}
 	if cfg.Debounce == 0 {
 		cfg.Debounce = DefaultDebounce
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = runtime.GOMAXPROCS(0)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -135,8 +154,10 @@ func NewServer(cfg Config) (*Server, error) {
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "xds"),
 		status:  newTracker(cfg.Clock.Now, cfg.NodeID),
+		pool:    newPool(cfg.Workers),
 		nodes:   map[string]*nodeState{},
 		warned:  map[string]bool{},
+		dirty:   map[string]*nodeState{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	// Not ADS mode: in ADS mode the cache only answers a request naming
@@ -163,18 +184,19 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-// Close ends every stream and cancels pending rebuilds.
+// Close ends every stream, cancels pending rebuilds and waits for those
+// under way, whose results are dropped.
 func (s *Server) Close() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.closed = true
-	for _, n := range s.nodes {
-		if n.stop != nil {
-			n.stop()
-			n.stop = nil
-		}
+	if s.stopDebounce != nil {
+		s.stopDebounce()
+		s.stopDebounce = nil
 	}
+	clear(s.dirty)
+	s.mu.Unlock()
 	s.cancel()
+	s.pool.close()
 }
 
 // Status returns every node's status, sorted by node ID.
@@ -188,7 +210,8 @@ func (s *Server) Dump(nodeID string) (*Resources, error) {
 }
 
 // Update records a committed change and rebuilds the nodes it affects:
-// urgent ones at once, the others after Debounce.
+// urgent ones at once and ahead of any other rebuild, the others together
+// once Debounce has passed.
 func (s *Server) Update(snap *topology.Snapshot, c Change) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -213,31 +236,73 @@ func (s *Server) Update(snap *topology.Snapshot, c Change) {
 		}
 	}
 	for id, n := range s.nodes {
-		if !all && !affected[id] {
-			continue
+		switch {
+		case !all && !affected[id]:
+		case c.Urgent || n.quarantineFlipped(id, snap, c.Subjects) || c.Restored && n.quarantineChanged(id, snap):
+			s.queueLocked(id, n, urgentQueue)
+		case c.Restored:
+			s.queueLocked(id, n, normalQueue)
+		case n.queued == notQueued:
+			// A queued rebuild has not started yet: it will read this
+			// snapshot or a newer one.
+			s.dirty[id] = n
 		}
-		if c.Urgent || c.Restored || n.quarantineFlipped(id, snap, c.Subjects) {
-			if n.stop != nil {
-				n.stop()
-				n.stop = nil
-			}
-			s.buildLocked(id, n, s.currentLocked())
-			continue
-		}
-		if n.stop == nil {
-			n.stop = s.cfg.Clock.AfterFunc(s.cfg.Debounce, func() { s.debounced(id, n) })
-		}
+	}
+	if len(s.dirty) > 0 && s.stopDebounce == nil {
+		s.stopDebounce = s.cfg.Clock.AfterFunc(s.cfg.Debounce, s.flush)
 	}
 }
 
-func (s *Server) debounced(id string, n *nodeState) {
+// flush queues the nodes that waited for the debounce.
+func (s *Server) flush() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.nodes[id] != n || n.stop == nil {
-		return // forgotten, rebuilt urgently meanwhile, or closed
+	if s.closed {
+		return
 	}
-	n.stop = nil
-	s.buildLocked(id, n, s.currentLocked())
+	s.stopDebounce = nil
+	for id, n := range s.dirty {
+		s.queueLocked(id, n, normalQueue)
+	}
+}
+
+// queueLocked queues a rebuild of node id in q unless it already waits in
+// q or a more urgent queue. Callers hold s.mu.
+func (s *Server) queueLocked(id string, n *nodeState, q queue) {
+	delete(s.dirty, id) // the rebuild will read the newest snapshot
+	if n.queued >= q {
+		return
+	}
+	n.queued = q
+	n.ticket++
+	ticket := n.ticket
+	s.pool.submit(q == urgentQueue, func() { s.rebuild(id, n, ticket) })
+}
+
+// rebuild is a pool job: it builds node id at the newest snapshot unless a
+// later job superseded it.
+func (s *Server) rebuild(id string, n *nodeState, ticket uint64) {
+	s.mu.Lock()
+	if s.closed || s.nodes[id] != n || n.ticket != ticket {
+		s.mu.Unlock()
+		return
+	}
+	n.queued = notQueued // from now on a change queues it again
+	snap, hook := s.currentLocked(), s.beforeInstall
+	s.mu.Unlock()
+	s.buildUnlocked(id, n, snap, hook)
+}
+
+// buildUnlocked prepares node id's build at snap without s.mu, then
+// installs it.
+func (s *Server) buildUnlocked(id string, n *nodeState, snap *topology.Snapshot, hook func(string, topology.Revision)) {
+	b := s.prepare(id, snap)
+	if hook != nil {
+		hook(id, snap.Revision())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.installLocked(id, n, b)
 }
 
 // current is the newest snapshot known.
@@ -260,16 +325,20 @@ func (s *Server) currentLocked() *topology.Snapshot {
 
 // ensure builds node id's snapshot if the server does not hold one yet. It
 // runs in the request callback, before go-control-plane opens the watch,
-// so the first request is answered from the cache at once.
+// so the first request is answered from the cache at once. (A second
+// stream of the node arriving meanwhile gets its answer when the build is
+// installed.)
 func (s *Server) ensure(id string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed || s.nodes[id] != nil {
+		s.mu.Unlock()
 		return
 	}
 	n := &nodeState{}
 	s.nodes[id] = n
-	s.buildLocked(id, n, s.currentLocked())
+	snap, hook := s.currentLocked(), s.beforeInstall
+	s.mu.Unlock()
+	s.buildUnlocked(id, n, snap, hook)
 }
 
 // forget drops node id once its last stream has closed, so that nodes that
@@ -281,10 +350,8 @@ func (s *Server) forget(id string) {
 	if n == nil || s.status.streamsOf(id) > 0 {
 		return
 	}
-	if n.stop != nil {
-		n.stop()
-	}
-	delete(s.nodes, id)
+	delete(s.nodes, id) // its queued and running builds come to nothing
+	delete(s.dirty, id)
 	delete(s.warned, id)
 	s.cache.ClearSnapshot(id)
 }

@@ -1,0 +1,148 @@
+package xds
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/vigil-iot/vigil/topology"
+	"github.com/vigil-iot/vigil/topology/topologytest"
+)
+
+// benchCity is the city vigil-load's xds subcommand serves: gateways
+// gateways, 2 devices each, 100 gateways per zone. Its two snapshots
+// differ by one path of the sensor-telemetry flow, which changes the
+// routes of every gateway with a sensor (affected).
+type benchCity struct {
+	snaps    [2]*topology.Snapshot
+	gateways []string
+	affected []string
+}
+
+func newBenchCity(b testing.TB, gateways int) *benchCity {
+	b.Helper()
+	zones := (gateways + 99) / 100
+	spec := topologytest.Spec{Zones: zones, GatewaysPerZone: gateways / zones, Devices: 2 * gateways, NoAttestation: true}
+	c := &benchCity{}
+	var sensors []string
+	for i := range c.snaps {
+		doc := topologytest.Generate(spec)
+		for j := range doc.Flows {
+			if f := &doc.Flows[j]; f.Name == "sensor-telemetry" {
+				sensors = f.From.Classes
+				if i == 1 {
+					f.HTTP.Paths = append(f.HTTP.Paths, "/api/v2/telemetry")
+				}
+			}
+		}
+		ix, err := topology.NewIndex(doc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rev := topology.Revision(i + 1)
+		c.snaps[i] = topology.NewSnapshot(rev, rev, ix, topology.NewState())
+	}
+	ix := c.snaps[0].Index()
+	for _, g := range ix.Gateways() {
+		c.gateways = append(c.gateways, g.Name)
+		if slices.ContainsFunc(ix.DevicesOf(g.Name), func(d *topology.Device) bool { return slices.Contains(sensors, d.Class) }) {
+			c.affected = append(c.affected, g.Name)
+		}
+	}
+	return c
+}
+
+// snapshot returns the city at revision rev (alternating between the two
+// documents, so that every revision changes the affected routes).
+func (c *benchCity) snapshot(rev topology.Revision) *topology.Snapshot {
+	s := c.snaps[rev%2]
+	return topology.NewSnapshot(rev, rev, s.Index(), s.State())
+}
+
+// cityServer is a server configured by cfg (its source and logger set
+// here) whose nodes are every gateway of c, built at revision 1 as if each
+// had just connected.
+func cityServer(tb testing.TB, c *benchCity, cfg Config) (*Server, *source) {
+	tb.Helper()
+	src := &source{}
+	src.p.Store(c.snapshot(1))
+	cfg.Source, cfg.Logger = src, slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := NewServer(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(srv.Close)
+	for _, id := range c.gateways {
+		srv.ensure(id)
+	}
+	return srv, src
+}
+
+// waitRoutes waits until the cache holds routes at rev for every node of
+// ids and returns how long each took from start (polled every 200µs).
+func waitRoutes(b *testing.B, srv *Server, ids []string, rev topology.Revision, start time.Time) []time.Duration {
+	b.Helper()
+	want := strconv.FormatUint(uint64(rev), 10)
+	pending := slices.Clone(ids)
+	out := make([]time.Duration, 0, len(ids))
+	deadline := start.Add(time.Minute)
+	for len(pending) > 0 {
+		now := time.Now()
+		rest := pending[:0]
+		for _, id := range pending {
+			if s, err := srv.cache.GetSnapshot(id); err == nil && s.GetVersion(resourcev3.RouteType) == want {
+				out = append(out, now.Sub(start))
+			} else {
+				rest = append(rest, id)
+			}
+		}
+		pending = rest
+		if now.After(deadline) {
+			b.Fatalf("%d nodes without routes at revision %d after a minute", len(pending), rev)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	return out
+}
+
+// BenchmarkDocumentChange is a document change that changes the routes
+// of most of N connected gateways, from Update until every affected node's
+// new snapshot is in the cache (the debounce is 1ns). p50-ms and p99-ms are
+// the per-node delays. There are no streams: the cost of answering watches
+// is not included (vigil-load xds measures it end to end).
+func BenchmarkDocumentChange(b *testing.B) {
+	for _, n := range []int{1000, 5000} {
+		b.Run(fmt.Sprintf("gateways=%d", n), func(b *testing.B) {
+			c := newBenchCity(b, n)
+			srv, src := cityServer(b, c, Config{Debounce: time.Nanosecond})
+			documentChanges(b, c, srv, src, func(rev topology.Revision, start time.Time) []time.Duration {
+				return waitRoutes(b, srv, c.affected, rev, start)
+			})
+		})
+	}
+}
+
+// documentChanges runs b's loop: each round changes the document, and
+// done waits until every affected node has the new revision and returns
+// how long each took. It reports their p50 and p99.
+func documentChanges(b *testing.B, c *benchCity, srv *Server, src *source, done func(topology.Revision, time.Time) []time.Duration) {
+	var all []time.Duration
+	rev := topology.Revision(1)
+	for b.Loop() {
+		rev++
+		next := c.snapshot(rev)
+		src.p.Store(next)
+		start := time.Now()
+		srv.Update(next, Change{Document: true})
+		all = append(all, done(rev, start)...)
+	}
+	slices.Sort(all)
+	b.ReportMetric(float64(all[len(all)/2])/1e6, "p50-ms")
+	b.ReportMetric(float64(all[len(all)*99/100])/1e6, "p99-ms")
+}
