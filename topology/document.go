@@ -33,15 +33,28 @@ type Gateway struct {
 	Labels Labels `yaml:"labels,omitempty" json:"labels,omitempty"`
 }
 
-// DeviceClass holds what all devices of one kind share: how fresh their
-// firmware attestation must be, which firmware is acceptable, and their
-// default request rate.
+// DeviceClass holds what all devices of one kind share: how they get their
+// identity, how fresh their firmware attestation must be, which firmware is
+// acceptable, and their default request rate.
 type DeviceClass struct {
-	Name        string             `yaml:"name" json:"name"`
+	Name string `yaml:"name" json:"name"`
+	// Identity says how the class's devices get their SPIFFE identity:
+	// IdentityDelegated (the default, also when empty) or IdentityAgent.
+	Identity    string             `yaml:"identity,omitempty" json:"identity,omitempty"`
 	Attestation *AttestationPolicy `yaml:"attestation,omitempty" json:"attestation,omitempty"`
 	RateLimit   string             `yaml:"rateLimit,omitempty" json:"rateLimit,omitempty"`
 	Labels      Labels             `yaml:"labels,omitempty" json:"labels,omitempty"`
 }
+
+// How a device class gets its identities.
+const (
+	// IdentityDelegated: the device's gateway fetches the device's SVID
+	// from its own SPIRE agent through SPIRE's Delegated Identity API and
+	// hands it on; the device runs no SPIRE software.
+	IdentityDelegated = "delegated"
+	// IdentityAgent: the device runs its own SPIRE agent.
+	IdentityAgent = "agent"
+)
 
 // AttestationPolicy requires a device to hold a verified attestation younger
 // than MaxAge whose firmware matches one of the reference values.

@@ -25,6 +25,10 @@ type Class struct {
 	Rate Rate
 }
 
+// OwnAgent reports whether the class's devices run their own SPIRE agent
+// (identity: agent) rather than get their identity through their gateway.
+func (c *Class) OwnAgent() bool { return c.Identity == IdentityAgent }
+
 // Rule is a validated Flow with its matchers and rate parsed.
 type Rule struct {
 	*Flow
@@ -244,6 +248,11 @@ func (b *builder) classes() {
 		path := fmt.Sprintf("deviceClasses[%d]", i)
 		c := &Class{DeviceClass: dc}
 		b.labels(path, dc.Labels)
+		switch dc.Identity {
+		case "", IdentityDelegated, IdentityAgent:
+		default:
+			b.errorf(path+".identity", "unknown identity %q (want %q, the default, or %q)", dc.Identity, IdentityDelegated, IdentityAgent)
+		}
 		if a := dc.Attestation; a != nil {
 			d, err := ParseMaxAge(a.MaxAge)
 			if err != nil {

@@ -121,6 +121,9 @@ func TestValidationRules(t *testing.T) {
 		{"class rateLimit not a number", func(d *Document) { d.DeviceClasses[1].RateLimit = "ten/m" }, one("deviceClasses[1].rateLimit", "whole number from 1")},
 		{"class rateLimit per day", func(d *Document) { d.DeviceClasses[1].RateLimit = "10/d" }, one("deviceClasses[1].rateLimit", `has unit "d"; use s, m or h`)},
 		{"class rateLimit long unit", func(d *Document) { d.DeviceClasses[1].RateLimit = "10/min" }, one("deviceClasses[1].rateLimit", `has unit "min"`)},
+		{"class identity unknown", func(d *Document) { d.DeviceClasses[1].Identity = "spire" }, one("deviceClasses[1].identity", `unknown identity "spire" (want "delegated", the default, or "agent")`)},
+		{"class identity upper case", func(d *Document) { d.DeviceClasses[0].Identity = "Agent" }, one("deviceClasses[0].identity", `unknown identity "Agent"`)},
+		{"class identity blank", func(d *Document) { d.DeviceClasses[0].Identity = " " }, one("deviceClasses[0].identity", `unknown identity " "`)},
 
 		// services
 		{"service unknown zone", func(d *Document) { d.Services[0].Zone = "edge" }, one("services[0].zone", `unknown zone "edge"`)},
@@ -230,6 +233,8 @@ func TestValidationAccepts(t *testing.T) {
 		{"maxAge in days", func(d *Document) { d.DeviceClasses[0].Attestation.MaxAge = "7d" }},
 		{"maxAge compound", func(d *Document) { d.DeviceClasses[0].Attestation.MaxAge = "1h30m" }},
 		{"class without attestation or rate", func(d *Document) { d.DeviceClasses[0] = DeviceClass{Name: "light"} }},
+		{"class identity delegated", func(d *Document) { d.DeviceClasses[0].Identity = IdentityDelegated }},
+		{"class identity agent", func(d *Document) { d.DeviceClasses[1].Identity = IdentityAgent }},
 		{"tcp service with hosts", func(d *Document) { d.Services[2].Hosts = []string{"mqtt.test.example"} }},
 		{"endpoint by host name", func(d *Document) { d.Services[0].Endpoints = []string{"telemetry.internal:8443"} }},
 		{"endpoint IPv6", func(d *Document) { d.Services[0].Endpoints = []string{"[::1]:8443"} }},
@@ -373,5 +378,36 @@ func TestFieldErrorFormat(t *testing.T) {
 				t.Errorf("Error() = %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestClassIdentity checks how a class's identity setting reads.
+func TestClassIdentity(t *testing.T) {
+	for _, tt := range []struct {
+		identity string
+		ownAgent bool
+	}{{"", false}, {IdentityDelegated, false}, {IdentityAgent, true}} {
+		d := validDoc()
+		d.DeviceClasses[1].Identity = tt.identity
+		ix, err := NewIndex(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c, _ := ix.Class("sensor"); c.OwnAgent() != tt.ownAgent {
+			t.Errorf("identity %q: OwnAgent() = %v, want %v", tt.identity, c.OwnAgent(), tt.ownAgent)
+		}
+	}
+}
+
+// TestClassIdentityYAML reads the field from a document, with its line.
+func TestClassIdentityYAML(t *testing.T) {
+	doc := "apiVersion: vigil/v1\ntrustDomain: t.example\ndeviceClasses:\n  - name: cam\n    identity: agent\n  - name: lamp\n    identity: own\n"
+	_, err := Load([]byte(doc))
+	var verr *ValidationError
+	if !errors.As(err, &verr) || len(verr.Errors) != 1 {
+		t.Fatalf("Load: %v, want one validation error", err)
+	}
+	if fe := verr.Errors[0]; fe.Path != "deviceClasses[1].identity" || fe.Line != 7 {
+		t.Errorf("error at %s line %d, want deviceClasses[1].identity line 7", fe.Path, fe.Line)
 	}
 }
