@@ -20,6 +20,7 @@ var allowed = map[string][]string{
 	"api":                   {"topology", "raft"},
 	"authz":                 {"topology"},
 	"xds":                   {"topology"},
+	"spire":                 {"topology"},
 	"authz/authztest":       {"topology", "topology/topologytest"},
 	"node":                  {"topology", "raft", "api", "authz", "xds"},
 	"examples":              {},

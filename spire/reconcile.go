@@ -1,0 +1,464 @@
+package spire
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/vigil-iot/vigil/topology"
+)
+
+// Config sets up a Reconciler.
+type Config struct {
+	Client  *Client
+	Options Options
+	// IsLeader reports whether this member may change the server: the
+	// leader, once caught up. Required.
+	IsLeader func() bool
+	Logger   *slog.Logger
+	// Debounce coalesces bursts of changes (default 100ms); a quarantine
+	// is acted on at once.
+	Debounce time.Duration
+	// Resync is how often the whole server is compared with the topology
+	// even without a change (default 5m), which repairs entries changed
+	// behind Vigil's back.
+	Resync time.Duration
+	// BatchSize bounds one batch create, update or delete (default 500).
+	BatchSize int
+	Now       func() time.Time
+}
+
+// Change is one committed change, as the store reports it.
+type Change struct {
+	// Document or Restored: the whole topology may have changed.
+	Document, Restored bool
+	// Subjects whose runtime state changed.
+	Subjects []topology.Subject
+}
+
+// Result counts what one reconcile pass did.
+type Result struct {
+	Revision topology.Revision `json:"revision"`
+	Full     bool              `json:"full"`
+	Desired  int               `json:"desired,omitempty"`
+	Created  int               `json:"created"`
+	Updated  int               `json:"updated"`
+	Deleted  int               `json:"deleted"`
+	Banned   int               `json:"banned"`
+	Evicted  int               `json:"evicted"`
+	// Errors are the entries and agents that could not be changed (the
+	// pass went on without them); at most maxErrors are kept, Failed
+	// counts them all.
+	Errors   []string      `json:"errors,omitempty"`
+	Failed   int           `json:"failed"`
+	Duration time.Duration `json:"duration"`
+}
+
+const maxErrors = 10
+
+func (res *Result) fail(err error) {
+	res.Failed++
+	if len(res.Errors) < maxErrors {
+		res.Errors = append(res.Errors, err.Error())
+	}
+}
+
+// Status describes the reconciler for operators.
+type Status struct {
+	Leader bool `json:"leader"`
+	// Pending is true while a change waits to be applied.
+	Pending bool `json:"pending"`
+	// Last is the last pass, LastFull the last full one; Error the last
+	// pass that failed as a whole (cleared by a later success).
+	Last     *Result `json:"last,omitempty"`
+	LastFull *Result `json:"lastFull,omitempty"`
+	Error    string  `json:"error,omitempty"`
+}
+
+// Reconciler keeps a SPIRE server's entries and agent bindings equal to
+// what the latest committed topology wants. Update hands it every change;
+// Run applies them while this member leads. All its state comes from the
+// server itself, so it survives restarts and leader changes.
+type Reconciler struct {
+	cfg  Config
+	log  *slog.Logger
+	wake chan struct{}
+
+	mu       sync.Mutex
+	snap     *topology.Snapshot
+	full     bool
+	subjects map[topology.Subject]bool
+	urgent   bool
+	status   Status
+}
+
+// NewReconciler checks cfg and returns a reconciler.
+func NewReconciler(cfg Config) (*Reconciler, error) {
+	if cfg.Client == nil || cfg.IsLeader == nil {
+		return nil, errors.New("spire: a client and IsLeader are required")
+	}
+	if err := cfg.Options.Validate(); err != nil {
+		return nil, fmt.Errorf("spire: %w", err)
+	}
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
+	cfg.Debounce = cmp.Or(cfg.Debounce, 100*time.Millisecond)
+	cfg.Resync = cmp.Or(cfg.Resync, 5*time.Minute)
+	cfg.BatchSize = cmp.Or(cfg.BatchSize, 500)
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Reconciler{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1), subjects: make(map[topology.Subject]bool)}, nil
+}
+
+// Update records a committed change. A change of the document (or a
+// restore) makes the next pass a full one; a change of runtime state only
+// revisits the subjects it names. A subject that became quarantined makes
+// the pass run at once rather than after the debounce.
+func (r *Reconciler) Update(snap *topology.Snapshot, ch Change) {
+	r.mu.Lock()
+	r.snap = snap
+	if ch.Document || ch.Restored {
+		r.full = true
+	}
+	for _, s := range ch.Subjects {
+		r.subjects[s] = true
+		if snap.Quarantined(s) {
+			r.urgent = true
+		}
+	}
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Status reports the last passes.
+func (r *Reconciler) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.status
+	st.Leader = r.cfg.IsLeader()
+	st.Pending = r.full || len(r.subjects) > 0
+	return st
+}
+
+// Run applies changes until ctx ends. It only acts while IsLeader is true;
+// on becoming leader it compares everything, and every Resync again.
+func (r *Reconciler) Run(ctx context.Context) error {
+	leaderTick := time.NewTicker(250 * time.Millisecond)
+	defer leaderTick.Stop()
+	resync := time.NewTicker(r.cfg.Resync)
+	defer resync.Stop()
+	var debounce, retry <-chan time.Time
+	backoff := time.Second
+	leading := false
+	pass := func() {
+		debounce = nil
+		if !r.cfg.IsLeader() {
+			// A member that comes to lead compares everything anyway.
+			r.mu.Lock()
+			r.full, r.urgent = false, false
+			clear(r.subjects)
+			r.mu.Unlock()
+			return
+		}
+		if err := r.runPending(ctx); err != nil && ctx.Err() == nil {
+			r.log.Error("spire: reconcile failed; retrying", "err", err, "in", backoff)
+			retry = time.After(backoff)
+			backoff = min(2*backoff, 30*time.Second)
+			return
+		}
+		backoff = time.Second
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.wake:
+			r.mu.Lock()
+			urgent := r.urgent
+			r.mu.Unlock()
+			if urgent {
+				pass()
+			} else if debounce == nil {
+				debounce = time.After(r.cfg.Debounce)
+			}
+		case <-debounce:
+			pass()
+		case <-retry:
+			retry = nil
+			pass()
+		case <-leaderTick.C:
+			lead := r.cfg.IsLeader()
+			if lead && !leading {
+				r.log.Info("spire: this member leads; reconciling the SPIRE server with the topology")
+				r.markFull()
+				pass()
+			}
+			leading = lead
+		case <-resync.C:
+			r.markFull()
+			pass()
+		}
+	}
+}
+
+func (r *Reconciler) markFull() {
+	r.mu.Lock()
+	r.full = true
+	r.mu.Unlock()
+}
+
+// runPending does the pending work on the latest snapshot; on failure the
+// work stays pending.
+func (r *Reconciler) runPending(ctx context.Context) error {
+	r.mu.Lock()
+	snap, full, subjects := r.snap, r.full, slices.Collect(maps.Keys(r.subjects))
+	r.full, r.urgent = false, false
+	clear(r.subjects)
+	r.mu.Unlock()
+	if snap == nil || !full && len(subjects) == 0 {
+		return nil
+	}
+	// The named subjects go first even when a full pass is due: a
+	// quarantine must not wait for a pass over the whole fleet.
+	var res *Result
+	var err error
+	if len(subjects) > 0 {
+		res, err = r.reconcileSubjects(ctx, snap, subjects)
+		r.record(res, err, false)
+	}
+	if err == nil && full {
+		res, err = r.Reconcile(ctx, snap)
+		r.record(res, err, true)
+	}
+	if err != nil {
+		r.mu.Lock()
+		r.full = r.full || full
+		for _, s := range subjects {
+			r.subjects[s] = true
+		}
+		r.mu.Unlock()
+	}
+	return err
+}
+
+func (r *Reconciler) record(res *Result, err error, full bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		r.status.Error = err.Error()
+		return
+	}
+	r.status.Error = ""
+	r.status.Last = res
+	if full {
+		r.status.LastFull = res
+	}
+}
+
+// checkTrustDomain refuses to act on a document of another trust domain:
+// the server would reject every entry, and Vigil would delete its own.
+func (r *Reconciler) checkTrustDomain(ctx context.Context, ix *topology.Index) error {
+	td, _, err := r.cfg.Client.Bundle(ctx)
+	if err != nil {
+		return err
+	}
+	if td != ix.TrustDomain() {
+		return fmt.Errorf("%w: document %q, server %q", ErrTrustDomain, ix.TrustDomain(), td)
+	}
+	return nil
+}
+
+// Reconcile makes the server's entries and bindings what snap wants, in
+// one full pass: it lists every entry Vigil owns and every agent, and
+// changes only what differs. A snapshot without a document changes
+// nothing.
+func (r *Reconciler) Reconcile(ctx context.Context, snap *topology.Snapshot) (*Result, error) {
+	start := r.cfg.Now()
+	res := &Result{Revision: snap.Revision(), Full: true}
+	if !snap.HasDocument() {
+		return res, nil
+	}
+	if err := r.checkTrustDomain(ctx, snap.Index()); err != nil {
+		return nil, err
+	}
+	o := &r.cfg.Options
+	desired, errs := Desired(snap, *o)
+	for _, err := range errs {
+		res.fail(err)
+	}
+	res.Desired = len(desired)
+	listed, err := r.cfg.Client.ListEntries(ctx, o.Owner, "")
+	if err != nil {
+		return nil, err
+	}
+	owned := slices.DeleteFunc(listed, func(e Entry) bool { _, ok := o.subjectOf(e.ID); return !ok })
+	if err := r.apply(ctx, Diff(desired, owned), res); err != nil {
+		return nil, err
+	}
+	bindings, err := r.cfg.Client.ListEntries(ctx, o.bindingHint(), "")
+	if err != nil {
+		return nil, err
+	}
+	bindings = slices.DeleteFunc(bindings, func(e Entry) bool { _, ok := o.bindingSubject(e.ID); return !ok })
+	agents := make(map[string]*Agent)
+	if len(bindings) > 0 {
+		list, err := r.cfg.Client.ListAgents(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for i := range list {
+			agents[list[i].ID] = &list[i]
+		}
+	}
+	if err := r.applyAgents(ctx, planBindings(snap, o, bindings, agents, r.cfg.Now()), res); err != nil {
+		return nil, err
+	}
+	res.Duration = r.cfg.Now().Sub(start)
+	r.logResult(res)
+	return res, nil
+}
+
+// reconcileSubjects revisits a few subjects after a change of their
+// runtime state: a quarantined device's entry is deleted, a released one's
+// created again, a quarantined gateway's agents banned. It reads only
+// those subjects' entries and agents.
+func (r *Reconciler) reconcileSubjects(ctx context.Context, snap *topology.Snapshot, subjects []topology.Subject) (*Result, error) {
+	start := r.cfg.Now()
+	res := &Result{Revision: snap.Revision()}
+	if !snap.HasDocument() {
+		return res, nil
+	}
+	if err := r.checkTrustDomain(ctx, snap.Index()); err != nil {
+		return nil, err
+	}
+	o := &r.cfg.Options
+	ix := snap.Index()
+	slices.SortFunc(subjects, func(a, b topology.Subject) int { return cmp.Compare(a.String(), b.String()) })
+	var desired, existing, bindings []Entry
+	agents := make(map[string]*Agent)
+	for _, s := range subjects {
+		if s.Kind == topology.KindDevice || s.Kind == topology.KindService {
+			want, ok, err := desiredFor(snap, s, o)
+			if err != nil {
+				res.fail(err)
+				continue
+			}
+			if ok {
+				desired = append(desired, want)
+			}
+			have, found, err := r.cfg.Client.GetEntry(ctx, o.EntryID(s))
+			if err != nil {
+				return nil, err
+			}
+			if found && have.Hint == o.Owner {
+				existing = append(existing, have)
+			}
+		}
+		if bindable(ix, s) != nil {
+			continue
+		}
+		id, _ := ix.SPIFFEID(s)
+		list, err := r.cfg.Client.ListEntries(ctx, o.bindingHint(), id)
+		if err != nil {
+			return nil, err
+		}
+		for _, b := range list {
+			if bs, ok := o.bindingSubject(b.ID); !ok || bs != s {
+				continue
+			}
+			bindings = append(bindings, b)
+			if a, ok, err := r.cfg.Client.GetAgent(ctx, b.ParentID); err != nil {
+				return nil, err
+			} else if ok {
+				agents[a.ID] = &a
+			}
+		}
+	}
+	if err := r.apply(ctx, Diff(desired, existing), res); err != nil {
+		return nil, err
+	}
+	if err := r.applyAgents(ctx, planBindings(snap, o, bindings, agents, r.cfg.Now()), res); err != nil {
+		return nil, err
+	}
+	res.Duration = r.cfg.Now().Sub(start)
+	r.logResult(res)
+	return res, nil
+}
+
+// apply makes the changes in batches: deletions first, so that a new
+// entry never clashes with one on its way out.
+func (r *Reconciler) apply(ctx context.Context, c Changes, res *Result) error {
+	n := r.cfg.BatchSize
+	for ids := range slices.Chunk(c.Delete, n) {
+		errs, err := r.cfg.Client.DeleteEntries(ctx, ids)
+		if err != nil {
+			return err
+		}
+		res.Deleted += len(ids) - len(errs)
+		for _, e := range errs {
+			res.fail(e)
+		}
+	}
+	for _, op := range []struct {
+		entries []Entry
+		call    func(context.Context, []Entry) ([]*EntryError, error)
+		count   *int
+	}{{c.Update, r.cfg.Client.UpdateEntries, &res.Updated}, {c.Create, r.cfg.Client.CreateEntries, &res.Created}} {
+		for batch := range slices.Chunk(op.entries, n) {
+			errs, err := op.call(ctx, batch)
+			if err != nil {
+				return err
+			}
+			*op.count += len(batch) - len(errs)
+			for _, e := range errs {
+				res.fail(e)
+			}
+		}
+	}
+	return nil
+}
+
+// applyAgents bans first: a quarantine must bite before anything else.
+func (r *Reconciler) applyAgents(ctx context.Context, a agentActions, res *Result) error {
+	for _, err := range a.Errors {
+		res.fail(err)
+	}
+	for _, id := range a.Ban {
+		if err := r.cfg.Client.BanAgent(ctx, id); err != nil {
+			return err
+		}
+		res.Banned++
+		r.log.Info("spire: agent banned", "agent", id)
+	}
+	for _, id := range a.Evict {
+		if err := r.cfg.Client.DeleteAgent(ctx, id); err != nil {
+			return err
+		}
+		res.Evicted++
+		r.log.Info("spire: agent evicted", "agent", id)
+	}
+	return r.apply(ctx, Changes{Update: a.Update, Delete: a.Delete}, res)
+}
+
+func (r *Reconciler) logResult(res *Result) {
+	changed := res.Created + res.Updated + res.Deleted + res.Banned + res.Evicted
+	if changed == 0 && res.Failed == 0 {
+		return
+	}
+	level := slog.LevelInfo
+	if res.Failed > 0 {
+		level = slog.LevelWarn
+	}
+	r.log.Log(context.Background(), level, "spire: reconciled", "revision", res.Revision, "full", res.Full,
+		"created", res.Created, "updated", res.Updated, "deleted", res.Deleted, "banned", res.Banned,
+		"evicted", res.Evicted, "failed", res.Failed, "errors", res.Errors, "took", res.Duration)
+}
