@@ -21,6 +21,7 @@ var allowed = map[string][]string{
 	"authz":                 {"topology"},
 	"xds":                   {"topology"},
 	"spire":                 {"topology"},
+	"spire/spiretest":       {},
 	"authz/authztest":       {"topology", "topology/topologytest"},
 	"node":                  {"topology", "raft", "api", "authz", "xds"},
 	"examples":              {},

@@ -1,0 +1,378 @@
+package spire
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vigil-iot/vigil/spire/spiretest"
+	"github.com/vigil-iot/vigil/topology"
+	"github.com/vigil-iot/vigil/topology/topologytest"
+)
+
+// These tests run the real spire-server (v1.13.3, built and cached by
+// scripts/spire-build.sh, which they call) on a unix socket under /tmp.
+
+const cityTD = "city.example"
+
+// realServer starts spire-server for the test, or skips the test when
+// SPIRE cannot be built here.
+func realServer(t *testing.T) (*spiretest.Server, *Client) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: skipping a test against the real spire-server")
+	}
+	if _, err := spiretest.Binaries(); err != nil {
+		t.Skipf("real SPIRE is not available (scripts/spire-build.sh could not provide it): %v", err)
+	}
+	srv, err := spiretest.StartServer("", cityTD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("spire-server log (tail):\n%s", srv.Tail(30))
+		}
+		if err := srv.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	cl, err := Dial(srv.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return srv, cl
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func newReconciler(t *testing.T, cl *Client, leader *atomic.Bool, opts Options) *Reconciler {
+	t.Helper()
+	if leader == nil {
+		leader = new(atomic.Bool)
+		leader.Store(true)
+	}
+	r, err := NewReconciler(Config{Client: cl, Options: opts, IsLeader: leader.Load, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// city is a generated city of n devices on four gateways in two zones.
+func city(n int) *topology.Document {
+	return topologytest.Generate(topologytest.Spec{Zones: 2, GatewaysPerZone: 2, Devices: n, NoAttestation: true})
+}
+
+// checkConverged asserts that the server holds exactly the entries snap
+// wants, among those Vigil owns.
+func checkConverged(t *testing.T, ctx context.Context, cl *Client, snap *topology.Snapshot) []Entry {
+	t.Helper()
+	o := DefaultOptions()
+	want, errs := Desired(snap, o)
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	listed, err := cl.ListEntries(ctx, o.Owner, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	owned := slices.DeleteFunc(listed, func(e Entry) bool { _, ok := o.subjectOf(e.ID); return !ok })
+	if d := Diff(want, owned); d.Len() != 0 {
+		t.Errorf("server differs from the topology: %d to create, %d to update, %d to delete (first: %+v)",
+			len(d.Create), len(d.Update), len(d.Delete), d)
+	}
+	return owned
+}
+
+func TestReconcileRealServer(t *testing.T) {
+	_, cl := realServer(t)
+	ctx := ctxFor(t, 2*time.Minute)
+
+	// Entries Vigil did not create, one of them with Vigil's hint and one
+	// in Vigil's ID namespace: none may change.
+	foreign := []Entry{
+		{SPIFFEID: "spiffe://city.example/manual/x", ParentID: "spiffe://city.example/spire/server", Selectors: []string{"unix:uid:1"}},
+		{ID: "manual-with-vigil-hint", SPIFFEID: "spiffe://city.example/zone/z-000/device/d-0000000",
+			ParentID: "spiffe://city.example/zone/z-000/gateway/gw-00000", Selectors: []string{"vigil:device:other"}, Hint: "vigil"},
+		{ID: "vigil.device.ghost", SPIFFEID: "spiffe://city.example/ghost", ParentID: "spiffe://city.example/spire/server",
+			Selectors: []string{"unix:uid:2"}},
+	}
+	if errs, err := cl.CreateEntries(ctx, foreign); err != nil || len(errs) > 0 {
+		t.Fatalf("create foreign entries: %v %v", err, errs)
+	}
+	before := allEntries(t, ctx, cl)
+
+	r := newReconciler(t, cl, nil, DefaultOptions())
+	doc := city(100)
+	snap := snapshotOf(t, doc)
+	res, err := r.Reconcile(ctx, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Created != 104 || res.Updated+res.Deleted+res.Failed != 0 {
+		t.Errorf("first pass: %+v, want 104 created (100 devices, 4 services) and nothing else", res)
+	}
+	checkConverged(t, ctx, cl, snap)
+
+	if res, err = r.Reconcile(ctx, snap); err != nil || res.Created+res.Updated+res.Deleted+res.Failed != 0 {
+		t.Errorf("second pass on the same topology: %+v, %v; want no change", res, err)
+	}
+
+	// Remove one device, quarantine one, quarantine a gateway (its devices
+	// keep their entries), move one device to another gateway.
+	doc2 := city(100)
+	doc2.Devices = doc2.Devices[:99]
+	doc2.Devices[1].Gateway = "gw-00002"
+	snap2 := snapshotOf(t, doc2, topology.DeviceSubject("d-0000000"), topology.GatewaySubject("gw-00003"))
+	if res, err = r.Reconcile(ctx, snap2); err != nil {
+		t.Fatal(err)
+	}
+	if res.Deleted != 2 || res.Updated != 1 || res.Created+res.Failed != 0 {
+		t.Errorf("after the change: %+v, want 2 deleted and 1 updated", res)
+	}
+	owned := checkConverged(t, ctx, cl, snap2)
+	for _, e := range owned {
+		if e.ID == "vigil.device.d-0000000" || e.ID == "vigil.device.d-0000099" {
+			t.Errorf("entry %s still there", e.ID)
+		}
+		if e.ID == "vigil.device.d-0000001" && e.ParentID != "spiffe://city.example/zone/z-001/gateway/gw-00002" {
+			t.Errorf("moved device's entry: %+v", e)
+		}
+	}
+
+	// A new reconciler (a restart, or another member come to lead) finds
+	// everything in place: its state is the server's.
+	if res, err = newReconciler(t, cl, nil, DefaultOptions()).Reconcile(ctx, snap2); err != nil || res.Created+res.Updated+res.Deleted != 0 {
+		t.Errorf("a fresh reconciler: %+v, %v; want no change", res, err)
+	}
+
+	// A document of another trust domain changes nothing.
+	other := city(10)
+	other.TrustDomain = "other.example"
+	if _, err := r.Reconcile(ctx, snapshotOf(t, other)); !errors.Is(err, ErrTrustDomain) {
+		t.Errorf("reconcile with trust domain other.example: %v, want ErrTrustDomain", err)
+	}
+	checkConverged(t, ctx, cl, snap2)
+
+	after := allEntries(t, ctx, cl)
+	for id, e := range before {
+		if a, ok := after[id]; !ok || !a.Same(&e) {
+			t.Errorf("foreign entry %s changed: before %+v, after %+v", id, e, a)
+		}
+	}
+}
+
+// allEntries lists every entry on the server that Vigil does not own.
+func allEntries(t *testing.T, ctx context.Context, cl *Client) map[string]Entry {
+	t.Helper()
+	out := map[string]Entry{}
+	o := DefaultOptions()
+	for _, hint := range []string{"", "vigil"} {
+		list, err := cl.ListEntries(ctx, hint, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range list {
+			if _, ours := o.subjectOf(e.ID); !ours || e.Hint != "vigil" {
+				out[e.ID] = e
+			}
+		}
+	}
+	return out
+}
+
+// TestRunFollowsLeadership drives Run through Update: nothing happens while
+// this member does not lead; on becoming leader it reconciles everything;
+// a quarantine is acted on at once.
+func TestRunFollowsLeadership(t *testing.T) {
+	_, cl := realServer(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	var leader atomic.Bool
+	r := newReconciler(t, cl, &leader, DefaultOptions())
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+
+	doc := city(20)
+	snap := snapshotOf(t, doc)
+	r.Update(snap, Change{Document: true})
+	time.Sleep(500 * time.Millisecond)
+	if list, _ := cl.ListEntries(ctx, "vigil", ""); len(list) != 0 {
+		t.Fatalf("a follower changed the server: %d entries", len(list))
+	}
+
+	leader.Store(true)
+	waitFor(t, 10*time.Second, "the new leader's full pass", func() bool {
+		st := r.Status()
+		return st.LastFull != nil && st.LastFull.Created == 24
+	})
+	checkConverged(t, ctx, cl, snap)
+
+	q := topology.DeviceSubject("d-0000005")
+	start := time.Now()
+	r.Update(snapshotOf(t, doc, q), Change{Subjects: []topology.Subject{q}})
+	waitFor(t, 10*time.Second, "the quarantined device's entry to go", func() bool {
+		_, found, err := cl.GetEntry(ctx, "vigil.device.d-0000005")
+		return err == nil && !found
+	})
+	t.Logf("quarantine to entry deletion: %v", time.Since(start).Round(time.Millisecond))
+
+	r.Update(snap, Change{Subjects: []topology.Subject{q}}) // released
+	waitFor(t, 10*time.Second, "the released device's entry to come back", func() bool {
+		_, found, err := cl.GetEntry(ctx, "vigil.device.d-0000005")
+		return err == nil && found
+	})
+	checkConverged(t, ctx, cl, snap)
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestOnboardRealAgent onboards a gateway with a join token, runs a real
+// spire-agent with it, fetches a device's SVID through the agent's
+// Delegated Identity API as the gateway, then quarantines and releases the
+// gateway.
+func TestOnboardRealAgent(t *testing.T) {
+	srv, cl := realServer(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	opts := DefaultOptions()
+	// This test process plays the gateway's bridge.
+	opts.GatewaySelectors = []string{"unix:uid:" + strconv.Itoa(os.Getuid())}
+	r := newReconciler(t, cl, nil, opts)
+	doc := city(8)
+	doc.DeviceClasses[2].Identity = topology.IdentityAgent // traffic cameras run their own agent
+	snap := snapshotOf(t, doc)
+	gw := topology.GatewaySubject("gw-00000")
+	gwID, _ := snap.Index().SPIFFEID(gw)
+
+	for _, tt := range []struct {
+		s    topology.Subject
+		snap *topology.Snapshot
+		ttl  time.Duration
+		want error
+	}{
+		{topology.DeviceSubject("d-0000000"), snap, 0, ErrNoAgent}, // a street light: delegated
+		{topology.ServiceSubject("telemetry"), snap, 0, ErrNoAgent},
+		{topology.GatewaySubject("gw-99999"), snap, 0, ErrNoSubject},
+		{gw, snapshotOf(t, doc, gw), 0, ErrQuarantined},
+		{gw, snap, 10 * time.Second, ErrTokenTTL},
+	} {
+		if _, err := r.Onboard(ctx, tt.snap, tt.s, tt.ttl); !errors.Is(err, tt.want) {
+			t.Errorf("Onboard(%s, ttl %v): %v, want %v", tt.s, tt.ttl, err, tt.want)
+		}
+	}
+	if _, err := r.Onboard(ctx, snap, topology.DeviceSubject("d-0000002"), 0); err != nil {
+		t.Errorf("Onboard(a camera): %v", err)
+	}
+
+	tok, err := r.Onboard(ctx, snap, gw, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.SPIFFEID != gwID || tok.AgentID != JoinTokenAgentID(cityTD, tok.Token) || !strings.Contains(tok.Bundle, "BEGIN CERTIFICATE") {
+		t.Errorf("token: %+v", tok)
+	}
+	if got := agentsOf(t, ctx, r, snap, gw); len(got) != 1 || got[0].Attested {
+		t.Fatalf("before the agent starts: %+v, want one binding, not attested", got)
+	}
+	if _, err := r.Reconcile(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+
+	agent, err := srv.StartAgent("", tok.Token, gwID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("spire-agent log (tail):\n%s", agent.Tail(30))
+		}
+		agent.Stop()
+		os.RemoveAll(agent.Dir)
+	})
+	got := agentsOf(t, ctx, r, snap, gw)
+	if len(got) != 1 || !got[0].Attested || got[0].Agent.AttestationType != "join_token" || got[0].Agent.Banned || got[0].Agent.ExpiresAt.IsZero() {
+		t.Fatalf("after the agent attested: %+v", got)
+	}
+
+	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	svid, err := FetchDeviceSVID(fctx, agent.AdminSocket, "d-0000000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := snap.Index().SPIFFEID(topology.DeviceSubject("d-0000000")); svid.ID.String() != want {
+		t.Errorf("device SVID for %s, want %s", svid.ID, want)
+	}
+	if ttl := svid.Certificates[0].NotAfter.Sub(svid.Certificates[0].NotBefore); ttl > 6*time.Minute {
+		t.Errorf("device SVID lives %v, want about the 5m default", ttl)
+	}
+
+	// Quarantine: the agent is banned, at once.
+	qsnap := snapshotOf(t, doc, gw)
+	res, err := r.reconcileSubjects(ctx, qsnap, []topology.Subject{gw})
+	if err != nil || res.Banned != 1 {
+		t.Fatalf("quarantine: %+v, %v; want the agent banned", res, err)
+	}
+	if got := agentsOf(t, ctx, r, qsnap, gw); len(got) != 1 || got[0].Agent == nil || !got[0].Agent.Banned {
+		t.Fatalf("after the quarantine: %+v, want its agent banned", got)
+	}
+	if res, _ := r.Reconcile(ctx, qsnap); res.Banned+res.Evicted+res.Deleted != 0 {
+		t.Errorf("a second pass while quarantined: %+v, want nothing more", res)
+	}
+
+	// Release: the banned agent is evicted and the binding goes; the
+	// gateway needs a new token.
+	res, err = r.Reconcile(ctx, snap)
+	if err != nil || res.Evicted != 1 {
+		t.Fatalf("release: %+v, %v; want the agent evicted", res, err)
+	}
+	if got := agentsOf(t, ctx, r, snap, gw); len(got) != 0 {
+		t.Errorf("after the release: %+v, want no binding", got)
+	}
+	if _, err := r.Onboard(ctx, snap, gw, 0); err != nil {
+		t.Errorf("onboarding again: %v", err)
+	}
+}
+
+func agentsOf(t *testing.T, ctx context.Context, r *Reconciler, snap *topology.Snapshot, s topology.Subject) []BoundAgent {
+	t.Helper()
+	list, err := r.Agents(ctx, snap, s.Kind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sa := range list {
+		if sa.Subject == s {
+			return sa.Agents
+		}
+	}
+	t.Fatalf("%s not listed by Agents", s)
+	return nil
+}
