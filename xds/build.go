@@ -9,7 +9,6 @@ import (
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/vigil-iot/vigil/topology"
 )
@@ -68,6 +67,10 @@ func (s *Server) translate(id string, snap *topology.Snapshot) (res *Resources, 
 func (s *Server) prepare(id string, snap *topology.Snapshot) *build {
 	b := &build{snap: snap}
 	b.res, b.denyAll, b.err = s.translate(id, snap)
+	if b.res.hashes != nil {
+		b.hashes = *b.res.hashes
+		return b
+	}
 	for i, list := range lists(b.res) {
 		b.hashes[i] = hashOf(list)
 	}
@@ -153,17 +156,16 @@ func (n *nodeState) quarantineFlipped(id string, snap *topology.Snapshot, subjec
 	return false
 }
 
-// hashOf is a content hash of a resource list (deterministic marshalling;
-// Translate sorts lists by name).
+// hashOf is the content hash of a resource list (Translate sorts lists by
+// name): the SHA-256 of its resources' digestOf, as Translate computes it.
 func hashOf(list []types.Resource) [sha256.Size]byte {
 	h := sha256.New()
 	for _, r := range list {
-		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+		digest, err := digestOf(r)
 		if err != nil {
 			panic(fmt.Sprintf("xds: marshal %T: %v", r, err))
 		}
-		h.Write(strconv.AppendInt(nil, int64(len(b)), 10))
-		h.Write(b)
+		h.Write(digest[:])
 	}
 	var out [sha256.Size]byte
 	h.Sum(out[:0])

@@ -226,3 +226,21 @@ func TestServerAnswersOneNamedResource(t *testing.T) {
 		t.Fatal("per-type CDS did not answer")
 	}
 }
+
+// The content hashes Translate computes while validating are those hashOf
+// computes for lists Translate did not build (deny-all), so a type's
+// version depends only on its content.
+func TestTranslateHashesAreHashOf(t *testing.T) {
+	res, err := Translate(smartCitySnapshot(t, 3), Node{ID: gw}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.hashes == nil {
+		t.Fatal("Translate left the hashes out")
+	}
+	for i, list := range lists(res) {
+		if got := hashOf(list); got != res.hashes[i] {
+			t.Errorf("%s: hashOf %x, Translate %x", typeURLs[i], got, res.hashes[i])
+		}
+	}
+}

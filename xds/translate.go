@@ -2,6 +2,7 @@ package xds
 
 import (
 	"cmp"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net"
@@ -153,6 +154,9 @@ type Resources struct {
 	Routes    []types.Resource
 	Clusters  []types.Resource
 	Endpoints []types.Resource
+	// hashes are the lists' content hashes (hashOf), which Translate gets
+	// for free while it validates; nil when not computed.
+	hashes *[4][sha256.Size]byte
 }
 
 // Translate builds the configuration of node from snap. It is pure: the same
@@ -186,13 +190,18 @@ func Translate(snap *topology.Snapshot, node Node, opts Options) (*Resources, er
 			return nil, err
 		}
 	}
-	for _, list := range [][]types.Resource{res.Listeners, res.Routes, res.Clusters, res.Endpoints} {
+	res.hashes = new([4][sha256.Size]byte)
+	for i, list := range [][]types.Resource{res.Listeners, res.Routes, res.Clusters, res.Endpoints} {
 		slices.SortFunc(list, func(a, b types.Resource) int { return cmp.Compare(name(a), name(b)) })
+		h := sha256.New()
 		for _, r := range list {
-			if err := validateDeep(r); err != nil {
+			digest, err := validateDigest(r)
+			if err != nil {
 				return nil, fmt.Errorf("xds node %q: %T %q: %w", node.ID, r, name(r), err)
 			}
+			h.Write(digest[:])
 		}
+		h.Sum(res.hashes[i][:0])
 	}
 	return res, nil
 }
@@ -346,8 +355,51 @@ func mustAny(m proto.Message) *anypb.Any {
 }
 
 // validateDeep runs the generated Validate of m and of every message packed
-// in an Any below it (Validate itself does not look inside an Any).
+// in an Any below it (Validate itself does not look inside an Any). A
+// message byte-identical to one it accepted before is accepted at once:
+// most resources are the same across revisions, and many across nodes.
 func validateDeep(m proto.Message) error {
+	_, err := validateDigest(m)
+	return err
+}
+
+// validateDigest is validateDeep that also returns m's digestOf.
+func validateDigest(m proto.Message) ([sha256.Size]byte, error) {
+	digest, err := digestOf(m)
+	if err != nil || validMessages.has("", digest[:]) {
+		return digest, err
+	}
+	if err := validateTree(m); err != nil {
+		return digest, err
+	}
+	validMessages.add("", digest[:])
+	return digest, nil
+}
+
+// digestOf is the SHA-256 of m's type and deterministic encoding.
+func digestOf(m proto.Message) ([sha256.Size]byte, error) {
+	buf := digestBufs.Get().(*[]byte)
+	defer digestBufs.Put(buf)
+	b, err := proto.MarshalOptions{Deterministic: true}.MarshalAppend((*buf)[:0], m)
+	if err != nil {
+		return [sha256.Size]byte{}, err
+	}
+	*buf = b
+	h := sha256.New()
+	h.Write([]byte(m.ProtoReflect().Descriptor().FullName()))
+	h.Write([]byte{0})
+	h.Write(b)
+	var out [sha256.Size]byte
+	h.Sum(out[:0])
+	return out, nil
+}
+
+// digestBufs holds digestOf's encoding buffers: each is garbage the moment
+// it is hashed.
+var digestBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// validateTree is validateDeep without the memo of whole messages.
+func validateTree(m proto.Message) error {
 	if v, ok := m.(interface{ Validate() error }); ok {
 		if err := v.Validate(); err != nil {
 			return err
@@ -358,18 +410,18 @@ func validateDeep(m proto.Message) error {
 	check := func(v protoreflect.Value) bool {
 		msg := v.Message()
 		if a, ok := msg.Interface().(*anypb.Any); ok {
-			if validAnys.has(a) {
+			if validAnys.has(a.GetTypeUrl(), a.GetValue()) {
 				return true
 			}
 			inner, uerr := a.UnmarshalNew()
 			if uerr == nil {
-				uerr = validateDeep(inner)
+				uerr = validateTree(inner)
 			}
 			if uerr != nil {
 				err = fmt.Errorf("%s: %w", a.GetTypeUrl(), uerr)
 				return false
 			}
-			validAnys.add(a)
+			validAnys.add(a.GetTypeUrl(), a.GetValue())
 			return true
 		}
 		return walk(msg)
@@ -398,38 +450,41 @@ func validateDeep(m proto.Message) error {
 	return err
 }
 
-// validAnys remembers the packed messages validateDeep accepted: most are
-// byte-identical across nodes and revisions (filters, per-route settings,
-// a gateway's TLS contexts), and unpacking and validating them again was
-// most of the cost of a translation. It starts over past 64 MiB.
-var validAnys anyMemo
+// validAnys remembers the packed messages validateTree accepted, and
+// validMessages the digests of the messages validateDeep accepted: most
+// are byte-identical across nodes and revisions (filters, per-route
+// settings, a gateway's TLS contexts), and unpacking and validating them
+// again was most of the cost of a translation. Each starts over past
+// 64 MiB.
+var validAnys, validMessages memo
 
-type anyMemo struct {
+// memo is a set of (type, bytes) pairs.
+type memo struct {
 	mu     sync.Mutex
-	byType map[string]map[string]struct{} // type URL → value
+	byType map[string]map[string]struct{} // type → value
 	size   int
 }
 
-func (m *anyMemo) has(a *anypb.Any) bool {
+func (m *memo) has(typ string, value []byte) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	_, ok := m.byType[a.GetTypeUrl()][string(a.GetValue())]
+	_, ok := m.byType[typ][string(value)]
 	return ok
 }
 
-func (m *anyMemo) add(a *anypb.Any) {
+func (m *memo) add(typ string, value []byte) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.byType == nil || m.size > 64<<20 {
 		m.byType, m.size = map[string]map[string]struct{}{}, 0
 	}
-	values := m.byType[a.GetTypeUrl()]
+	values := m.byType[typ]
 	if values == nil {
 		values = map[string]struct{}{}
-		m.byType[a.GetTypeUrl()] = values
+		m.byType[typ] = values
 	}
-	if _, ok := values[string(a.GetValue())]; !ok {
-		values[string(a.GetValue())] = struct{}{}
-		m.size += len(a.GetValue()) + 64 // roughly, with the map's overhead
+	if _, ok := values[string(value)]; !ok {
+		values[string(value)] = struct{}{}
+		m.size += len(value) + 64 // roughly, with the map's overhead
 	}
 }
