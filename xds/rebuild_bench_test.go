@@ -84,11 +84,11 @@ func cityServer(tb testing.TB, c *benchCity, cfg Config) (*Server, *source) {
 	return srv, src
 }
 
-// waitRoutes waits until the cache holds routes at rev for every node of
-// ids and returns how long each took from start (polled every 200µs).
+// waitRoutes waits until the cache holds routes at rev or later for every
+// node of ids and returns how long each took from start (polled every
+// 200µs).
 func waitRoutes(b *testing.B, srv *Server, ids []string, rev topology.Revision, start time.Time) []time.Duration {
 	b.Helper()
-	want := strconv.FormatUint(uint64(rev), 10)
 	pending := slices.Clone(ids)
 	out := make([]time.Duration, 0, len(ids))
 	deadline := start.Add(time.Minute)
@@ -96,7 +96,11 @@ func waitRoutes(b *testing.B, srv *Server, ids []string, rev topology.Revision, 
 		now := time.Now()
 		rest := pending[:0]
 		for _, id := range pending {
-			if s, err := srv.cache.GetSnapshot(id); err == nil && s.GetVersion(resourcev3.RouteType) == want {
+			s, err := srv.cache.GetSnapshot(id)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if v, _ := strconv.ParseUint(s.GetVersion(resourcev3.RouteType), 10, 64); v >= uint64(rev) {
 				out = append(out, now.Sub(start))
 			} else {
 				rest = append(rest, id)
@@ -145,4 +149,43 @@ func documentChanges(b *testing.B, c *benchCity, srv *Server, src *source, done 
 	slices.Sort(all)
 	b.ReportMetric(float64(all[len(all)/2])/1e6, "p50-ms")
 	b.ReportMetric(float64(all[len(all)*99/100])/1e6, "p99-ms")
+}
+
+// BenchmarkQuarantineDuringDocumentChange quarantines (or releases) a
+// device right after a document change has queued every node for a
+// rebuild: urgent-ms is how long the device's gateway waited for its
+// routes (p50 over the rounds), bulk-ms how long the whole rebuild took.
+func BenchmarkQuarantineDuringDocumentChange(b *testing.B) {
+	c := newBenchCity(b, 5000)
+	clock := &fakeClock{}
+	srv, src := cityServer(b, c, Config{Debounce: time.Hour, Clock: clock})
+	gw := c.affected[len(c.affected)/2]
+	dev := topology.DeviceSubject(c.snaps[0].Index().DevicesOf(gw)[0].Name)
+	var urgent, bulk []time.Duration
+	state := c.snaps[0].State()
+	rev := topology.Revision(1)
+	for round := 1; b.Loop(); round++ {
+		rev++
+		doc := topology.NewSnapshot(rev, rev, c.snaps[(round+1)%2].Index(), state) // not revision 1's
+		src.p.Store(doc)
+		start := time.Now()
+		srv.Update(doc, Change{Document: true})
+		clock.fire() // every node queued
+		rev++
+		q := &topology.SubjectState{Quarantine: &topology.Quarantine{Reason: "bench"}}
+		if state.Get(dev) != nil {
+			q = &topology.SubjectState{} // release
+		}
+		state = state.With(map[topology.Subject]*topology.SubjectState{dev: q})
+		next := topology.NewSnapshot(rev, rev-1, doc.Index(), state)
+		src.p.Store(next)
+		qstart := time.Now()
+		srv.Update(next, Change{Subjects: []topology.Subject{dev}})
+		urgent = append(urgent, slices.Max(waitRoutes(b, srv, []string{gw}, rev, qstart)))
+		bulk = append(bulk, slices.Max(waitRoutes(b, srv, c.affected, rev-1, start)))
+	}
+	slices.Sort(urgent)
+	slices.Sort(bulk)
+	b.ReportMetric(float64(urgent[len(urgent)/2])/1e6, "urgent-ms")
+	b.ReportMetric(float64(bulk[len(bulk)/2])/1e6, "bulk-ms")
 }
