@@ -23,7 +23,7 @@ var allowed = map[string][]string{
 	"spire":                 {"topology"},
 	"spire/spiretest":       {},
 	"authz/authztest":       {"topology", "topology/topologytest"},
-	"node":                  {"topology", "raft", "api", "authz", "xds"},
+	"node":                  {"topology", "raft", "api", "authz", "xds", "spire"},
 	"examples":              {},
 	"cmd/vigil":             {"*"},
 }

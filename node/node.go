@@ -45,6 +45,8 @@ type Config struct {
 	Authz AuthzConfig
 	// XDS configures the xDS server.
 	XDS XDSConfig
+	// SPIRE configures the SPIRE integration (off without a socket).
+	SPIRE SPIREConfig
 	// HeartbeatTimeout and ElectionTimeout tune failure detection; zero
 	// keeps the raft package's defaults.
 	HeartbeatTimeout, ElectionTimeout time.Duration
@@ -75,6 +77,11 @@ func (c *Config) Validate() error {
 	}
 	c.ClusterKeyFile = cmp.Or(c.ClusterKeyFile, filepath.Join(c.DataDir, "cluster.key"))
 	c.TokenFile = cmp.Or(c.TokenFile, filepath.Join(c.DataDir, "api-tokens"))
+	if c.SPIRE.Socket != "" {
+		if err := c.SPIRE.Options.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("spire: %w", err))
+		}
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -92,6 +99,7 @@ type Node struct {
 	conn    *api.Connector
 	authz   *authzPart
 	xds     *xdsPart
+	spire   *spirePart
 	ready   atomic.Bool
 }
 
@@ -175,9 +183,18 @@ func Start(cfg Config) (*Node, error) {
 		store.Close()
 		return nil, err
 	}
+	if n.spire, err = n.startSPIRE(); err != nil {
+		n.authz.ln.Close()
+		n.xds.ln.Close()
+		ln.Close()
+		store.Close()
+		return nil, err
+	}
+	apiServer := api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Connector: conn,
+		Ready: n.Ready, Node: func() any { return n.authz.status() }, XDS: n.xds, Logger: log})
+	apiServer.HandleSPIRE(n.spire.api())
 	n.http = &http.Server{
-		Handler: api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Connector: conn,
-			Ready: n.Ready, Node: func() any { return n.authz.status() }, XDS: n.xds, Logger: log}),
+		Handler:           apiServer,
 		TLSConfig:         serverTLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -244,7 +261,7 @@ func (n *Node) Run(ctx context.Context) error {
 			return nil
 		},
 		n.becomeReady,
-	}, append(n.authz.parts(), n.xds.parts()...)...)
+	}, append(append(n.authz.parts(), n.xds.parts()...), n.spire.parts()...)...)
 	errc := make(chan error, len(parts))
 	for _, run := range parts {
 		go func() { errc <- run(ctx) }()

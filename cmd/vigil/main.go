@@ -49,7 +49,7 @@ a --config file.`,
 		},
 	}
 	root.AddCommand(newServeCmd(), newDevCmd(), newTopologyCmd(), newSubjectCmd("device"), newSubjectCmd("gateway"),
-		newClusterCmd(), newPolicyCmd(), newAuditCmd(), newEnvoyCmd(), newGRPCCmd(), newXDSCmd(), newProxyCmd(), newVersionCmd())
+		newClusterCmd(), newPolicyCmd(), newAuditCmd(), newEnvoyCmd(), newGRPCCmd(), newXDSCmd(), newProxyCmd(), newSPIRECmd(), newVersionCmd())
 	return root
 }
 

@@ -49,6 +49,7 @@ func (m *memberFlags) register(cmd *cobra.Command) {
 	f.DurationVar(&m.cfg.HeartbeatTimeout, "raft-heartbeat-timeout", 500*time.Millisecond,
 		"how long a follower waits for the leader before standing for election; lower fails over faster but risks needless elections on a loaded host")
 	f.DurationVar(&m.cfg.ElectionTimeout, "raft-election-timeout", 500*time.Millisecond, "how long a candidate waits for votes")
+	registerSPIREFlags(f, &m.cfg.SPIRE)
 }
 
 // setLogger gives the member a logger at --log-level.

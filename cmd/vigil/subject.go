@@ -85,6 +85,7 @@ func newSubjectCmd(kindName string) *cobra.Command {
 	rFlags.register(release, true)
 
 	cmd.AddCommand(get, quarantine, release)
+	cmd.AddCommand(newAgentCmds(kind)...)
 	return cmd
 }
 
