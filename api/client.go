@@ -228,10 +228,23 @@ func (c *Client) Proxies(ctx context.Context) (map[string]any, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/proxies", "", nil, &out)
 }
 
-// XDSDump returns, as YAML, the configuration the member serves node.
-func (c *Client) XDSDump(ctx context.Context, node string) ([]byte, error) {
+// XDSDump returns, as YAML, the configuration the member serves the node
+// with that node.id and node.cluster (empty for a gateway), as Envoy or,
+// when proxyless, as a gRPC library.
+func (c *Client) XDSDump(ctx context.Context, node, cluster string, proxyless bool) ([]byte, error) {
+	q := url.Values{}
+	if cluster != "" {
+		q.Set("cluster", cluster)
+	}
+	if proxyless {
+		q.Set("proxyless", "true")
+	}
+	path := "/v1/xds/" + url.PathEscape(node)
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
 	var out []byte
-	return out, c.do(ctx, http.MethodGet, "/v1/xds/"+url.PathEscape(node), "", nil, &out)
+	return out, c.do(ctx, http.MethodGet, path, "", nil, &out)
 }
 
 // Join asks the cluster to add m as a voter.

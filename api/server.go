@@ -413,7 +413,7 @@ type XDS interface {
 	// sent, ACKed and NACKed per type.
 	ProxyStatus() any
 	// Dump renders, as YAML, the configuration a node receives.
-	Dump(node string) ([]byte, error)
+	Dump(node, cluster string, proxyless bool) ([]byte, error)
 }
 
 func (s *Server) proxies(w http.ResponseWriter, r *http.Request) error {
@@ -428,7 +428,16 @@ func (s *Server) xdsDump(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.XDS == nil {
 		return notFound("this member serves no xDS")
 	}
-	data, err := s.cfg.XDS.Dump(r.PathValue("node"))
+	q := r.URL.Query()
+	proxyless := false
+	switch q.Get("proxyless") {
+	case "", "false":
+	case "true":
+		proxyless = true
+	default:
+		return badRequest("proxyless must be true or false")
+	}
+	data, err := s.cfg.XDS.Dump(r.PathValue("node"), q.Get("cluster"), proxyless)
 	if err != nil {
 		return err
 	}

@@ -105,9 +105,9 @@ func (p *xdsPart) follow(ctx context.Context) error {
 // ProxyStatus lists the proxies connected to this member.
 func (p *xdsPart) ProxyStatus() any { return p.server.Status() }
 
-// Dump renders what node receives from this member.
-func (p *xdsPart) Dump(node string) ([]byte, error) {
-	res, err := p.server.Dump(node)
+// Dump renders what a node receives from this member.
+func (p *xdsPart) Dump(node, cluster string, proxyless bool) ([]byte, error) {
+	res, err := p.server.Dump(xds.Node{ID: node, Cluster: cluster, Proxyless: proxyless})
 	if err != nil {
 		return nil, err
 	}

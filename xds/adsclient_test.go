@@ -104,7 +104,7 @@ func (f *fixture) ads(t *testing.T, nodeID string) *sotw {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &sotw{t: t, stream: st, node: &corev3.Node{Id: nodeID, Cluster: "north"}, resps: make(chan *discoverygrpc.DiscoveryResponse, 64)}
+	c := &sotw{t: t, stream: st, node: &corev3.Node{Id: nodeID}, resps: make(chan *discoverygrpc.DiscoveryResponse, 64)}
 	go func() {
 		defer close(c.resps)
 		for {

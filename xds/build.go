@@ -51,15 +51,22 @@ type build struct {
 
 // translate is Translate, or DenyAll for an unknown node or a failed
 // translation (fail closed).
-func (s *Server) translate(id string, snap *topology.Snapshot) (res *Resources, denyAll bool, err error) {
-	res, err = Translate(snap, Node{ID: id}, s.cfg.Options)
+// A proxyless node's deny-all is nothing at all: no listener to resolve,
+// so its calls fail.
+func (s *Server) translate(key string, snap *topology.Snapshot) (res *Resources, denyAll bool, err error) {
+	node := nodeOfKey(key)
+	res, err = Translate(snap, node, s.cfg.Options)
 	if err == nil {
 		return res, false, nil
 	}
-	if errors.Is(err, ErrUnknownNode) {
-		return s.denyAll, true, nil
+	deny := s.denyAll
+	if node.Proxyless {
+		deny = &Resources{}
 	}
-	return s.denyAll, true, err
+	if errors.Is(err, ErrUnknownNode) {
+		return deny, true, nil
+	}
+	return deny, true, err
 }
 
 // prepare translates node id at snap and hashes the result. It is the
@@ -89,10 +96,10 @@ func (s *Server) installLocked(id string, n *nodeState, b *build) {
 	}
 	switch {
 	case b.err != nil:
-		s.log.Error("translation failed, serving deny-all", "node", id, "revision", rev, "err", b.err)
+		s.log.Error("translation failed, serving deny-all", nodeAttrs(id, "revision", rev, "err", b.err)...)
 	case b.denyAll && !s.warned[id]:
 		s.warned[id] = true
-		s.log.Warn("unknown xds node, serving deny-all", "node", id, "revision", rev)
+		s.log.Warn("unknown xds node, serving deny-all", nodeAttrs(id, "revision", rev)...)
 	case !b.denyAll:
 		delete(s.warned, id)
 	}
@@ -116,14 +123,44 @@ func (s *Server) installLocked(id string, n *nodeState, b *build) {
 	// SetSnapshot only hands responses to buffered channels; it is called
 	// under s.mu so that snapshots of a node are set in revision order.
 	if err := s.cache.SetSnapshot(s.ctx, id, out); err != nil {
-		s.log.Error("set xds snapshot", "node", id, "err", err)
+		s.log.Error("set xds snapshot", nodeAttrs(id, "err", err)...)
 	}
 }
 
-// quarantinedOf lists gateway id and those of its devices that are
-// quarantined in snap.
-func quarantinedOf(id string, snap *topology.Snapshot) map[topology.Subject]bool {
+// scopeOf says whose quarantine changes node key's configuration at snap:
+// a gateway's own and its devices' (gateway is its name), or everyone's
+// (wide: a cloud edge or a gRPC service admits callers from every zone).
+func scopeOf(key string, snap *topology.Snapshot) (gateway string, wide bool) {
+	node := nodeOfKey(key)
+	switch kind, err := Classify(snap.Index(), node); {
+	case err != nil:
+		return "", false
+	case kind == KindEdge:
+		return "", true
+	case kind == KindProxyless:
+		if _, ok := snap.Index().Gateway(node.ID); !ok {
+			return "", true // a service
+		}
+	}
+	return node.ID, false
+}
+
+// quarantinedOf lists the quarantined subjects in node key's scope.
+func quarantinedOf(key string, snap *topology.Snapshot) map[topology.Subject]bool {
 	out := map[topology.Subject]bool{}
+	id, wide := scopeOf(key, snap)
+	if wide {
+		snap.State().Range(func(sub topology.Subject, st *topology.SubjectState) bool {
+			if st.Quarantine != nil && snap.Index().Exists(sub) {
+				out[sub] = true
+			}
+			return true
+		})
+		return out
+	}
+	if id == "" {
+		return out
+	}
 	if sub := topology.GatewaySubject(id); snap.Quarantined(sub) {
 		out[sub] = true
 	}
@@ -143,11 +180,12 @@ func (n *nodeState) quarantineChanged(id string, snap *topology.Snapshot) bool {
 
 // quarantineFlipped reports whether a subject's quarantine began or ended
 // since the node was last built: such a change is pushed at once.
-func (n *nodeState) quarantineFlipped(id string, snap *topology.Snapshot, subjects []topology.Subject) bool {
+func (n *nodeState) quarantineFlipped(key string, snap *topology.Snapshot, subjects []topology.Subject) bool {
+	id, wide := scopeOf(key, snap)
 	for _, sub := range subjects {
-		mine := sub == topology.GatewaySubject(id)
-		if d, ok := snap.Index().Device(sub.Name); ok && sub.Kind == topology.KindDevice {
-			mine = d.Gateway == id
+		mine := wide || id != "" && sub == topology.GatewaySubject(id)
+		if d, ok := snap.Index().Device(sub.Name); ok && sub.Kind == topology.KindDevice && !wide {
+			mine = id != "" && d.Gateway == id
 		}
 		if mine && snap.Quarantined(sub) != n.quarantined[sub] {
 			return true

@@ -52,14 +52,14 @@ func (c callbacks) closed(k streamKey) {
 // configuration that was just rejected (the next change sends a new one).
 func (c callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	nack := req.GetErrorDetail() != nil
-	node, rejected, err := c.s.status.request(streamKey{id: id}, req.GetNode().GetId(), req.GetNode().GetCluster(),
+	node, rejected, err := c.s.status.request(streamKey{id: id}, req.GetNode() != nil, NodeOf(req.GetNode()),
 		req.GetTypeUrl(), req.GetVersionInfo(), req.GetResponseNonce(), req.GetErrorDetail().GetMessage(), nack)
 	if err != nil {
 		c.s.log.Warn("xds stream closed", "err", err)
 		return err
 	}
 	if rejected != "" {
-		c.s.log.Warn("xds config rejected", "node", node, "type", req.GetTypeUrl(), "version", rejected, "error", req.GetErrorDetail().GetMessage())
+		c.s.log.Warn("xds config rejected", nodeAttrs(node, "type", req.GetTypeUrl(), "version", rejected, "error", req.GetErrorDetail().GetMessage())...)
 		req.VersionInfo = rejected
 	}
 	c.s.ensure(node)
@@ -70,14 +70,14 @@ func (c callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) 
 // first request is sure to carry the node, the tracker remembers it.
 func (c callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 	nack := req.GetErrorDetail() != nil
-	node, rejected, err := c.s.status.request(streamKey{delta: true, id: id}, req.GetNode().GetId(), req.GetNode().GetCluster(),
+	node, rejected, err := c.s.status.request(streamKey{delta: true, id: id}, req.GetNode() != nil, NodeOf(req.GetNode()),
 		req.GetTypeUrl(), "", req.GetResponseNonce(), req.GetErrorDetail().GetMessage(), nack)
 	if err != nil {
 		c.s.log.Warn("xds stream closed", "err", err)
 		return err
 	}
 	if rejected != "" {
-		c.s.log.Warn("xds config rejected", "node", node, "type", req.GetTypeUrl(), "version", rejected, "error", req.GetErrorDetail().GetMessage())
+		c.s.log.Warn("xds config rejected", nodeAttrs(node, "type", req.GetTypeUrl(), "version", rejected, "error", req.GetErrorDetail().GetMessage())...)
 	}
 	c.s.ensure(node)
 	return nil

@@ -112,7 +112,7 @@ func TestServerDropsNodeAfterLastStream(t *testing.T) {
 	eventually(t, "the node marked disconnected and forgotten", func() bool {
 		p, _ := statusOf(f.srv, gw)
 		f.srv.mu.Lock()
-		_, kept := f.srv.nodes[gw]
+		_, kept := f.srv.nodes[Node{ID: gw}.key()]
 		f.srv.mu.Unlock()
 		return !p.Connected && !p.DisconnectedAt.IsZero() && !kept
 	})
@@ -174,13 +174,13 @@ func (h *hookedServer) idle(t *testing.T) {
 func (h *hookedServer) revision(id string) topology.Revision {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.nodes[id].revision
+	return h.nodes[Node{ID: id}.key()].revision
 }
 
 // routesVersion is the version of node id's routes in the cache.
 func (h *hookedServer) routesVersion(t *testing.T, id string) string {
 	t.Helper()
-	s, err := h.cache.GetSnapshot(id)
+	s, err := h.cache.GetSnapshot(Node{ID: id}.key())
 	if err != nil {
 		t.Fatal(err)
 	}

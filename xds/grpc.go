@@ -201,8 +201,10 @@ func grpcCluster(sf *serviceFlows, self string) (*clusterv3.Cluster, types.Resou
 	c.EdsClusterConfig = &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name}
 	cla := loadAssignment(name, sf.svc.Endpoints)
 	for _, l := range cla.Endpoints {
-		// grpc-go ignores a locality without a weight.
+		// grpc-go ignores a locality without a weight and rejects one
+		// without an ID.
 		l.LoadBalancingWeight = wrapperspb.UInt32(1)
+		l.Locality = &corev3.Locality{Zone: sf.svc.Zone}
 	}
 	return c, cla
 }

@@ -79,7 +79,7 @@ func cityServer(tb testing.TB, c *benchCity, cfg Config) (*Server, *source) {
 	}
 	tb.Cleanup(srv.Close)
 	for _, id := range c.gateways {
-		srv.ensure(id)
+		srv.ensure(Node{ID: id}.key())
 	}
 	return srv, src
 }
@@ -96,7 +96,7 @@ func waitRoutes(b *testing.B, srv *Server, ids []string, rev topology.Revision, 
 		now := time.Now()
 		rest := pending[:0]
 		for _, id := range pending {
-			s, err := srv.cache.GetSnapshot(id)
+			s, err := srv.cache.GetSnapshot(Node{ID: id}.key())
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -162,7 +162,7 @@ func NewServer(cfg Config) (*Server, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	// Not ADS mode: in ADS mode the cache only answers a request naming
 	// every resource of a type, and grpc-go names only what it needs.
-	s.cache = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, gcpLogger{s.log})
+	s.cache = cachev3.NewSnapshotCache(false, nodeHash{}, gcpLogger{s.log})
 	s.xds = serverv3.NewServer(s.ctx, s.cache, callbacks{s})
 	return s, nil
 }
@@ -202,10 +202,10 @@ func (s *Server) Close() {
 // Status returns every node's status, sorted by node ID.
 func (s *Server) Status() []ProxyStatus { return s.status.list() }
 
-// Dump returns what node nodeID receives now: its translation, or the
-// deny-all configuration when the ID names no gateway.
-func (s *Server) Dump(nodeID string) (*Resources, error) {
-	res, _, err := s.translate(nodeID, s.current())
+// Dump returns what node receives now: its translation, or the deny-all
+// configuration when it is unknown.
+func (s *Server) Dump(node Node) (*Resources, error) {
+	res, _, err := s.translate(node.key(), s.current())
 	return res, err
 }
 
@@ -236,8 +236,12 @@ func (s *Server) Update(snap *topology.Snapshot, c Change) {
 		}
 	}
 	for id, n := range s.nodes {
+		gateway, wide := "", false
+		if !all {
+			gateway, wide = scopeOf(id, snap)
+		}
 		switch {
-		case !all && !affected[id]:
+		case !all && !wide && !affected[gateway]:
 		case c.Urgent || n.quarantineFlipped(id, snap, c.Subjects) || c.Restored && n.quarantineChanged(id, snap):
 			s.queueLocked(id, n, urgentQueue)
 		case c.Restored:
@@ -298,7 +302,7 @@ func (s *Server) rebuild(id string, n *nodeState, ticket uint64) {
 func (s *Server) buildUnlocked(id string, n *nodeState, snap *topology.Snapshot, hook func(string, topology.Revision)) {
 	b := s.prepare(id, snap)
 	if hook != nil {
-		hook(id, snap.Revision())
+		hook(nodeOfKey(id).ID, snap.Revision())
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

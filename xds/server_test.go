@@ -1,6 +1,8 @@
 package xds
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -101,7 +103,7 @@ func TestServerLeavesUnaffectedNodesAlone(t *testing.T) {
 	builtAt := func() topology.Revision {
 		f.srv.mu.Lock()
 		defer f.srv.mu.Unlock()
-		return f.srv.nodes[gw].revision
+		return f.srv.nodes[Node{ID: gw}.key()].revision
 	}
 	other := topology.DeviceSubject("slc-n2-001") // behind gw-north-2
 	for rev, urgent := range map[topology.Revision]bool{4: true, 5: false} {
@@ -162,7 +164,7 @@ func TestServerDeniesUnknownNodes(t *testing.T) {
 			if !p.DenyAll {
 				t.Errorf("status of %q does not say deny-all", id)
 			}
-			dump, err := f.srv.Dump(id)
+			dump, err := f.srv.Dump(Node{ID: id})
 			if err != nil || len(dump.Listeners) != 1 || len(dump.Clusters) != 0 {
 				t.Errorf("Dump(%q) = %v, %v; want the deny-all listener", id, dump, err)
 			}
@@ -241,6 +243,90 @@ func TestTranslateHashesAreHashOf(t *testing.T) {
 	for i, list := range lists(res) {
 		if got := hashOf(list); got != res.hashes[i] {
 			t.Errorf("%s: hashOf %x, Translate %x", typeURLs[i], got, res.hashes[i])
+		}
+	}
+}
+
+func TestNodeKeys(t *testing.T) {
+	for _, n := range []Node{{}, {ID: "gw-north-1"}, {ID: "edge-1", Cluster: "cloud"}, {ID: "firmware", Cluster: "cloud", Proxyless: true}, {ID: "a\x00b", Cluster: "c\x00d"}} {
+		got := nodeOfKey(n.key())
+		if n.ID != "a\x00b" && got != n {
+			t.Errorf("nodeOfKey(key(%+v)) = %+v", n, got)
+		}
+	}
+	// A name holding a separator never decodes to a valid node.
+	if got := nodeOfKey(Node{ID: "gw-north-1\x00north"}.key()); got.ID == "gw-north-1" {
+		t.Errorf("a forged ID decoded to %+v", got)
+	}
+	if n := NodeOf(&corev3.Node{Id: "x", UserAgentName: "gRPC Go"}); !n.Proxyless {
+		t.Error("grpc-go is not recognised as proxyless")
+	}
+	if n := NodeOf(&corev3.Node{Id: "x", UserAgentName: "envoy"}); n.Proxyless {
+		t.Error("Envoy taken for a gRPC library")
+	}
+}
+
+// TestServerServesEachKindOfNode: under one server, the same name as Envoy
+// and as grpc-go gets different resources, a gateway claiming another
+// zone is denied, and a cloud edge gets its inbound listener, pushed at
+// once when a device it admits is quarantined.
+func TestServerServesEachKindOfNode(t *testing.T) {
+	f := start(t, smartCitySnapshot(t, 3))
+	listeners := func(c *sotw) []string {
+		c.ask(resourcev3.ListenerType)
+		r := c.next()
+		c.ack(r)
+		var out []string
+		for n := range byName(t, r.GetResources()) {
+			out = append(out, n)
+		}
+		slices.Sort(out)
+		return out
+	}
+	envoy := f.ads(t, gw)
+	envoy.node.Cluster = "north"
+	if got := listeners(envoy); !slices.Equal(got, []string{GatewayListenerName}) {
+		t.Errorf("Envoy gateway listeners = %v", got)
+	}
+	grpcGW := f.ads(t, gw)
+	grpcGW.node.UserAgentName = "gRPC Go"
+	if got := listeners(grpcGW); len(got) != 0 { // no flow from north's devices reaches a gRPC service
+		t.Errorf("proxyless gateway listeners = %v, want none", got)
+	}
+	grpcSvc := f.ads(t, "lighting")
+	grpcSvc.node.UserAgentName = "gRPC Go"
+	if got := listeners(grpcSvc); len(got) != 0 { // lighting calls devices, not services; nobody calls lighting
+		// lighting is a gRPC service without endpoints: no server listener either
+		t.Errorf("proxyless lighting listeners = %v, want none", got)
+	}
+	liar := f.ads(t, gw)
+	liar.node.Cluster = "south"
+	deny, _ := DenyAll(Options{})
+	liar.ask(resourcev3.ListenerType)
+	sameResources(t, "listeners of a gateway claiming another zone", byName(t, liar.next().GetResources()), deny.Listeners)
+
+	edge := f.ads(t, "edge-1")
+	edge.node.Cluster = "cloud"
+	if got := listeners(edge); !slices.Equal(got, []string{"inbound-telemetry"}) {
+		t.Fatalf("edge listeners = %v", got)
+	}
+	edge.ask(resourcev3.RouteType, "inbound-telemetry")
+	edge.ack(edge.next())
+	dev := topology.DeviceSubject("slc-s1-001")
+	next := smartCitySnapshot(t, 4, dev)
+	f.src.p.Store(next)
+	f.srv.Update(next, Change{Subjects: []topology.Subject{dev}})
+	r := edge.next() // the debounce is an hour: only an urgent push arrives
+	if r.GetTypeUrl() != resourcev3.RouteType || !strings.Contains(byName(t, r.GetResources())["inbound-telemetry"].(*routev3.RouteConfiguration).String(), "slc-s1-001") {
+		t.Fatalf("edge got %s %q, want routes denying slc-s1-001", r.GetTypeUrl(), r.GetVersionInfo())
+	}
+	var kinds []string
+	for _, p := range f.srv.Status() {
+		kinds = append(kinds, fmt.Sprintf("%s/%s/%v", p.NodeID, p.Cluster, p.Proxyless))
+	}
+	for _, want := range []string{"gw-north-1/north/false", "gw-north-1//true", "edge-1/cloud/false", "gw-north-1/south/false"} {
+		if !slices.Contains(kinds, want) {
+			t.Errorf("proxy status lacks %s: %v", want, kinds)
 		}
 	}
 }

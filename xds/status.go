@@ -14,6 +14,8 @@ import (
 type ProxyStatus struct {
 	NodeID  string
 	Cluster string
+	// Proxyless is a gRPC library rather than Envoy.
+	Proxyless bool
 	// ControlPlane is the Vigil node serving it (Config.NodeID).
 	ControlPlane string
 	// DenyAll is true when the node is served the deny-all configuration
@@ -100,7 +102,7 @@ func (t *tracker) open(k streamKey, peer string) {
 // request names (empty when it names none: only the first request must).
 // It returns the stream's node, and the version the request rejects if it
 // is a NACK of what this stream was sent.
-func (t *tracker) request(k streamKey, nodeID, cluster, typeURL, version, nonce, nackMsg string, nack bool) (node, rejected string, err error) {
+func (t *tracker) request(k streamKey, named bool, n Node, typeURL, version, nonce, nackMsg string, nack bool) (node, rejected string, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.streams[k]
@@ -111,19 +113,19 @@ func (t *tracker) request(k streamKey, nodeID, cluster, typeURL, version, nonce,
 	if !s.attached {
 		// The first request names the node (an empty ID is a node too:
 		// it is served deny-all).
-		s.attached, s.node = true, nodeID
-		p := t.proxy(nodeID)
+		s.attached, s.node = true, n.key()
+		p := t.proxy(s.node)
 		if p.status.Streams == 0 {
 			p.status.ConnectedSince = s.opened
 		}
-		p.status.Cluster = cmp.Or(cluster, p.status.Cluster)
 		p.status.Streams++
 		p.status.Connected = true
 		p.status.Peer, p.status.Delta = s.peer, k.delta
-	} else if nodeID != "" && nodeID != s.node {
+	} else if named && n.key() != s.node {
 		// go-control-plane would serve the stream from the other node's
 		// cache entry, which this server neither builds nor tracks for it.
-		return s.node, "", fmt.Errorf("xds stream opened as node %q cannot switch to node %q", s.node, nodeID)
+		was := nodeOfKey(s.node)
+		return s.node, "", fmt.Errorf("xds stream opened as node %q (cluster %q) cannot switch to node %q (cluster %q)", was.ID, was.Cluster, n.ID, n.Cluster)
 	}
 	p := t.proxy(s.node)
 	last, ok := s.sent[typeURL]
@@ -201,7 +203,8 @@ func (t *tracker) setDenyAll(node string, denyAll bool) {
 func (t *tracker) proxy(node string) *proxyRecord {
 	p := t.proxies[node]
 	if p == nil {
-		p = &proxyRecord{status: ProxyStatus{NodeID: node, ControlPlane: t.controlPlane}, types: map[string]*TypeStatus{}}
+		n := nodeOfKey(node)
+		p = &proxyRecord{status: ProxyStatus{NodeID: n.ID, Cluster: n.Cluster, Proxyless: n.Proxyless, ControlPlane: t.controlPlane}, types: map[string]*TypeStatus{}}
 		t.proxies[node] = p
 	}
 	return p
@@ -235,6 +238,15 @@ func (t *tracker) list() []ProxyStatus {
 		slices.SortFunc(st.Types, func(a, b TypeStatus) int { return cmp.Compare(a.TypeURL, b.TypeURL) })
 		out = append(out, st)
 	}
-	slices.SortFunc(out, func(a, b ProxyStatus) int { return cmp.Compare(a.NodeID, b.NodeID) })
+	slices.SortFunc(out, func(a, b ProxyStatus) int {
+		return cmp.Or(cmp.Compare(a.NodeID, b.NodeID), cmp.Compare(a.Cluster, b.Cluster), cmp.Compare(btoi(a.Proxyless), btoi(b.Proxyless)))
+	})
 	return out
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
