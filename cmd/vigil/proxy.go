@@ -60,6 +60,9 @@ func printProxies(w io.Writer, member string, proxies []xds.ProxyStatus) {
 		}
 		for i, t := range p.Types {
 			node, zone, peer := p.NodeID, p.Cluster, p.Peer
+			if p.Proxyless {
+				node += " (gRPC)"
+			}
 			if i > 0 {
 				node, zone, peer, connected = "", "", "", ""
 			}
