@@ -1,9 +1,6 @@
 package xds
 
-import (
-	"runtime"
-	"sync"
-)
+import "sync"
 
 // pool runs jobs on at most a fixed number of goroutines: urgent jobs
 // before the others, each kind first in, first out. Workers start when
@@ -53,10 +50,6 @@ func (p *pool) work() {
 			return
 		}
 		job()
-		// Let the goroutines a job readied (streams sending what it
-		// built) run now rather than when the scheduler preempts a
-		// worker that never blocks.
-		runtime.Gosched()
 	}
 }
 
