@@ -6,6 +6,6 @@
 // It is an ordinary (non-test) package so that load tools can use it too.
 // It only ever signals processes it started itself, by their PID, and every
 // wait it does is bounded. Of the main module it imports only the public
-// packages a client uses (api, topology); members run as separate
+// packages a client uses (api, topology), and spire/spiretest to run the real SPIRE; members run as separate
 // processes, never in-process.
 package harness

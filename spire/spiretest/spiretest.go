@@ -231,6 +231,9 @@ type Agent struct {
 	// WorkloadSocket serves the Workload API (and Envoy SDS);
 	// AdminSocket the Delegated Identity API.
 	WorkloadSocket, AdminSocket string
+
+	bin  string
+	args []string
 }
 
 // StartAgent runs spire-agent against s with a join token, with its data
@@ -259,26 +262,44 @@ func (s *Server) StartAgent(dir, token, delegate string) (*Agent, error) {
 	if err := os.WriteFile(confPath, conf, 0o600); err != nil {
 		return nil, err
 	}
-	bin := filepath.Join(s.Bin, "spire-agent")
-	if a.Process, err = start("spire-agent", filepath.Join(dir, "agent.log"), bin, "run", "-config", confPath, "-joinToken", token); err != nil {
+	a.bin = filepath.Join(s.Bin, "spire-agent")
+	a.args = []string{"run", "-config", confPath, "-joinToken", token}
+	if err := a.start(60 * time.Second); err != nil {
 		return nil, err
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	return a, nil
+}
+
+// Restart stops the agent and runs it again on the same data dir, the way
+// a rebooted gateway would, and waits up to 20 s until it is healthy.
+func (a *Agent) Restart() error {
+	if err := a.Stop(); err != nil {
+		return err
+	}
+	return a.start(20 * time.Second)
+}
+
+func (a *Agent) start(timeout time.Duration) error {
+	var err error
+	if a.Process, err = start("spire-agent", filepath.Join(a.Dir, "agent.log"), a.bin, a.args...); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := exec.CommandContext(ctx, bin, "healthcheck", "-socketPath", a.WorkloadSocket).Run()
+		err := exec.CommandContext(ctx, a.bin, "healthcheck", "-socketPath", a.WorkloadSocket).Run()
 		cancel()
 		if err == nil {
-			return a, nil
+			return nil
 		}
 		select {
 		case <-a.done:
-			return nil, fmt.Errorf("spire-agent exited at start:\n%s", a.Tail(20))
+			return fmt.Errorf("spire-agent exited at start:\n%s", a.Tail(20))
 		case <-time.After(200 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			a.Stop()
-			return nil, fmt.Errorf("spire-agent not healthy within 60s:\n%s", a.Tail(20))
+			return fmt.Errorf("spire-agent not healthy within %v:\n%s", timeout, a.Tail(20))
 		}
 	}
 }

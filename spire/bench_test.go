@@ -1,0 +1,82 @@
+package spire
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vigil-iot/vigil/spire/spiretest"
+	"github.com/vigil-iot/vigil/topology"
+)
+
+// BenchmarkReconcileRealServer times full passes against the real
+// spire-server (sqlite datastore) on this machine: the first pass creating
+// every entry, a pass that finds nothing to do, and the targeted pass of a
+// quarantine. Run with -benchtime=1x; entries/s is the first pass's rate.
+//
+//	go test ./spire -run '^$' -bench ReconcileRealServer -benchtime=1x
+func BenchmarkReconcileRealServer(b *testing.B) {
+	if _, err := spiretest.Binaries(); err != nil {
+		b.Skipf("real SPIRE is not available: %v", err)
+	}
+	for _, n := range []int{10_000, 100_000} {
+		b.Run(fmt.Sprintf("devices=%d", n), func(b *testing.B) {
+			doc := city(n)
+			ix, err := topology.NewIndex(doc)
+			if err != nil {
+				b.Fatal(err)
+			}
+			snap := topology.NewSnapshot(2, 1, ix, topology.NewState())
+			q := topology.DeviceSubject("d-0000042")
+			quarantined := topology.NewSnapshot(3, 1, ix, topology.NewState().With(map[topology.Subject]*topology.SubjectState{
+				q: {Quarantine: &topology.Quarantine{Reason: "bench"}}}))
+			var first, noop, quarantine time.Duration
+			for range b.N {
+				b.StopTimer()
+				srv, err := spiretest.StartServer("", cityTD)
+				if err != nil {
+					b.Fatal(err)
+				}
+				cl, err := Dial(srv.Socket)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var leader atomic.Bool
+				leader.Store(true)
+				r, err := NewReconciler(Config{Client: cl, Options: DefaultOptions(), IsLeader: leader.Load,
+					Logger: slog.New(slog.DiscardHandler)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ctx := context.Background()
+				b.StartTimer()
+				start := time.Now()
+				res, err := r.Reconcile(ctx, snap)
+				first += time.Since(start)
+				b.StopTimer()
+				if err != nil || res.Created != n+4 || res.Failed != 0 {
+					b.Fatalf("first pass: %+v, %v", res, err)
+				}
+				start = time.Now()
+				if res, err = r.Reconcile(ctx, snap); err != nil || res.Created+res.Updated+res.Deleted != 0 {
+					b.Fatalf("second pass: %+v, %v", res, err)
+				}
+				noop += time.Since(start)
+				start = time.Now()
+				if res, err = r.reconcileSubjects(ctx, quarantined, []topology.Subject{q}); err != nil || res.Deleted != 1 {
+					b.Fatalf("quarantine: %+v, %v", res, err)
+				}
+				quarantine += time.Since(start)
+				cl.Close()
+				srv.Close()
+			}
+			b.ReportMetric(float64(n+4)*float64(b.N)/first.Seconds(), "entries/s")
+			b.ReportMetric(first.Seconds()/float64(b.N), "s/first-pass")
+			b.ReportMetric(noop.Seconds()/float64(b.N), "s/noop-pass")
+			b.ReportMetric(float64(quarantine.Microseconds())/1000/float64(b.N), "ms/quarantine")
+		})
+	}
+}
