@@ -169,13 +169,16 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			r.mu.Unlock()
 			return
 		}
-		if err := r.runPending(ctx); err != nil && ctx.Err() == nil {
+		full, err := r.runPending(ctx)
+		if err != nil && ctx.Err() == nil {
 			r.log.Error("spire: reconcile failed; retrying", "err", err, "in", backoff)
 			retry = time.After(backoff)
 			backoff = min(2*backoff, 30*time.Second)
 			return
 		}
 		backoff = time.Second
+		// A full pass as leader is what taking the lead calls for.
+		leading = leading || full
 	}
 	for {
 		select {
@@ -216,16 +219,16 @@ func (r *Reconciler) markFull() {
 	r.mu.Unlock()
 }
 
-// runPending does the pending work on the latest snapshot; on failure the
-// work stays pending.
-func (r *Reconciler) runPending(ctx context.Context) error {
+// runPending does the pending work on the latest snapshot and reports
+// whether it made a full pass; on failure the work stays pending.
+func (r *Reconciler) runPending(ctx context.Context) (bool, error) {
 	r.mu.Lock()
 	snap, full, subjects := r.snap, r.full, slices.Collect(maps.Keys(r.subjects))
 	r.full, r.urgent = false, false
 	clear(r.subjects)
 	r.mu.Unlock()
 	if snap == nil || !full && len(subjects) == 0 {
-		return nil
+		return false, nil
 	}
 	// The named subjects go first even when a full pass is due: a
 	// quarantine must not wait for a pass over the whole fleet.
@@ -236,7 +239,7 @@ func (r *Reconciler) runPending(ctx context.Context) error {
 		r.record(res, err, false)
 	}
 	if err == nil && full {
-		res, err = r.Reconcile(ctx, snap)
+		res, err = r.reconcile(ctx, snap, &guard{r: r, skip: make(map[topology.Subject]bool)})
 		r.record(res, err, true)
 	}
 	if err != nil {
@@ -247,7 +250,7 @@ func (r *Reconciler) runPending(ctx context.Context) error {
 		}
 		r.mu.Unlock()
 	}
-	return err
+	return full && err == nil, err
 }
 
 func (r *Reconciler) record(res *Result, err error, full bool) {
@@ -282,6 +285,10 @@ func (r *Reconciler) checkTrustDomain(ctx context.Context, ix *topology.Index) e
 // changes only what differs. A snapshot without a document changes
 // nothing.
 func (r *Reconciler) Reconcile(ctx context.Context, snap *topology.Snapshot) (*Result, error) {
+	return r.reconcile(ctx, snap, nil)
+}
+
+func (r *Reconciler) reconcile(ctx context.Context, snap *topology.Snapshot, g *guard) (*Result, error) {
 	start := r.cfg.Now()
 	res := &Result{Revision: snap.Revision(), Full: true}
 	if !snap.HasDocument() {
@@ -301,7 +308,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, snap *topology.Snapshot) (*R
 		return nil, err
 	}
 	owned := slices.DeleteFunc(listed, func(e Entry) bool { _, ok := o.subjectOf(e.ID); return !ok })
-	if err := r.apply(ctx, Diff(desired, owned), res); err != nil {
+	if err := r.apply(ctx, Diff(desired, owned), res, g); err != nil {
+		return nil, err
+	}
+	if err := g.before(ctx); err != nil {
 		return nil, err
 	}
 	bindings, err := r.cfg.Client.ListEntries(ctx, o.bindingHint(), "")
@@ -309,6 +319,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, snap *topology.Snapshot) (*R
 		return nil, err
 	}
 	bindings = slices.DeleteFunc(bindings, func(e Entry) bool { _, ok := o.bindingSubject(e.ID); return !ok })
+	bindings = g.entries(bindings)
 	agents := make(map[string]*Agent)
 	if len(bindings) > 0 {
 		list, err := r.cfg.Client.ListAgents(ctx)
@@ -383,7 +394,7 @@ func (r *Reconciler) reconcileSubjects(ctx context.Context, snap *topology.Snaps
 			}
 		}
 	}
-	if err := r.apply(ctx, Diff(desired, existing), res); err != nil {
+	if err := r.apply(ctx, Diff(desired, existing), res, nil); err != nil {
 		return nil, err
 	}
 	if err := r.applyAgents(ctx, planBindings(snap, o, bindings, agents, r.cfg.Now()), res); err != nil {
@@ -395,10 +406,18 @@ func (r *Reconciler) reconcileSubjects(ctx context.Context, snap *topology.Snaps
 }
 
 // apply makes the changes in batches: deletions first, so that a new
-// entry never clashes with one on its way out.
-func (r *Reconciler) apply(ctx context.Context, c Changes, res *Result) error {
+// entry never clashes with one on its way out. Before each batch g (if not
+// nil) may run an urgent change and hold back subjects changed since.
+func (r *Reconciler) apply(ctx context.Context, c Changes, res *Result, g *guard) error {
 	n := r.cfg.BatchSize
 	for ids := range slices.Chunk(c.Delete, n) {
+		if err := g.before(ctx); err != nil {
+			return err
+		}
+		ids = g.ids(ids)
+		if len(ids) == 0 {
+			continue
+		}
 		errs, err := r.cfg.Client.DeleteEntries(ctx, ids)
 		if err != nil {
 			return err
@@ -414,6 +433,12 @@ func (r *Reconciler) apply(ctx context.Context, c Changes, res *Result) error {
 		count   *int
 	}{{c.Update, r.cfg.Client.UpdateEntries, &res.Updated}, {c.Create, r.cfg.Client.CreateEntries, &res.Created}} {
 		for batch := range slices.Chunk(op.entries, n) {
+			if err := g.before(ctx); err != nil {
+				return err
+			}
+			if batch = g.entries(batch); len(batch) == 0 {
+				continue
+			}
 			errs, err := op.call(ctx, batch)
 			if err != nil {
 				return err
@@ -425,6 +450,71 @@ func (r *Reconciler) apply(ctx context.Context, c Changes, res *Result) error {
 		}
 	}
 	return nil
+}
+
+// guard lets a long full pass give way. Before each batch it runs the
+// targeted pass of an urgent change (a quarantine) at once, on the latest
+// snapshot, and it keeps the full pass, computed from an older snapshot,
+// off every subject changed since (handled already, or pending: the
+// targeted pass after the full one handles those).
+type guard struct {
+	r    *Reconciler
+	skip map[topology.Subject]bool
+}
+
+func (g *guard) before(ctx context.Context) error {
+	if g == nil {
+		return nil
+	}
+	r := g.r
+	r.mu.Lock()
+	for s := range r.subjects {
+		g.skip[s] = true
+	}
+	var urgent []topology.Subject
+	snap := r.snap
+	if r.urgent {
+		urgent = slices.Collect(maps.Keys(r.subjects))
+		clear(r.subjects)
+		r.urgent = false
+	}
+	r.mu.Unlock()
+	if len(urgent) == 0 {
+		return nil
+	}
+	res, err := r.reconcileSubjects(ctx, snap, urgent)
+	r.record(res, err, false)
+	if err != nil {
+		r.mu.Lock()
+		for _, s := range urgent {
+			r.subjects[s] = true
+		}
+		r.mu.Unlock()
+	}
+	return err
+}
+
+func (g *guard) skips(id string) bool {
+	o := &g.r.cfg.Options
+	s, ok := o.subjectOf(id)
+	if !ok {
+		s, ok = o.bindingSubject(id)
+	}
+	return ok && g.skip[s]
+}
+
+func (g *guard) ids(ids []string) []string {
+	if g == nil || len(g.skip) == 0 {
+		return ids
+	}
+	return slices.DeleteFunc(slices.Clone(ids), g.skips)
+}
+
+func (g *guard) entries(es []Entry) []Entry {
+	if g == nil || len(g.skip) == 0 {
+		return es
+	}
+	return slices.DeleteFunc(slices.Clone(es), func(e Entry) bool { return g.skips(e.ID) })
 }
 
 // applyAgents bans first: a quarantine must bite before anything else.
@@ -446,7 +536,7 @@ func (r *Reconciler) applyAgents(ctx context.Context, a agentActions, res *Resul
 		res.Evicted++
 		r.log.Info("spire: agent evicted", "agent", id)
 	}
-	return r.apply(ctx, Changes{Update: a.Update, Delete: a.Delete}, res)
+	return r.apply(ctx, Changes{Update: a.Update, Delete: a.Delete}, res, nil)
 }
 
 func (r *Reconciler) logResult(res *Result) {

@@ -376,3 +376,44 @@ func agentsOf(t *testing.T, ctx context.Context, r *Reconciler, snap *topology.S
 	t.Fatalf("%s not listed by Agents", s)
 	return nil
 }
+
+// TestQuarantineDuringAFullPass quarantines a device while a long full
+// pass (small batches) is creating entries: the quarantine is applied
+// before the pass ends, and the pass, computed before it, does not bring
+// the device's entry back.
+func TestQuarantineDuringAFullPass(t *testing.T) {
+	_, cl := realServer(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	var leader atomic.Bool
+	leader.Store(true)
+	r, err := NewReconciler(Config{Client: cl, Options: DefaultOptions(), IsLeader: leader.Load, BatchSize: 10,
+		Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+
+	doc := city(600)
+	r.Update(snapshotOf(t, doc), Change{Document: true})
+	waitFor(t, 30*time.Second, "the full pass to be under way", func() bool {
+		list, _ := cl.ListEntries(ctx, "vigil", "")
+		return len(list) >= 20
+	})
+	// The last device in ID order: its create comes in the pass's last batch.
+	q := topology.DeviceSubject("d-0000599")
+	qsnap := snapshotOf(t, doc, q)
+	r.Update(qsnap, Change{Subjects: []topology.Subject{q}})
+	waitFor(t, 60*time.Second, "the full pass to end", func() bool { return r.Status().LastFull != nil })
+	// Without the guard the full pass would create all 604 entries from its
+	// older snapshot, and the quarantine would only delete one afterwards.
+	if st := r.Status(); st.LastFull.Created != 603 || st.Pending {
+		t.Errorf("full pass %+v, pending %v: want 603 created (the quarantined device left alone) and nothing pending", st.LastFull, st.Pending)
+	}
+	if _, found, err := cl.GetEntry(ctx, "vigil.device.d-0000599"); err != nil || found {
+		t.Errorf("the quarantined device's entry: found %v, %v", found, err)
+	}
+	checkConverged(t, ctx, cl, qsnap)
+}
