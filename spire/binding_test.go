@@ -135,3 +135,15 @@ func TestBindingIDsReadBack(t *testing.T) {
 		}
 	}
 }
+
+func TestRedactToken(t *testing.T) {
+	for in, want := range map[string]string{
+		agentA: "spiffe://city.example/spire/agent/join_token/aaaa…",
+		"spiffe://city.example/spire/agent/join_token/5e1c20c7-798f-4aed-9d80-2b129bb52429": "spiffe://city.example/spire/agent/join_token/5e1c20c7…",
+		"spiffe://city.example/spire/agent/x509pop/abc":                                     "spiffe://city.example/spire/agent/x509pop/abc",
+	} {
+		if got := redactToken(in); got != want {
+			t.Errorf("redactToken(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

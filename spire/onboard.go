@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/vigil-iot/vigil/topology"
@@ -89,7 +90,8 @@ func (r *Reconciler) Onboard(ctx context.Context, snap *topology.Snapshot, s top
 		// gets no identity.
 		return nil, fmt.Errorf("bind the join token to %s: %w", s, err)
 	}
-	r.log.Info("spire: join token issued", "subject", s.String(), "agent", agentID, "binding", b.ID, "expires", expires)
+	// The agent ID holds the token, a secret until it is used: not logged.
+	r.log.Info("spire: join token issued", "subject", s.String(), "binding", b.ID, "expires", expires)
 	return &Token{Subject: s, Token: token, ExpiresAt: expires.UTC(), AgentID: agentID, SPIFFEID: b.SPIFFEID,
 		TrustDomain: td, BindingID: b.ID, Bundle: string(bundle)}, nil
 }
@@ -106,7 +108,9 @@ type SubjectAgents struct {
 // BoundAgent is one binding: the agent it names, and whether that agent
 // has attested.
 type BoundAgent struct {
-	BindingID string    `json:"bindingId"`
+	BindingID string `json:"bindingId"`
+	// AgentID is the agent's SPIFFE ID; until the agent attests, the join
+	// token in it is shortened to its first 8 characters.
 	AgentID   string    `json:"agentId"`
 	CreatedAt time.Time `json:"createdAt,omitzero"`
 	Attested  bool      `json:"attested"`
@@ -138,7 +142,9 @@ func (r *Reconciler) Agents(ctx context.Context, snap *topology.Snapshot, kind t
 			continue
 		}
 		ba := BoundAgent{BindingID: b.ID, AgentID: b.ParentID, Agent: byID[b.ParentID]}
-		ba.Attested = ba.Agent != nil
+		if ba.Attested = ba.Agent != nil; !ba.Attested {
+			ba.AgentID = redactToken(ba.AgentID)
+		}
 		if b.CreatedAt != 0 {
 			ba.CreatedAt = time.Unix(b.CreatedAt, 0).UTC()
 		}
@@ -166,4 +172,15 @@ func (r *Reconciler) Agents(ctx context.Context, snap *topology.Snapshot, kind t
 		}
 	}
 	return out, nil
+}
+
+// redactToken shortens the join token at the end of a join-token agent ID:
+// until an agent uses it, the token is a credential.
+func redactToken(agentID string) string {
+	i := strings.LastIndex(agentID, "/join_token/")
+	if i < 0 {
+		return agentID
+	}
+	tok := agentID[i+len("/join_token/"):]
+	return agentID[:i+len("/join_token/")] + tok[:min(8, len(tok))] + "…"
 }
