@@ -1,5 +1,6 @@
-# Vigil. `make test` is what CI runs (.ci/run): formatting, vet, unit tests
-# with the race detector, then the multi-process e2e tests.
+# Vigil. `make test` is what CI runs (.ci/run): formatting, vet, the real
+# SPIRE binaries (built once, cached), unit tests with the race detector,
+# then the multi-process e2e tests.
 GO       ?= go
 FUZZTIME ?= 30s
 
@@ -10,7 +11,7 @@ all: build
 build:
 	$(GO) build -o bin/vigil ./cmd/vigil
 
-test: fmt-check vet unit e2e
+test: fmt-check vet spire unit e2e
 
 fmt-check:
 	@out=$$(gofmt -l . ); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
@@ -35,7 +36,9 @@ bench:
 
 # The real spire-server and spire-agent (version pinned in tools/spire/go.mod),
 # built once into ${VIGIL_SPIRE_CACHE:-$HOME/.cache/vigil/spire}/<version>/,
-# outside the repo so that fresh clones reuse it. Not part of `make test` yet.
+# outside the repo so that fresh clones reuse it. `make test` builds it first
+# (a cold build takes about 7-10 minutes on 2 cores), so that no test's
+# timeout has to cover it.
 spire:
 	@GO="$(GO)" ./scripts/spire-build.sh
 
