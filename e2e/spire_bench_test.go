@@ -39,7 +39,8 @@ func BenchmarkSPIREQuarantine(b *testing.B) {
 	}
 	defer sc.Close()
 	ctx := context.Background()
-	doc := topologytest.Generate(topologytest.Spec{Zones: 10, GatewaysPerZone: 10, Devices: *benchDevices, NoAttestation: true})
+	// 100 devices per gateway, as in ARCHITECTURE.md's targets.
+	doc := topologytest.Generate(topologytest.Spec{Zones: 10, GatewaysPerZone: max(1, *benchDevices/1000), Devices: *benchDevices, NoAttestation: true})
 	leader, err := c.Leader()
 	if err != nil {
 		b.Fatal(err)

@@ -24,6 +24,9 @@ type SPIREConfig struct {
 	// Resync is how often the leader compares the whole server with the
 	// topology without a change (default 5m).
 	Resync time.Duration
+	// Parallel is how many entry batches are in flight at once (default 1;
+	// more helps a server on PostgreSQL, not one on sqlite3).
+	Parallel int
 }
 
 // spirePart keeps the SPIRE server's entries equal to the topology while
@@ -45,7 +48,7 @@ func (n *Node) startSPIRE() (*spirePart, error) {
 	if err != nil {
 		return nil, err
 	}
-	rec, err := spire.NewReconciler(spire.Config{Client: cl, Options: cfg.Options, Resync: cfg.Resync, Logger: n.cfg.Logger,
+	rec, err := spire.NewReconciler(spire.Config{Client: cl, Options: cfg.Options, Resync: cfg.Resync, Parallel: cfg.Parallel, Logger: n.cfg.Logger,
 		// Only the leader changes SPIRE, and only once it has applied what
 		// the cluster committed: a stale snapshot would undo a quarantine.
 		IsLeader: func() bool { return n.store.IsLeader() && n.Ready() }})

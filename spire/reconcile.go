@@ -31,7 +31,11 @@ type Config struct {
 	Resync time.Duration
 	// BatchSize bounds one batch create, update or delete (default 500).
 	BatchSize int
-	Now       func() time.Time
+	// Parallel is how many batches are in flight at once (default 1). The
+	// server writes an entry per transaction: on sqlite3 more than one
+	// batch only contends; on PostgreSQL a few in flight fill the cores.
+	Parallel int
+	Now      func() time.Time
 }
 
 // Change is one committed change, as the store reports it.
@@ -110,6 +114,7 @@ func NewReconciler(cfg Config) (*Reconciler, error) {
 	cfg.Debounce = cmp.Or(cfg.Debounce, 100*time.Millisecond)
 	cfg.Resync = cmp.Or(cfg.Resync, 5*time.Minute)
 	cfg.BatchSize = cmp.Or(cfg.BatchSize, 500)
+	cfg.Parallel = max(cfg.Parallel, 1)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -405,51 +410,95 @@ func (r *Reconciler) reconcileSubjects(ctx context.Context, snap *topology.Snaps
 	return res, nil
 }
 
-// apply makes the changes in batches: deletions first, so that a new
-// entry never clashes with one on its way out. Before each batch g (if not
-// nil) may run an urgent change and hold back subjects changed since.
+// apply makes the changes in batches, up to Parallel at once: deletions
+// first, then updates, then creations, so that a new entry never clashes
+// with one on its way out. Before each batch g (if not nil) may run an
+// urgent change and hold back subjects changed since.
 func (r *Reconciler) apply(ctx context.Context, c Changes, res *Result, g *guard) error {
-	n := r.cfg.BatchSize
-	for ids := range slices.Chunk(c.Delete, n) {
-		if err := g.before(ctx); err != nil {
-			return err
-		}
-		ids = g.ids(ids)
-		if len(ids) == 0 {
-			continue
-		}
-		errs, err := r.cfg.Client.DeleteEntries(ctx, ids)
-		if err != nil {
-			return err
-		}
-		res.Deleted += len(ids) - len(errs)
+	var mu sync.Mutex // guards res
+	count := func(n *int, done int, errs []*EntryError) {
+		mu.Lock()
+		defer mu.Unlock()
+		*n += done
 		for _, e := range errs {
 			res.fail(e)
 		}
 	}
+	err := inBatches(ctx, r, c.Delete, g, func(ctx context.Context, ids []string) error {
+		if ids = g.ids(ids); len(ids) == 0 {
+			return nil
+		}
+		errs, err := r.cfg.Client.DeleteEntries(ctx, ids)
+		if err == nil {
+			count(&res.Deleted, len(ids)-len(errs), errs)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
 	for _, op := range []struct {
 		entries []Entry
 		call    func(context.Context, []Entry) ([]*EntryError, error)
-		count   *int
+		n       *int
 	}{{c.Update, r.cfg.Client.UpdateEntries, &res.Updated}, {c.Create, r.cfg.Client.CreateEntries, &res.Created}} {
-		for batch := range slices.Chunk(op.entries, n) {
-			if err := g.before(ctx); err != nil {
-				return err
-			}
+		err := inBatches(ctx, r, op.entries, g, func(ctx context.Context, batch []Entry) error {
 			if batch = g.entries(batch); len(batch) == 0 {
-				continue
+				return nil
 			}
 			errs, err := op.call(ctx, batch)
-			if err != nil {
-				return err
+			if err == nil {
+				count(op.n, len(batch)-len(errs), errs)
 			}
-			*op.count += len(batch) - len(errs)
-			for _, e := range errs {
-				res.fail(e)
-			}
+			return err
+		})
+		if err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// inBatches calls do for each batch of items, BatchSize at a time, with up
+// to Parallel calls in flight; g.before runs ahead of each. The first
+// error stops the rest.
+func inBatches[T any](ctx context.Context, r *Reconciler, items []T, g *guard, do func(context.Context, []T) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	batches := make(chan []T)
+	errc := make(chan error, r.cfg.Parallel)
+	var wg sync.WaitGroup
+	for range min(r.cfg.Parallel, (len(items)+r.cfg.BatchSize-1)/r.cfg.BatchSize) {
+		wg.Go(func() {
+			for b := range batches {
+				err := g.before(ctx)
+				if err == nil {
+					err = do(ctx, b)
+				}
+				if err != nil {
+					errc <- err
+					cancel()
+					return
+				}
+			}
+		})
+	}
+send:
+	for b := range slices.Chunk(items, r.cfg.BatchSize) {
+		select {
+		case batches <- b:
+		case <-ctx.Done():
+			break send
+		}
+	}
+	close(batches)
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return ctx.Err()
+	}
 }
 
 // guard lets a long full pass give way. Before each batch it runs the
@@ -459,6 +508,7 @@ func (r *Reconciler) apply(ctx context.Context, c Changes, res *Result, g *guard
 // targeted pass after the full one handles those).
 type guard struct {
 	r    *Reconciler
+	mu   sync.Mutex
 	skip map[topology.Subject]bool
 }
 
@@ -466,6 +516,8 @@ func (g *guard) before(ctx context.Context) error {
 	if g == nil {
 		return nil
 	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	r := g.r
 	r.mu.Lock()
 	for s := range r.subjects {
@@ -494,6 +546,7 @@ func (g *guard) before(ctx context.Context) error {
 	return err
 }
 
+// skips must be called with g.mu held.
 func (g *guard) skips(id string) bool {
 	o := &g.r.cfg.Options
 	s, ok := o.subjectOf(id)
@@ -504,14 +557,24 @@ func (g *guard) skips(id string) bool {
 }
 
 func (g *guard) ids(ids []string) []string {
-	if g == nil || len(g.skip) == 0 {
+	if g == nil {
+		return ids
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.skip) == 0 {
 		return ids
 	}
 	return slices.DeleteFunc(slices.Clone(ids), g.skips)
 }
 
 func (g *guard) entries(es []Entry) []Entry {
-	if g == nil || len(g.skip) == 0 {
+	if g == nil {
+		return es
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.skip) == 0 {
 		return es
 	}
 	return slices.DeleteFunc(slices.Clone(es), func(e Entry) bool { return g.skips(e.ID) })

@@ -378,7 +378,7 @@ func agentsOf(t *testing.T, ctx context.Context, r *Reconciler, snap *topology.S
 }
 
 // TestQuarantineDuringAFullPass quarantines a device while a long full
-// pass (small batches) is creating entries: the quarantine is applied
+// pass (small batches, three in flight) is creating entries: the quarantine is applied
 // before the pass ends, and the pass, computed before it, does not bring
 // the device's entry back.
 func TestQuarantineDuringAFullPass(t *testing.T) {
@@ -386,7 +386,7 @@ func TestQuarantineDuringAFullPass(t *testing.T) {
 	ctx := ctxFor(t, 2*time.Minute)
 	var leader atomic.Bool
 	leader.Store(true)
-	r, err := NewReconciler(Config{Client: cl, Options: DefaultOptions(), IsLeader: leader.Load, BatchSize: 10,
+	r, err := NewReconciler(Config{Client: cl, Options: DefaultOptions(), IsLeader: leader.Load, BatchSize: 10, Parallel: 3,
 		Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
 	if err != nil {
 		t.Fatal(err)

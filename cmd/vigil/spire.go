@@ -30,6 +30,7 @@ func registerSPIREFlags(f *pflag.FlagSet, c *node.SPIREConfig) {
 	f.StringSliceVar(&c.Options.DeviceAgentSelectors, "spire-device-agent-selector", nil,
 		"the same for devices of identity: agent classes, on the device's own agent")
 	f.DurationVar(&c.Resync, "spire-resync", 5*time.Minute, "how often the leader compares the whole SPIRE server with the topology without a change")
+	f.IntVar(&c.Parallel, "spire-parallel", 1, "entry batches in flight at once; more helps a SPIRE server on PostgreSQL or MySQL, not one on sqlite3")
 }
 
 // newAgentCmds builds "vigil gateway token|list" and "vigil device token|list".

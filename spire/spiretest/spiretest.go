@@ -3,6 +3,10 @@
 // a server on 127.0.0.1 and a unix API socket, and agents that join it with
 // a join token, each configured from the templates in tools/spire/testdata.
 //
+// With $VIGIL_SPIRE_POSTGRES set to the socket directory of a running
+// PostgreSQL server, each spire-server gets a new database there instead of
+// its sqlite3 file.
+//
 // It only ever signals the processes it started, by their PID, every wait
 // is bounded, and on Linux a process it started dies with the test binary.
 // It imports nothing else of this module (the spire package's own tests use
@@ -158,6 +162,8 @@ type Server struct {
 	Port   int
 	// Bundle is a PEM file with the server's CA, for agents.
 	Bundle string
+
+	dropDB func()
 }
 
 // StartServer runs spire-server for trustDomain with its data and sockets
@@ -186,6 +192,11 @@ func StartServer(dir, trustDomain string) (*Server, error) {
 		"SOCKET_PATH": s.Socket, "DATA_DIR": data})
 	if err != nil {
 		return nil, err
+	}
+	if pg := os.Getenv("VIGIL_SPIRE_POSTGRES"); pg != "" {
+		if conf, err = s.usePostgres(conf, pg); err != nil {
+			return nil, err
+		}
 	}
 	confPath := filepath.Join(dir, "server.conf")
 	if err := os.WriteFile(confPath, conf, 0o600); err != nil {
@@ -217,11 +228,37 @@ func StartServer(dir, trustDomain string) (*Server, error) {
 	}
 }
 
-// Close stops the server and removes its directory.
+// Close stops the server and removes its directory (and its database).
 func (s *Server) Close() error {
 	err := s.Stop()
 	os.RemoveAll(s.Dir)
+	if s.dropDB != nil {
+		s.dropDB()
+	}
 	return err
+}
+
+// usePostgres replaces the template's sqlite3 datastore with a new
+// database on the PostgreSQL server whose unix socket directory is pgDir
+// (user postgres, trust authentication), as $VIGIL_SPIRE_POSTGRES asks:
+// SPIRE's production datastore, for benchmarks.
+func (s *Server) usePostgres(conf []byte, pgDir string) ([]byte, error) {
+	db := "spire_" + strings.TrimPrefix(filepath.Base(s.Dir), "srv-")
+	if out, err := exec.Command("createdb", "-h", pgDir, "-U", "postgres", db).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("spiretest: createdb %s: %v: %s", db, err, out)
+	}
+	s.dropDB = func() { exec.Command("dropdb", "-h", pgDir, "-U", "postgres", db).Run() }
+	var out []byte
+	for line := range bytes.Lines(conf) {
+		switch t := bytes.TrimSpace(line); {
+		case bytes.HasPrefix(t, []byte("database_type")):
+			line = []byte(`            database_type = "postgres"` + "\n")
+		case bytes.HasPrefix(t, []byte("connection_string")):
+			line = fmt.Appendf(nil, "            connection_string = \"dbname=%s host=%s user=postgres sslmode=disable\"\n", db, pgDir)
+		}
+		out = append(out, line...)
+	}
+	return out, nil
 }
 
 // Agent is a running spire-agent.
