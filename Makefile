@@ -29,6 +29,7 @@ e2e:
 # Coverage-guided fuzzing of the parsers (not part of `make test`).
 fuzz:
 	$(GO) test ./topology -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME)
+	$(GO) test ./authz -run '^$$' -fuzz FuzzParseRequest -fuzztime $(FUZZTIME)
 
 # Benchmarks and load tools print their figures and the hardware; see BENCHMARKS.md.
 bench:
