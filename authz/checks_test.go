@@ -2,6 +2,10 @@ package authz
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"net/url"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -16,6 +20,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"gopkg.in/yaml.v3"
 
 	"github.com/vigil-iot/vigil/topology"
@@ -41,6 +47,7 @@ type checkCase struct {
 	Repeat  int       `yaml:"repeat"`
 	Request struct {
 		Principal string            `yaml:"principal"`
+		Caller    string            `yaml:"caller"` // the asking proxy's verified SPIFFE ID
 		XFCC      string            `yaml:"xfcc"`
 		Service   string            `yaml:"service"`
 		Host      string            `yaml:"host"`
@@ -65,6 +72,8 @@ type checkCase struct {
 
 type checkFile struct {
 	Policy string      `yaml:"policy"`
+	// RequireCaller runs the server with Config.RequireCaller.
+	RequireCaller bool `yaml:"require_caller"`
 	Query  string      `yaml:"query"`
 	State  caseState   `yaml:"state"`
 	Cases  []checkCase `yaml:"cases"`
@@ -187,16 +196,20 @@ func TestCheckCases(t *testing.T) {
 				snap := topology.NewSnapshot(42, 1, ix, applyState(t, ix, base, c.State))
 				log := &memLog{}
 				s := NewServer(Config{Node: "n1", Snapshot: func() *topology.Snapshot { return snap }, Engine: engine,
-					Log: log, Now: func() time.Time { return testNow }})
+					Log: log, Now: func() time.Time { return testNow }, RequireCaller: cf.RequireCaller})
+				ctx := callerContext(t, c.Request.Caller)
 				for i := range c.Repeat {
-					resp, _ := s.Check(context.Background(), c.request())
+					resp, _ := s.Check(ctx, c.request())
 					if resp.GetStatus().GetCode() != int32(codes.OK) {
 						t.Fatalf("request %d of %d before the checked one was refused: %s", i+1, c.Repeat, log.last().Reason)
 					}
 				}
-				resp, err := s.Check(context.Background(), c.request())
+				resp, err := s.Check(ctx, c.request())
 				if err != nil {
 					t.Fatalf("Check returned an error: %v", err)
+				}
+				if d := log.last(); cf.RequireCaller && d.Caller != c.Request.Caller {
+					t.Errorf("decision records caller %q, want %q", d.Caller, c.Request.Caller)
 				}
 				checkResponse(t, &c, resp, log.last(), engine.Current())
 			})
@@ -286,3 +299,21 @@ func wantHeaders(t *testing.T, where string, hs []*corev3.HeaderValueOption, wan
 }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// callerContext is a gRPC handler's context for a caller that presented a
+// verified certificate with the SPIFFE ID id (no peer at all when "").
+func callerContext(t *testing.T, id string) context.Context {
+	t.Helper()
+	if id == "" {
+		return context.Background()
+	}
+	u, err := url.Parse(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := &x509.Certificate{URIs: []*url.URL{u}}
+	return peer.NewContext(context.Background(), &peer.Peer{
+		Addr:     &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 50000},
+		AuthInfo: credentials.TLSInfo{State: tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{leaf}}}},
+	})
+}

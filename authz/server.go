@@ -16,6 +16,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/vigil-iot/vigil/internal/peerid"
 	"github.com/vigil-iot/vigil/topology"
 )
 
@@ -40,6 +41,13 @@ type Config struct {
 	EvalTimeout time.Duration
 	Now         func() time.Time
 	Logger      *slog.Logger
+	// RequireCaller answers only proxies whose verified client certificate
+	// (the gRPC server must require one) is a gateway's or a cloud edge's
+	// SVID, and only about what that proxy could be asked: a gateway about
+	// its own devices, an edge about services of its zone. A compromised
+	// gateway cannot use the authorizer to probe other zones, or spend
+	// other devices' rate limits.
+	RequireCaller bool
 }
 
 // Server is the ext_authz Check service of one member.
@@ -128,6 +136,12 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decisi
 	}
 	res := resolve(snap, &r, now)
 	d.Subject, d.Gateway, d.Service = res.subjectID, res.gatewayName(), res.serviceName()
+	if s.cfg.RequireCaller {
+		d.Caller = peerid.FromContext(ctx)
+		if why := callerMayAsk(snap.Index(), d.Caller, &res); why != "" {
+			return deny(why)
+		}
+	}
 	if res.deny != "" {
 		return deny(res.deny)
 	}

@@ -14,6 +14,7 @@ type Decision struct {
 	Revision   topology.Revision `json:"revision"`
 	Subject    string            `json:"subject,omitempty"` // SPIFFE ID of the device or service decided for
 	Gateway    string            `json:"gateway,omitempty"` // gateway that spoke for the device, if any
+	Caller     string            `json:"caller,omitempty"`  // SPIFFE ID of the proxy that asked (with Config.RequireCaller)
 	Service    string            `json:"service,omitempty"` // destination service name
 	Method     string            `json:"method,omitempty"`
 	Path       string            `json:"path,omitempty"`

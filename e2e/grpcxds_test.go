@@ -3,17 +3,9 @@ package e2e_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -30,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vigil-iot/vigil/e2e/harness"
+	"github.com/vigil-iot/vigil/internal/spiffetest"
 	"github.com/vigil-iot/vigil/topology"
 )
 
@@ -59,7 +53,10 @@ const grpcFlow = `  - name: north-health
 // and calls the server over mTLS; removing the flow or quarantining the
 // calling gateway makes its calls fail, and restoring them heals it. The
 // server's RBAC, also from Vigil, refuses identities the topology does not
-// allow (certificates made by the test).
+// allow (certificates made by the test). The member runs with proxy TLS:
+// xDS and ext_authz are mutual TLS, a gateway holding another gateway's
+// bootstrap is refused its configuration, and a gateway may ask the
+// authorizer only about its own devices.
 func TestProxylessGRPC(t *testing.T) {
 	dir := t.TempDir()
 	peer, err := harness.BuildTool(filepath.Dir(vigilBin), "vigil-grpc-peer")
@@ -70,7 +67,7 @@ func TestProxylessGRPC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca := newTestCA(t)
+	ca := spiffetest.NewCA(t, "e2e.example")
 	ids := map[string]string{
 		"gw-north-1": "spiffe://e2e.example/zone/north/gateway/gw-north-1",
 		"gw-south-1": "spiffe://e2e.example/zone/south/gateway/gw-south-1",
@@ -78,10 +75,18 @@ func TestProxylessGRPC(t *testing.T) {
 	}
 	certs := map[string]tls.Certificate{}
 	for name, id := range ids {
-		certs[name] = ca.issue(t, dir, name, id)
+		svid := ca.Issue(t, id, name+".e2e.example")
+		ca.Write(t, svid, dir, name)
+		certs[name] = svid.TLS
 	}
+	// The member serves xDS and ext_authz over mutual TLS: grpc-go's xDS
+	// client reaches it with the node's own certificate files, and checks
+	// the member's certificate against the address it dials.
+	member := ca.Issue(t, "spiffe://e2e.example/vigil/node/n1", "127.0.0.1")
+	memberCert, memberKey, caFile := ca.Write(t, member, dir, "member")
 
-	c := startCluster(t, 1)
+	c := harness.Start(t, harness.Options{Binary: vigilBin, Members: 1,
+		Args: []string{"--proxy-tls-cert", memberCert, "--proxy-tls-key", memberKey, "--proxy-tls-ca", caFile}})
 	withFlow := []byte(fmt.Sprintf(grpcTopology, echoAddr, grpcFlow))
 	withoutFlow := []byte(strings.Replace(fmt.Sprintf(grpcTopology, echoAddr, ""), "flows:\n", "flows: []\n", 1))
 	cl := c.Client(0)
@@ -89,15 +94,17 @@ func TestProxylessGRPC(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := []string{"VIGIL_TOKEN_FILE=" + c.TokenFile(), "VIGIL_SERVER=" + c.Member(0).APIAddr}
-	bootstrap := func(node string) string {
-		res := mustCLI(t, env, "grpc", "bootstrap", "--node", node, "--xds-server", c.Member(0).XDSAddr,
-			"--cert", filepath.Join(dir, node+".pem"), "--key", filepath.Join(dir, node+".key"), "--ca", filepath.Join(dir, "ca.pem"), "--refresh", "1s")
-		path := filepath.Join(dir, node+".bootstrap.json")
+	// bootstrap is node's, with the certificate files of holder.
+	bootstrapAs := func(node, holder string) string {
+		res := mustCLI(t, env, "grpc", "bootstrap", "--node", node, "--xds-server", c.Member(0).XDSAddr, "--xds-tls",
+			"--cert", filepath.Join(dir, holder+".pem"), "--key", filepath.Join(dir, holder+".key"), "--ca", filepath.Join(dir, "ca.pem"), "--refresh", "1s")
+		path := filepath.Join(dir, node+"."+holder+".bootstrap.json")
 		if err := os.WriteFile(path, []byte(res.stdout), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		return path
 	}
+	bootstrap := func(node string) string { return bootstrapAs(node, node) }
 	if res := runCLI(t, env, "grpc", "bootstrap", "--node", "meter-1", "--cert", "a", "--key", "b", "--ca", "c"); res.code == 0 || !strings.Contains(res.stderr, "names no gateway or service") {
 		t.Errorf("a bootstrap for a device: %s", res)
 	}
@@ -107,6 +114,14 @@ func TestProxylessGRPC(t *testing.T) {
 	client := startPeer(t, peer, bootstrap("gw-north-1"), "client", "--target", "xds:///echo.e2e.example",
 		"--xfcc", "By="+ids["gw-north-1"]+";URI=spiffe://e2e.example/zone/north/device/meter-1")
 	client.waitCode(t, time.Time{}, 30*time.Second, "OK")
+
+	// A compromised gw-south-1 naming gw-north-1 in its bootstrap is
+	// refused by xDS: it resolves nothing, so it calls nothing.
+	impostor := startPeer(t, peer, bootstrapAs("gw-north-1", "gw-south-1"), "client", "--target", "xds:///echo.e2e.example",
+		"--xfcc", "By="+ids["gw-north-1"]+";URI=spiffe://e2e.example/zone/north/device/meter-1")
+	impostor.waitCode(t, time.Time{}, 30*time.Second, "not OK")
+	impostor.expectSteady(t, 3, "not OK")
+	t.Logf("gw-south-1 posing as gw-north-1: %s", impostor.last())
 
 	ctx := ctxFor(t, 3*time.Minute)
 	// The flow is removed: the route, and with it the call, goes.
@@ -141,7 +156,7 @@ func TestProxylessGRPC(t *testing.T) {
 	call := func(who, xfcc, method string) codes.Code {
 		cert := certs[who]
 		conn, err := grpc.NewClient(echoAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-			Certificates: []tls.Certificate{cert}, RootCAs: ca.pool, ServerName: "echo.e2e.example",
+			Certificates: []tls.Certificate{cert}, RootCAs: ca.Pool, ServerName: "echo.e2e.example",
 		})))
 		if err != nil {
 			t.Fatal(err)
@@ -186,76 +201,38 @@ func TestProxylessGRPC(t *testing.T) {
 	if got := call("gw-north-1", meter1, check); got != codes.OK {
 		t.Errorf("meter-1, not quarantined, now gets %v", got)
 	}
-}
 
-// testCA issues SPIFFE X.509 certificates for the test's identities.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	td, _ := url.Parse("spiffe://e2e.example")
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "e2e CA"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, URIs: []*url.URL{td},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool}
-}
-
-// issue writes dir/name.pem, dir/name.key (and dir/ca.pem) for SPIFFE ID id.
-func (ca *testCA) issue(t *testing.T, dir, name, id string) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, _ := url.Parse(id)
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:        []*url.URL{u}, DNSNames: []string{name + ".e2e.example"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-	for file, data := range map[string][]byte{
-		name + ".pem": certPEM, name + ".key": keyPEM,
-		"ca.pem": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}),
-	} {
-		if err := os.WriteFile(filepath.Join(dir, file), data, 0o600); err != nil {
+	// The member's ext_authz is mutual TLS too: a gateway may ask only
+	// about its own devices, and a client without a certificate gets no
+	// connection.
+	authzAs := func(who, principal string) (*authv3.CheckResponse, error) {
+		creds := &tls.Config{RootCAs: ca.Pool, ServerName: "127.0.0.1"}
+		if who != "" {
+			creds.Certificates = []tls.Certificate{certs[who]}
+		}
+		conn, err := grpc.NewClient(c.Member(0).AuthzAddr, grpc.WithTransportCredentials(credentials.NewTLS(creds)))
+		if err != nil {
 			t.Fatal(err)
 		}
+		defer conn.Close()
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return authv3.NewAuthorizationClient(conn).Check(cctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+			Source: &authv3.AttributeContext_Peer{Principal: principal},
+			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+				Method: "POST", Path: "/echo.Echo/Check", Host: "echo.e2e.example"}},
+		}})
 	}
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
+	resp, err := authzAs("gw-south-1", meter1)
+	if err != nil || resp.GetStatus().GetCode() != int32(codes.PermissionDenied) || !strings.Contains(resp.GetDeniedResponse().GetBody(), "may ask only about its own devices") {
+		t.Errorf("gw-south-1 asking about meter-1: %v, %v", resp, err)
 	}
-	return pair
+	if resp, err := authzAs("gw-north-1", meter1); err != nil || strings.Contains(resp.GetDeniedResponse().GetBody(), "may ask only") {
+		t.Errorf("gw-north-1 asking about its meter-1: %v, %v", resp, err)
+	}
+	if _, err := authzAs("", meter1); status.Code(err) != codes.Unavailable {
+		t.Errorf("a client without a certificate: %v, want Unavailable (no handshake)", err)
+	}
 }
 
 // grpcPeer is a running vigil-grpc-peer whose stdout lines are collected.

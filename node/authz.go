@@ -68,10 +68,10 @@ func (n *Node) startAuthz(ctx context.Context) (*authzPart, error) {
 	if err != nil {
 		return nil, fmt.Errorf("authz listen on %s: %w", cfg.Addr, err)
 	}
-	p := &authzPart{cfg: cfg, engine: engine, log: dlog, ln: ln, grpc: grpc.NewServer()}
+	p := &authzPart{cfg: cfg, engine: engine, log: dlog, ln: ln, grpc: n.proxyServer()}
 	p.server = authz.NewServer(authz.Config{
 		Node: n.cfg.ID, Snapshot: n.store.Current, Ready: n.Ready, Engine: engine, Log: dlog,
-		EvalTimeout: cfg.EvalTimeout, Logger: n.cfg.Logger,
+		EvalTimeout: cfg.EvalTimeout, Logger: n.cfg.Logger, RequireCaller: n.proxyTLS != nil,
 	})
 	p.server.Register(p.grpc)
 	return p, nil

@@ -17,6 +17,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
 	"github.com/vigil-iot/vigil/api"
 	"github.com/vigil-iot/vigil/raft"
 )
@@ -45,6 +48,11 @@ type Config struct {
 	Authz AuthzConfig
 	// XDS configures the xDS server.
 	XDS XDSConfig
+	// ProxyTLS, when set, makes xDS and ext_authz mutual TLS: a proxy is
+	// served only its own node's configuration, and asks only about its
+	// own devices or zone. Without it they trust any client (loopback and
+	// private networks only).
+	ProxyTLS ProxyTLS
 	// SPIRE configures the SPIRE integration (off without a socket).
 	SPIRE SPIREConfig
 	// HeartbeatTimeout and ElectionTimeout tune failure detection; zero
@@ -101,6 +109,17 @@ type Node struct {
 	xds     *xdsPart
 	spire   *spirePart
 	ready   atomic.Bool
+	// proxyTLS is nil when xDS and ext_authz do not authenticate.
+	proxyTLS *reloadingTLS
+}
+
+// proxyServer is a gRPC server for proxies: mutual TLS with ProxyTLS when
+// it is set.
+func (n *Node) proxyServer() *grpc.Server {
+	if n.proxyTLS == nil {
+		return grpc.NewServer()
+	}
+	return grpc.NewServer(grpc.Creds(credentials.NewTLS(n.proxyTLS.serverConfig())))
 }
 
 // Start provisions secrets, opens the store and binds the API listener. It
@@ -161,6 +180,16 @@ func Start(cfg Config) (*Node, error) {
 	if serverTLS != nil && !strings.HasPrefix(advertise, "https://") {
 		advertise = "https://" + api.HostPort(advertise)
 	}
+	var proxyTLS *reloadingTLS
+	if cfg.ProxyTLS.enabled() {
+		if proxyTLS, err = newReloadingTLS(cfg.ProxyTLS, log); err != nil {
+			ln.Close()
+			return nil, err
+		}
+	} else {
+		log.Warn("xDS and ext_authz do not authenticate proxies: any client may name any node and ask any question " +
+			"(set --proxy-tls-cert, --proxy-tls-key and --proxy-tls-ca outside a lab)")
+	}
 	store, err := raft.Open(raft.Config{
 		ID: cfg.ID, DataDir: cfg.DataDir, BindAddr: cfg.RaftAddr, AdvertiseAddr: cfg.RaftAdvertise,
 		ClusterKey: key, Bootstrap: cfg.Join == "", Logger: log, RaftLogLevel: cfg.RaftLogLevel,
@@ -171,7 +200,7 @@ func Start(cfg Config) (*Node, error) {
 		ln.Close()
 		return nil, err
 	}
-	n := &Node{cfg: cfg, store: store, apiLn: ln, apiAddr: advertise, peer: api.PeerToken(key), conn: conn}
+	n := &Node{cfg: cfg, store: store, apiLn: ln, apiAddr: advertise, peer: api.PeerToken(key), conn: conn, proxyTLS: proxyTLS}
 	if n.authz, err = n.startAuthz(context.Background()); err != nil {
 		ln.Close()
 		store.Close()

@@ -38,7 +38,10 @@ func (n *Node) startXDS() (*xdsPart, error) {
 		// unless told otherwise.
 		opts.AuthzEndpoints = []string{reachable(n.authz.Addr(), n.apiAddr)}
 	}
-	srv, err := xds.NewServer(xds.Config{Source: n.store, Options: opts, NodeID: n.cfg.ID, Logger: n.cfg.Logger})
+	// With proxy TLS, gateways call ext_authz with their SVID too.
+	opts.AuthzTLS = opts.AuthzTLS || n.proxyTLS != nil
+	srv, err := xds.NewServer(xds.Config{Source: n.store, Options: opts, NodeID: n.cfg.ID, Logger: n.cfg.Logger,
+		Authenticate: n.proxyTLS != nil})
 	if err != nil {
 		return nil, fmt.Errorf("xds: %w", err)
 	}
@@ -46,7 +49,7 @@ func (n *Node) startXDS() (*xdsPart, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xds listen on %s: %w", cfg.Addr, err)
 	}
-	p := &xdsPart{server: srv, ln: ln, grpc: grpc.NewServer(), store: n.store}
+	p := &xdsPart{server: srv, ln: ln, grpc: n.proxyServer(), store: n.store}
 	srv.Register(p.grpc)
 	return p, nil
 }

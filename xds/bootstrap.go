@@ -3,6 +3,7 @@ package xds
 import (
 	"fmt"
 	"net"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -24,7 +26,12 @@ const DefaultAdminAddr = "127.0.0.1:9901"
 // Vigil members for listeners and clusters (routes, endpoints and nothing
 // else follow from them), the SPIRE agent's SDS cluster (which Envoy
 // requires to be static), and the admin interface on loopback.
-func Bootstrap(node Node, xdsAddrs []string, opts Options) (*bootstrapv3.Bootstrap, error) {
+//
+// With xdsIdentity (the node's SPIFFE ID) Envoy reaches Vigil over mutual
+// TLS: it presents that SVID, from the SPIRE agent over SDS, and accepts
+// only Vigil members' identities (spiffe://<td>/vigil/node/...), as a
+// member started with proxy TLS requires.
+func Bootstrap(node Node, xdsAddrs []string, opts Options, xdsIdentity string) (*bootstrapv3.Bootstrap, error) {
 	opts = opts.withDefaults()
 	if node.ID == "" {
 		return nil, fmt.Errorf("bootstrap: a node id is required")
@@ -57,6 +64,16 @@ func Bootstrap(node Node, xdsAddrs []string, opts Options) (*bootstrapv3.Bootstr
 			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: XDSCluster}}}},
 		SetNodeOnFirstMessageOnly: true,
 	}
+	var xdsTLS *corev3.TransportSocket
+	if xdsIdentity != "" {
+		u, err := url.Parse(xdsIdentity)
+		if err != nil || u.Scheme != "spiffe" || u.Host == "" || u.Path == "" {
+			return nil, fmt.Errorf("bootstrap: xDS identity %q is not a SPIFFE ID", xdsIdentity)
+		}
+		xdsTLS = upstreamTLS(u.Host, xdsIdentity, "", []string{"h2"}, &matcherv3.StringMatcher{
+			MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: bundleSecretName(u.Host) + "/vigil/node/"},
+		})
+	}
 	adminHost, adminPort, _ := net.SplitHostPort(DefaultAdminAddr)
 	ap, _ := strconv.ParseUint(adminPort, 10, 16)
 	b := &bootstrapv3.Bootstrap{
@@ -72,6 +89,7 @@ func Bootstrap(node Node, xdsAddrs []string, opts Options) (*bootstrapv3.Bootstr
 				ConnectTimeout:                durationpb.New(2 * time.Second),
 				ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: discovery},
 				TypedExtensionProtocolOptions: http2Options(),
+				TransportSocket:               xdsTLS,
 				LoadAssignment: &endpointv3.ClusterLoadAssignment{
 					ClusterName: XDSCluster,
 					Endpoints:   []*endpointv3.LocalityLbEndpoints{{LbEndpoints: members}},

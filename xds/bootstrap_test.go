@@ -5,11 +5,12 @@ import (
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
 func TestBootstrapValidatesAndPointsAtVigil(t *testing.T) {
-	b, err := Bootstrap(Node{ID: "gw-north-1", Cluster: "north"}, []string{"10.0.0.1:18000", "vigil-2.city.example:18000"}, Options{})
+	b, err := Bootstrap(Node{ID: "gw-north-1", Cluster: "north"}, []string{"10.0.0.1:18000", "vigil-2.city.example:18000"}, Options{}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,8 +68,45 @@ func TestBootstrapRefusesBadInput(t *testing.T) {
 		"no members":    {Node{ID: "gw"}, nil},
 		"not host:port": {Node{ID: "gw"}, []string{"vigil"}},
 	} {
-		if _, err := Bootstrap(tc.node, tc.addrs, Options{}); err == nil {
+		if _, err := Bootstrap(tc.node, tc.addrs, Options{}, ""); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// TestBootstrapOverMutualTLS: with the node's identity, the xDS cluster
+// presents that SVID by SDS and accepts only Vigil members of its trust
+// domain; anything but a SPIFFE ID is refused.
+func TestBootstrapOverMutualTLS(t *testing.T) {
+	id := "spiffe://city.example/zone/north/gateway/gw-north-1"
+	b, err := Bootstrap(Node{ID: "gw-north-1", Cluster: "north"}, []string{"10.0.0.1:18000"}, Options{}, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var xdsCluster *clusterv3.Cluster
+	for _, c := range b.GetStaticResources().GetClusters() {
+		if c.GetName() == XDSCluster {
+			xdsCluster = c
+		}
+	}
+	var ctx tlsv3.UpstreamTlsContext
+	if err := xdsCluster.GetTransportSocket().GetTypedConfig().UnmarshalTo(&ctx); err != nil {
+		t.Fatalf("xDS cluster transport socket: %v", err)
+	}
+	common := ctx.GetCommonTlsContext()
+	if got := common.GetTlsCertificateSdsSecretConfigs()[0].GetName(); got != id {
+		t.Errorf("presents %q, want %q", got, id)
+	}
+	combined := common.GetCombinedValidationContext()
+	if got := combined.GetValidationContextSdsSecretConfig().GetName(); got != "spiffe://city.example" {
+		t.Errorf("trusts bundle %q", got)
+	}
+	if got := combined.GetDefaultValidationContext().GetMatchTypedSubjectAltNames()[0].GetMatcher().GetPrefix(); got != "spiffe://city.example/vigil/node/" {
+		t.Errorf("accepts SAN prefix %q", got)
+	}
+	for _, bad := range []string{"gw-north-1", "https://city.example/x", "spiffe://city.example"} {
+		if _, err := Bootstrap(Node{ID: "gw-north-1", Cluster: "north"}, []string{"10.0.0.1:18000"}, Options{}, bad); err == nil {
+			t.Errorf("identity %q accepted", bad)
 		}
 	}
 }

@@ -15,7 +15,10 @@ func TestGRPCBootstrap(t *testing.T) {
 	var b struct {
 		XDSServers []struct {
 			ServerURI      string              `json:"server_uri"`
-			ChannelCreds   []map[string]string `json:"channel_creds"`
+			ChannelCreds   []struct {
+				Type   string            `json:"type"`
+				Config map[string]string `json:"config"`
+			} `json:"channel_creds"`
 			ServerFeatures []string            `json:"server_features"`
 		} `json:"xds_servers"`
 		Node                 struct{ ID, Cluster string } `json:"node"`
@@ -28,7 +31,7 @@ func TestGRPCBootstrap(t *testing.T) {
 	if err := json.Unmarshal(data, &b); err != nil {
 		t.Fatal(err)
 	}
-	if len(b.XDSServers) != 2 || b.XDSServers[1].ServerURI != "vigil-2.example:18000" || b.XDSServers[0].ChannelCreds[0]["type"] != "insecure" {
+	if len(b.XDSServers) != 2 || b.XDSServers[1].ServerURI != "vigil-2.example:18000" || b.XDSServers[0].ChannelCreds[0].Type != "insecure" {
 		t.Errorf("xds_servers = %+v", b.XDSServers)
 	}
 	for _, s := range b.XDSServers {
@@ -65,5 +68,31 @@ func TestGRPCBootstrap(t *testing.T) {
 		if _, err := GRPCBootstrap(tc.node, tc.addrs, tc.certs); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: got %v, want an error saying %q", name, err, tc.want)
 		}
+	}
+}
+
+// TestGRPCBootstrapOverMutualTLS: XDSTLS gives every xDS server grpc-go's
+// "tls" channel credentials with the node's own files.
+func TestGRPCBootstrapOverMutualTLS(t *testing.T) {
+	certs := GRPCCerts{CertFile: "/c/svid.pem", KeyFile: "/c/svid.key", CAFile: "/c/bundle.pem", XDSTLS: true}
+	data, err := GRPCBootstrap(Node{ID: "firmware", Cluster: "cloud"}, []string{"10.0.0.1:18000"}, certs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b struct {
+		XDSServers []struct {
+			ChannelCreds []struct {
+				Type   string            `json:"type"`
+				Config map[string]string `json:"config"`
+			} `json:"channel_creds"`
+		} `json:"xds_servers"`
+	}
+	if err := json.Unmarshal(data, &b); err != nil {
+		t.Fatal(err)
+	}
+	c := b.XDSServers[0].ChannelCreds
+	if len(c) != 1 || c[0].Type != "tls" || c[0].Config["certificate_file"] != certs.CertFile ||
+		c[0].Config["private_key_file"] != certs.KeyFile || c[0].Config["ca_certificate_file"] != certs.CAFile {
+		t.Errorf("channel_creds = %+v", c)
 	}
 }

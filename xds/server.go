@@ -82,6 +82,12 @@ type Config struct {
 	// GOMAXPROCS.
 	Workers int
 	Clock   Clock
+	// Authenticate serves a node only over a connection whose verified
+	// client certificate carries the node's own SPIFFE ID (the gRPC server
+	// must require and verify client certificates): other streams are
+	// refused, and Options.RequirePeer is set. Without it a client is
+	// trusted to name itself.
+	Authenticate bool
 }
 
 // typeURLs are the resource types a node's snapshot holds, in Resources
@@ -136,6 +142,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Debounce == 0 {
 		cfg.Debounce = DefaultDebounce
 	}
+	cfg.Options.RequirePeer = cfg.Options.RequirePeer || cfg.Authenticate
 	if cfg.Workers == 0 {
 		cfg.Workers = runtime.GOMAXPROCS(0)
 	}
@@ -204,8 +211,14 @@ func (s *Server) Status() []ProxyStatus { return s.status.list() }
 
 // Dump returns what node receives now: its translation, or the deny-all
 // configuration when it is unknown.
+// With authentication, node is taken to be its own holder, unless it
+// names another Peer.
 func (s *Server) Dump(node Node) (*Resources, error) {
-	res, _, err := s.translate(node.key(), s.current())
+	snap := s.current()
+	if kind, err := Classify(snap.Index(), node); err == nil && node.Peer == "" {
+		node.Peer = ExpectedPeer(snap.Index(), node, kind)
+	}
+	res, _, err := s.translate(node.key(), snap)
 	return res, err
 }
 

@@ -28,6 +28,9 @@ type ProxyStatus struct {
 	// whether that stream is incremental.
 	Peer  string
 	Delta bool
+	// Identity is the SPIFFE ID its client certificate was verified with
+	// (empty when the xDS server does not authenticate).
+	Identity string `json:",omitempty"`
 	// ConnectedSince is when its current connection began;
 	// DisconnectedAt when its last stream closed.
 	ConnectedSince time.Time
@@ -68,6 +71,7 @@ type streamRecord struct {
 	node     string
 	attached bool // its first request arrived and named node
 	peer     string
+	identity string // the verified SPIFFE ID of its client certificate
 	opened   time.Time
 	sent     map[string]sent // by type URL
 }
@@ -92,10 +96,20 @@ func newTracker(now func() time.Time, controlPlane string) *tracker {
 	return &tracker{now: now, controlPlane: controlPlane, streams: map[streamKey]*streamRecord{}, proxies: map[string]*proxyRecord{}}
 }
 
-func (t *tracker) open(k streamKey, peer string) {
+func (t *tracker) open(k streamKey, peer, identity string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.streams[k] = &streamRecord{peer: peer, opened: t.now(), sent: map[string]sent{}}
+	t.streams[k] = &streamRecord{peer: peer, identity: identity, opened: t.now(), sent: map[string]sent{}}
+}
+
+// identity is stream k's verified SPIFFE ID and its peer address.
+func (t *tracker) identity(k streamKey) (identity, peer string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s := t.streams[k]; s != nil {
+		return s.identity, s.peer
+	}
+	return "", ""
 }
 
 // request records a request on stream k. nodeID and cluster are those the
@@ -120,7 +134,7 @@ func (t *tracker) request(k streamKey, named bool, n Node, typeURL, version, non
 		}
 		p.status.Streams++
 		p.status.Connected = true
-		p.status.Peer, p.status.Delta = s.peer, k.delta
+		p.status.Peer, p.status.Delta, p.status.Identity = s.peer, k.delta, s.identity
 	} else if named && n.key() != s.node {
 		// go-control-plane would serve the stream from the other node's
 		// cache entry, which this server neither builds nor tracks for it.

@@ -38,6 +38,10 @@ type Node struct {
 	// Proxyless is a gRPC library rather than Envoy (the server tells by
 	// the node's user agent).
 	Proxyless bool
+	// Peer is the SPIFFE ID of the client certificate the connection was
+	// verified with ("" without one). With Options.RequirePeer a node
+	// gets its configuration only if Peer is its own identity.
+	Peer string
 }
 
 // NodeKind is what a node is to Vigil.
@@ -81,6 +85,26 @@ func Classify(ix *topology.Index, node Node) (NodeKind, error) {
 	return KindEdge, nil
 }
 
+// ExpectedPeer is the SPIFFE ID that may receive the configuration of node,
+// of kind in ix.
+func ExpectedPeer(ix *topology.Index, node Node, kind NodeKind) string {
+	var sub topology.Subject
+	switch {
+	case kind == KindEdge:
+		return EdgeSPIFFEID(ix.TrustDomain(), node.Cluster, node.ID)
+	case kind == KindGateway:
+		sub = topology.GatewaySubject(node.ID)
+	case kind == KindProxyless:
+		if _, ok := ix.Gateway(node.ID); ok {
+			sub = topology.GatewaySubject(node.ID)
+		} else {
+			sub = topology.ServiceSubject(node.ID)
+		}
+	}
+	id, _ := ix.SPIFFEID(sub)
+	return id
+}
+
 // Defaults of Options.
 const (
 	// DefaultSDSSocket is where the SPIRE agent's Workload API (which also
@@ -102,6 +126,10 @@ type Options struct {
 	// AuthzTLS makes the gateway call ext_authz over mTLS with its own SVID,
 	// accepting only Vigil node identities (spiffe://<td>/vigil/node/...).
 	AuthzTLS bool
+	// RequirePeer serves a node only to the holder of its identity
+	// (Node.Peer): a gateway's SVID, an edge's, or for proxyless nodes the
+	// gateway's or service's. Any other node is unknown (deny-all).
+	RequirePeer bool
 	// SDSSocket is the SPIRE agent's unix socket serving SDS.
 	SDSSocket string
 	// ListenerPort is the device-facing port.
@@ -169,6 +197,9 @@ func Translate(snap *topology.Snapshot, node Node, opts Options) (*Resources, er
 	kind, err := Classify(snap.Index(), node)
 	if err != nil {
 		return nil, err
+	}
+	if want := ExpectedPeer(snap.Index(), node, kind); opts.RequirePeer && (want == "" || node.Peer != want) {
+		return nil, unknownNode(node, fmt.Sprintf("its connection's identity %q is not the node's %q", node.Peer, want))
 	}
 	var res *Resources
 	switch kind {

@@ -17,6 +17,7 @@ func newEnvoyCmd() *cobra.Command {
 	var c clientFlags
 	var node, edgeZone, sdsSocket string
 	var xdsAddrs []string
+	var xdsTLS bool
 	bootstrap := &cobra.Command{
 		Use:   "bootstrap --node GATEWAY | --node EDGE --edge-zone ZONE [--xds-server HOST:PORT ...]",
 		Short: "Print the Envoy bootstrap for a gateway or cloud edge: ADS to Vigil, SDS from the local SPIRE agent",
@@ -27,11 +28,16 @@ from Vigil over ADS, and its certificates from the local SPIRE agent.
 A gateway must exist in the topology of the member at --server, which also
 gives its zone. A cloud edge is named freely (a DNS label that names no device
 or service) and fronts the services with backends of --edge-zone: one inbound
-listener per service, on its endpoints' port.`,
+listener per service, on its endpoints' port.
+
+With --xds-tls Envoy reaches Vigil over mutual TLS, as members started with
+--proxy-tls-cert require: it presents its own SVID (the gateway's, or the
+edge's spiffe://<td>/zone/<zone>/edge/<name>) from the SPIRE agent and accepts
+only Vigil members (spiffe://<td>/vigil/node/...).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			n := xds.Node{ID: node, Cluster: edgeZone}
-			what := "cloud edge"
+			what, identity := "cloud edge", ""
 			if edgeZone == "" {
 				cl, err := c.client()
 				if err != nil {
@@ -41,11 +47,24 @@ listener per service, on its endpoints' port.`,
 				if err != nil {
 					return err
 				}
-				n.Cluster, what = gw.Zone, "gateway"
+				n.Cluster, what, identity = gw.Zone, "gateway", gw.SPIFFEID
 			} else if !topology.IsName(node) {
 				return fmt.Errorf("--node %q: a cloud edge's name must be a lowercase DNS label", node)
+			} else if xdsTLS {
+				cl, err := c.client()
+				if err != nil {
+					return err
+				}
+				top, err := cl.Topology(cmd.Context())
+				if err != nil {
+					return err
+				}
+				identity = xds.EdgeSPIFFEID(top.Document.TrustDomain, edgeZone, node)
 			}
-			b, err := xds.Bootstrap(n, xdsAddrs, xds.Options{SDSSocket: sdsSocket})
+			if !xdsTLS {
+				identity = ""
+			}
+			b, err := xds.Bootstrap(n, xdsAddrs, xds.Options{SDSSocket: sdsSocket}, identity)
 			if err != nil {
 				return err
 			}
@@ -78,6 +97,7 @@ listener per service, on its endpoints' port.`,
 	bootstrap.Flags().StringVar(&edgeZone, "edge-zone", "", "make a cloud-edge bootstrap for this zone (Envoy's node.cluster)")
 	bootstrap.Flags().StringSliceVar(&xdsAddrs, "xds-server", []string{"127.0.0.1:18000"}, "xDS addresses of Vigil members (repeat or comma-separate)")
 	bootstrap.Flags().StringVar(&sdsSocket, "sds-socket", xds.DefaultSDSSocket, "the SPIRE agent's SDS unix socket on the gateway")
+	bootstrap.Flags().BoolVar(&xdsTLS, "xds-tls", false, "reach Vigil over mutual TLS with the node's SVID (members started with --proxy-tls-cert)")
 	bootstrap.MarkFlagRequired("node")
 	cmd.AddCommand(bootstrap)
 	return cmd

@@ -31,7 +31,12 @@ NAME is a gateway or a service of the topology at --server (which gives its
 zone). Certificates come from the files given, through grpc-go's file_watcher
 certificate provider: the workload's SVID chain, its key and the trust
 domain's CA bundle (spiffe-helper keeps them fresh from a SPIRE agent).
-Paths must be absolute.`,
+Paths must be absolute.
+
+With --xds-tls the program reaches Vigil over mutual TLS with the same files,
+as members started with --proxy-tls-cert require. grpc-go checks a member's
+certificate against the host in --xds-server, so that certificate must carry
+that DNS name or IP address.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cl, err := c.client()
@@ -72,6 +77,7 @@ Paths must be absolute.`,
 	f.StringVar(&certs.KeyFile, "key", "", "PEM private key of the node's SVID")
 	f.StringVar(&certs.CAFile, "ca", "", "PEM CA bundle of the trust domain")
 	f.DurationVar(&certs.Refresh, "refresh", 0, "how often grpc-go rereads the certificate files (default 10m)")
+	f.BoolVar(&certs.XDSTLS, "xds-tls", false, "reach Vigil over mutual TLS with these files (members started with --proxy-tls-cert)")
 	for _, name := range []string{"node", "cert", "key", "ca"} {
 		bootstrap.MarkFlagRequired(name)
 	}

@@ -56,10 +56,13 @@ func printProxies(w io.Writer, member string, proxies []xds.ProxyStatus) {
 			connected = "since " + p.ConnectedSince.Format("15:04:05")
 		}
 		if p.DenyAll {
-			connected += " (deny-all: unknown node)"
+			connected += " (deny-all: unknown node, or not its identity)"
 		}
 		for i, t := range p.Types {
 			node, zone, peer := p.NodeID, p.Cluster, p.Peer
+			if p.Identity != "" {
+				peer += " " + p.Identity
+			}
 			if p.Proxyless {
 				node += " (gRPC)"
 			}
