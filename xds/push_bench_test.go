@@ -93,12 +93,14 @@ func (g *benchGateway) run() error {
 }
 
 // BenchmarkDocumentChangePush is BenchmarkDocumentChange with every
-// gateway connected over a real ADS stream (100 per gRPC connection, on
-// 127.0.0.1, the clients in the same process): from Update until every
-// affected gateway has ACKed its new routes. The debounce is 1ns.
+// gateway connected over a real ADS stream (on 127.0.0.1, the clients in
+// the same process): from Update until every affected gateway has ACKed
+// its new routes. The debounce is 1ns. Real gateways have a connection
+// each (streams=1); 100 streams share one in the other case.
 func BenchmarkDocumentChangePush(b *testing.B) {
-	for _, n := range []int{1000, 5000} {
-		b.Run(fmt.Sprintf("gateways=%d", n), func(b *testing.B) {
+	for _, bc := range []struct{ n, perConn int }{{1000, 100}, {1000, 1}, {5000, 100}, {5000, 1}} {
+		n, perConn := bc.n, bc.perConn
+		b.Run(fmt.Sprintf("gateways=%d/streams-per-conn=%d", n, perConn), func(b *testing.B) {
 			c := newBenchCity(b, n)
 			srv, src := cityServer(b, c, Config{Debounce: time.Nanosecond})
 			lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -116,7 +118,7 @@ func BenchmarkDocumentChangePush(b *testing.B) {
 			acks := make(chan uint64, 1024)
 			var conn *grpc.ClientConn
 			for i, id := range c.gateways {
-				if i%100 == 0 {
+				if i%perConn == 0 {
 					if conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
 						b.Fatal(err)
 					}

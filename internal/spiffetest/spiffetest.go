@@ -15,9 +15,14 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"testing"
 	"time"
 )
+
+// T is what the helpers need of a *testing.T (load tools pass their own).
+type T interface {
+	Helper()
+	Fatal(args ...any)
+}
 
 // CA is a trust domain's certificate authority.
 type CA struct {
@@ -27,7 +32,7 @@ type CA struct {
 }
 
 // NewCA makes a CA for trustDomain, valid for an hour.
-func NewCA(t testing.TB, trustDomain string) *CA {
+func NewCA(t T, trustDomain string) *CA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -63,7 +68,7 @@ type SVID struct {
 // Issue makes a leaf for the SPIFFE ID id (none when id is ""), valid for
 // both client and server use, with hosts (DNS names or IP addresses) as
 // further SANs.
-func (ca *CA) Issue(t testing.TB, id string, hosts ...string) SVID {
+func (ca *CA) Issue(t T, id string, hosts ...string) SVID {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -110,7 +115,7 @@ func (ca *CA) Issue(t testing.TB, id string, hosts ...string) SVID {
 
 // Write writes dir/name.pem, dir/name.key and dir/ca.pem (mode 0600) and
 // returns their paths.
-func (ca *CA) Write(t testing.TB, s SVID, dir, name string) (certFile, keyFile, caFile string) {
+func (ca *CA) Write(t T, s SVID, dir, name string) (certFile, keyFile, caFile string) {
 	t.Helper()
 	certFile, keyFile, caFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key"), filepath.Join(dir, "ca.pem")
 	for file, data := range map[string][]byte{certFile: s.CertPEM, keyFile: s.KeyPEM, caFile: ca.PEM()} {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -19,10 +20,12 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/vigil-iot/vigil/e2e/harness"
+	"github.com/vigil-iot/vigil/internal/spiffetest"
 	"github.com/vigil-iot/vigil/topology"
 	"github.com/vigil-iot/vigil/topology/topologytest"
 )
@@ -50,6 +53,7 @@ func runXDS(args []string) error {
 	perConn := fs.Int("streams-per-conn", 100, "ADS streams per gRPC connection")
 	quarantines := fs.Int("quarantines", 50, "gateways that get one device quarantined (at most -gateways)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "bound on each run")
+	useTLS := fs.Bool("tls", false, "run the member with proxy TLS: every gateway has its own mutual-TLS connection with its own SVID (-streams-per-conn is then 1)")
 	bin, dir, err := setup(fs, args)
 	defer os.RemoveAll(dir)
 	if err != nil {
@@ -61,7 +65,10 @@ func runXDS(args []string) error {
 			return fmt.Errorf("-gateways: bad count %q", s)
 		}
 		r := xdsRun{bin: bin, dir: filepath.Join(dir, "gw"+strconv.Itoa(n)), gateways: n, perGW: *perGW,
-			perConn: max(1, *perConn), quarantines: min(n, *quarantines), timeout: *timeout}
+			perConn: max(1, *perConn), quarantines: min(n, *quarantines), timeout: *timeout, tls: *useTLS}
+		if r.tls {
+			r.perConn = 1
+		}
 		if err := r.run(); err != nil {
 			return fmt.Errorf("%d gateways: %w", n, err)
 		}
@@ -73,6 +80,7 @@ type xdsRun struct {
 	bin, dir                              string
 	gateways, perGW, perConn, quarantines int
 	timeout                               time.Duration
+	tls                                   bool
 }
 
 func (r *xdsRun) run() error {
@@ -95,7 +103,17 @@ func (r *xdsRun) run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 
-	c, err := startCluster(r.bin, r.dir, harness.Options{Members: 1, Timeout: 3 * time.Minute})
+	var flags []string
+	var ca *spiffetest.CA
+	if r.tls {
+		if err := os.MkdirAll(r.dir, 0o700); err != nil {
+			return err
+		}
+		ca = spiffetest.NewCA(fatal{}, doc.TrustDomain)
+		cert, key, bundle := ca.Write(fatal{}, ca.Issue(fatal{}, topology.NodeSPIFFEID(doc.TrustDomain, "n1"), "127.0.0.1"), r.dir, "member")
+		flags = []string{"--proxy-tls-cert", cert, "--proxy-tls-key", key, "--proxy-tls-ca", bundle}
+	}
+	c, err := startCluster(r.bin, r.dir, harness.Options{Members: 1, Timeout: 3 * time.Minute, Args: flags})
 	if err != nil {
 		return err
 	}
@@ -116,7 +134,12 @@ func (r *xdsRun) run() error {
 	nConns := (r.gateways + r.perConn - 1) / r.perConn
 	conns := make([]*grpc.ClientConn, nConns)
 	for i := range conns {
-		if conns[i], err = grpc.NewClient(c.Member(0).XDSAddr, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+		creds := insecure.NewCredentials()
+		if r.tls { // conns[i] is gateway i's
+			id, _ := ix.SPIFFEID(topology.GatewaySubject(doc.Gateways[i].Name))
+			creds = credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{ca.Issue(fatal{}, id).TLS}, RootCAs: ca.Pool, ServerName: "127.0.0.1"})
+		}
+		if conns[i], err = grpc.NewClient(c.Member(0).XDSAddr, grpc.WithTransportCredentials(creds)); err != nil {
 			return err
 		}
 		defer conns[i].Close()
