@@ -4,12 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"net"
-	"net/url"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"maps"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -71,12 +71,12 @@ type checkCase struct {
 }
 
 type checkFile struct {
-	Policy string      `yaml:"policy"`
+	Policy string `yaml:"policy"`
 	// RequireCaller runs the server with Config.RequireCaller.
-	RequireCaller bool `yaml:"require_caller"`
-	Query  string      `yaml:"query"`
-	State  caseState   `yaml:"state"`
-	Cases  []checkCase `yaml:"cases"`
+	RequireCaller bool        `yaml:"require_caller"`
+	Query         string      `yaml:"query"`
+	State         caseState   `yaml:"state"`
+	Cases         []checkCase `yaml:"cases"`
 }
 
 var testNow = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)

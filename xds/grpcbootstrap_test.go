@@ -14,12 +14,12 @@ func TestGRPCBootstrap(t *testing.T) {
 	}
 	var b struct {
 		XDSServers []struct {
-			ServerURI      string              `json:"server_uri"`
-			ChannelCreds   []struct {
+			ServerURI    string `json:"server_uri"`
+			ChannelCreds []struct {
 				Type   string            `json:"type"`
 				Config map[string]string `json:"config"`
 			} `json:"channel_creds"`
-			ServerFeatures []string            `json:"server_features"`
+			ServerFeatures []string `json:"server_features"`
 		} `json:"xds_servers"`
 		Node                 struct{ ID, Cluster string } `json:"node"`
 		CertificateProviders map[string]struct {
