@@ -4,7 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
+	"log/slog"
 	"net"
+	"net/url"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -194,4 +199,40 @@ func equalSets(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// FuzzAdmit: whatever the identity and node, admit never panics, and it
+// admits only an identity /zone/<cluster>/<kind>/<node id> of a kind that
+// node may be.
+func FuzzAdmit(f *testing.F) {
+	f.Add("spiffe://city.example/zone/north/gateway/gw-north-1", "gw-north-1", "north", false)
+	f.Add("spiffe://city.example/zone/north/gateway/gw-north-1", "gw-north-1", "", true)
+	f.Add("spiffe://city.example/zone/cloud/edge/e", "e", "cloud", false)
+	f.Add("spiffe://x/zone//gateway/", "", "", false)
+	f.Add("spiffe://x/zone/a/service/b/../c", "c", "a", true)
+	srv, err := NewServer(Config{Source: &source{}, Authenticate: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(srv.Close)
+	f.Fuzz(func(t *testing.T, identity, id, cluster string, proxyless bool) {
+		if srv.admit(identity, "", Node{ID: id, Cluster: cluster, Proxyless: proxyless}) != nil {
+			return
+		}
+		u, err := url.Parse(identity)
+		if err != nil {
+			t.Fatalf("admitted an identity that does not parse: %q", identity)
+		}
+		parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
+		if len(parts) != 4 || parts[0] != "zone" || parts[3] != id || parts[1] != cluster && cluster != "" {
+			t.Fatalf("admitted %q as node %q (cluster %q)", identity, id, cluster)
+		}
+		kinds := []string{"gateway", "edge"}
+		if proxyless {
+			kinds = []string{"gateway", "service"}
+		}
+		if !slices.Contains(kinds, parts[2]) || cluster == "" && parts[2] != "gateway" {
+			t.Fatalf("admitted %q (kind %s) as node %q, proxyless %v", identity, parts[2], id, proxyless)
+		}
+	})
 }
