@@ -14,6 +14,7 @@ import (
 
 	"github.com/vigil-iot/vigil/api"
 	"github.com/vigil-iot/vigil/e2e/harness"
+	"github.com/vigil-iot/vigil/spire/spiretest"
 	"github.com/vigil-iot/vigil/topology"
 )
 
@@ -156,4 +157,18 @@ func asAPIError(t *testing.T, err error) *api.Error {
 		t.Fatalf("want an *api.Error, got %T: %v", err, err)
 	}
 	return apiErr
+}
+
+// spireServer runs the real spire-server for city.example, or skips the
+// test when SPIRE is not built here (make spire builds it).
+func spireServer(t testing.TB) *spiretest.Server {
+	t.Helper()
+	srv, err := harness.StartSPIREServer(t, "city.example")
+	if errors.Is(err, harness.ErrNoSPIRE) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv
 }

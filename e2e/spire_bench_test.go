@@ -3,7 +3,6 @@ package e2e_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"slices"
 	"testing"
@@ -24,13 +23,7 @@ var benchDevices = flag.Int("devices", 10_000, "devices in BenchmarkSPIREQuarant
 //
 //	go test ./e2e -run '^$' -bench SPIREQuarantine -benchtime=1x -devices 10000
 func BenchmarkSPIREQuarantine(b *testing.B) {
-	srv, err := harness.StartSPIREServer(b, "city.example")
-	if errors.Is(err, harness.ErrNoSPIRE) {
-		b.Skip(err)
-	}
-	if err != nil {
-		b.Fatal(err)
-	}
+	srv := spireServer(b)
 	b.Log(harness.Hardware())
 	c := harness.Start(b, harness.Options{Binary: vigilBin, Members: 3, Args: []string{"--spire-socket", srv.Socket}})
 	sc, err := spire.Dial(srv.Socket)

@@ -39,13 +39,7 @@ const (
 // gateway's delegated identity, the agent's SDS serves what the xDS config
 // names, and removal and quarantine take identities away.
 func TestSPIREIdentities(t *testing.T) {
-	srv, err := harness.StartSPIREServer(t, "city.example")
-	if errors.Is(err, harness.ErrNoSPIRE) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := spireServer(t)
 	uid := strconv.Itoa(os.Getuid())
 	// This test process plays the gateway's Envoy and device bridge: the
 	// gateway's binding gives processes of its uid the gateway's SVID.

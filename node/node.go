@@ -110,7 +110,7 @@ type Node struct {
 	spire   *spirePart
 	ready   atomic.Bool
 	// proxyTLS is nil when xDS and ext_authz do not authenticate.
-	proxyTLS *reloadingTLS
+	proxyTLS proxyCreds
 }
 
 // proxyServer is a gRPC server for proxies: mutual TLS with ProxyTLS when
@@ -124,7 +124,7 @@ func (n *Node) proxyServer() *grpc.Server {
 
 // Start provisions secrets, opens the store and binds the API listener. It
 // returns once the member is listening; Run serves.
-func Start(cfg Config) (*Node, error) {
+func Start(cfg Config) (_ *Node, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -180,12 +180,17 @@ func Start(cfg Config) (*Node, error) {
 	if serverTLS != nil && !strings.HasPrefix(advertise, "https://") {
 		advertise = "https://" + api.HostPort(advertise)
 	}
-	var proxyTLS *reloadingTLS
+	var proxyTLS proxyCreds
 	if cfg.ProxyTLS.enabled() {
-		if proxyTLS, err = newReloadingTLS(cfg.ProxyTLS, log); err != nil {
+		if proxyTLS, err = newProxyCreds(cfg.ProxyTLS, cfg.ID, log); err != nil {
 			ln.Close()
 			return nil, err
 		}
+		defer func() {
+			if err != nil {
+				proxyTLS.Close()
+			}
+		}()
 	} else {
 		log.Warn("xDS and ext_authz do not authenticate proxies: any client may name any node and ask any question " +
 			"(set --proxy-tls-cert, --proxy-tls-key and --proxy-tls-ca outside a lab)")
@@ -310,6 +315,9 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	if cerr := n.store.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("close store: %w", cerr)
+	}
+	if n.proxyTLS != nil {
+		n.proxyTLS.Close()
 	}
 	return err
 }

@@ -2,14 +2,19 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
 // ProxyTLS is the mutual TLS between the member and the proxies it serves
@@ -19,11 +24,36 @@ import (
 // the trust bundle the proxies' SVIDs chain to. Either all three files are
 // given or none; spiffe-helper or any other tool may rewrite them, and new
 // contents take effect on the next handshake.
+//
+// WorkloadSocket instead takes both from the local SPIRE agent's Workload
+// API: the member's SVID must be spiffe://<td>/vigil/node/<member id>, and
+// rotations of SVID and bundle take effect as the agent pushes them.
 type ProxyTLS struct {
 	CertFile, KeyFile, CAFile string
+	WorkloadSocket            string
 }
 
-func (p ProxyTLS) enabled() bool { return p.CertFile != "" || p.KeyFile != "" || p.CAFile != "" }
+func (p ProxyTLS) enabled() bool {
+	return p.CertFile != "" || p.KeyFile != "" || p.CAFile != "" || p.WorkloadSocket != ""
+}
+
+// proxyCreds serve the proxy-facing listeners' TLS.
+type proxyCreds interface {
+	// serverConfig requires and verifies a client certificate.
+	serverConfig() *tls.Config
+	Close() error
+}
+
+// newProxyCreds loads ProxyTLS for member id.
+func newProxyCreds(p ProxyTLS, id string, log *slog.Logger) (proxyCreds, error) {
+	if p.WorkloadSocket == "" {
+		return newReloadingTLS(p, log)
+	}
+	if p.CertFile != "" || p.KeyFile != "" || p.CAFile != "" {
+		return nil, errors.New("proxy TLS takes either --proxy-tls-workload-socket or the --proxy-tls-cert/key/ca files, not both")
+	}
+	return newWorkloadTLS(p.WorkloadSocket, id, workloadTimeout)
+}
 
 // proxyTLSRecheck bounds how often the files are looked at.
 const proxyTLSRecheck = time.Second
@@ -84,13 +114,26 @@ func proxyServerConfig(raw [3][]byte) (*tls.Config, error) {
 	if !pool.AppendCertsFromPEM(raw[2]) {
 		return nil, errors.New("proxy TLS CA bundle holds no PEM certificate")
 	}
+	return mtlsServer(cert, pool), nil
+}
+
+// mtlsServer presents cert and requires a client certificate that chains
+// to pool (standard verification, so the servers can read the verified
+// chain's SPIFFE ID).
+func mtlsServer(cert tls.Certificate, pool *x509.CertPool) *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{cert},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    pool,
 		NextProtos:   []string{"h2"},
-	}, nil
+	}
+}
+
+// perHandshake is a listener's tls.Config that takes each handshake's
+// configuration from get.
+func perHandshake(get func(*tls.ClientHelloInfo) (*tls.Config, error)) *tls.Config {
+	return &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}, GetConfigForClient: get}
 }
 
 // config is tls.Config.GetConfigForClient: the configuration in force,
@@ -121,5 +164,73 @@ func (r *reloadingTLS) config(*tls.ClientHelloInfo) (*tls.Config, error) {
 
 // serverConfig is the tls.Config the xDS and ext_authz listeners use.
 func (r *reloadingTLS) serverConfig() *tls.Config {
-	return &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}, GetConfigForClient: r.config}
+	return perHandshake(r.config)
 }
+
+func (r *reloadingTLS) Close() error { return nil }
+
+// workloadTimeout bounds the wait for the member's first SVID.
+const workloadTimeout = 30 * time.Second
+
+// workloadTLS serves the SVID and bundle the SPIRE agent pushes.
+type workloadTLS struct {
+	src *workloadapi.X509Source
+}
+
+// newWorkloadTLS waits up to timeout for the agent at socket to issue this
+// member's SVID (spiffe://<td>/vigil/node/<id>; a workload holding several
+// SVIDs uses that one).
+func newWorkloadTLS(socket, id string, timeout time.Duration) (*workloadTLS, error) {
+	abs, err := filepath.Abs(socket)
+	if err != nil {
+		return nil, err
+	}
+	want := "/vigil/node/" + id
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+abs)),
+		workloadapi.WithDefaultX509SVIDPicker(func(svids []*x509svid.SVID) *x509svid.SVID {
+			for _, s := range svids {
+				if s.ID.Path() == want {
+					return s
+				}
+			}
+			return nil
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("proxy TLS: no SVID from the SPIRE agent at %s within %v: %w", abs, timeout, err)
+	}
+	if _, err := src.GetX509SVID(); err != nil {
+		src.Close()
+		return nil, fmt.Errorf("proxy TLS: the SPIRE agent at %s issues this member no spiffe://<td>%s identity", abs, want)
+	}
+	return &workloadTLS{src: src}, nil
+}
+
+// config builds the configuration of one handshake from the newest SVID
+// and bundle; without them the handshake fails (closed).
+func (w *workloadTLS) config(*tls.ClientHelloInfo) (*tls.Config, error) {
+	svid, err := w.src.GetX509SVID()
+	if err != nil {
+		return nil, err
+	}
+	bundle, err := w.src.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	for _, ca := range bundle.X509Authorities() {
+		pool.AddCert(ca)
+	}
+	cert := tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
+	for _, c := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	return mtlsServer(cert, pool), nil
+}
+
+func (w *workloadTLS) serverConfig() *tls.Config {
+	return perHandshake(w.config)
+}
+
+func (w *workloadTLS) Close() error { return w.src.Close() }

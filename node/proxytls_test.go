@@ -89,3 +89,15 @@ func TestProxyTLSRefusesBadFiles(t *testing.T) {
 		}
 	}
 }
+
+func TestProxyTLSFromTheWorkloadAPI(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if _, err := newProxyCreds(ProxyTLS{CertFile: "a.pem", WorkloadSocket: "/run/spire/agent.sock"}, "n1", log); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Errorf("files and a workload socket: err = %v", err)
+	}
+	// No agent: the member does not start, and says why.
+	_, err := newWorkloadTLS(filepath.Join(t.TempDir(), "no-agent.sock"), "n1", 300*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "no SVID from the SPIRE agent") {
+		t.Errorf("no agent: err = %v", err)
+	}
+}

@@ -44,6 +44,7 @@ func (m *memberFlags) register(cmd *cobra.Command) {
 	f.StringVar(&m.cfg.ProxyTLS.CertFile, "proxy-tls-cert", "", "PEM certificate (the member's SVID, spiffe://<td>/vigil/node/<id>, plus a DNS/IP SAN for gRPC clients) for mutual TLS on xDS and ext_authz; with --proxy-tls-key and --proxy-tls-ca, a proxy gets only its own node's configuration and asks only about its own devices or zone")
 	f.StringVar(&m.cfg.ProxyTLS.KeyFile, "proxy-tls-key", "", "PEM private key of --proxy-tls-cert (mode 0600); rewritten files take effect on the next handshake")
 	f.StringVar(&m.cfg.ProxyTLS.CAFile, "proxy-tls-ca", "", "PEM trust bundle that proxies' SVIDs chain to (e.g. spire-server bundle show)")
+	f.StringVar(&m.cfg.ProxyTLS.WorkloadSocket, "proxy-tls-workload-socket", "", "instead of the --proxy-tls-* files: the local SPIRE agent's Workload API socket, which must issue this member spiffe://<td>/vigil/node/<node-id> (rotation and bundle updates follow the agent)")
 	f.StringVar(&m.cfg.APITLSCert, "api-tls-cert", "", "PEM certificate to serve the API over https (required for members on different hosts)")
 	f.StringVar(&m.cfg.APITLSKey, "api-tls-key", "", "PEM private key of --api-tls-cert")
 	f.StringVar(&m.cfg.APICAFile, "api-ca-file", "", "PEM CA bundle that verifies other members' https APIs (default: the system's roots)")
