@@ -35,6 +35,18 @@ func TestXDSThroughAMember(t *testing.T) {
 			t.Errorf("bootstrap lacks %q:\n%s", want, boot.stdout)
 		}
 	}
+	// Over mutual TLS: the node presents its own SVID and accepts members only.
+	for args, id := range map[string]string{
+		"--node gw-north-1":               "spiffe://city.example/zone/north/gateway/gw-north-1",
+		"--node edge-1 --edge-zone cloud": "spiffe://city.example/zone/cloud/edge/edge-1",
+	} {
+		tls := mustCLI(t, env, append(append([]string{"envoy", "bootstrap"}, strings.Fields(args)...), "--xds-tls")...)
+		for _, want := range []string{"name: " + id, "prefix: spiffe://city.example/vigil/node/", "envoy.transport_sockets.tls"} {
+			if !strings.Contains(tls.stdout, want) {
+				t.Errorf("bootstrap %s --xds-tls lacks %q:\n%s", args, want, tls.stdout)
+			}
+		}
+	}
 	if res := runCLI(t, env, "envoy", "bootstrap", "--node", "gw-nowhere"); res.code == 0 {
 		t.Errorf("a bootstrap for a gateway that does not exist was printed:\n%s", res)
 	}

@@ -59,6 +59,9 @@ only Vigil members (spiffe://<td>/vigil/node/...).`,
 				if err != nil {
 					return err
 				}
+				if top.Document == nil {
+					return fmt.Errorf("--xds-tls: the member at %s holds no topology yet, so the trust domain is unknown", cl.Addr())
+				}
 				identity = xds.EdgeSPIFFEID(top.Document.TrustDomain, edgeZone, node)
 			}
 			if !xdsTLS {
