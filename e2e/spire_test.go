@@ -3,9 +3,12 @@ package e2e_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -90,6 +93,19 @@ func TestSPIREIdentities(t *testing.T) {
 
 	checkSDS(t, env, follower, agent)
 
+	// The gateway's bridge keeps its devices' SVIDs in files; another
+	// gateway's device in its list gets none.
+	bridgeDir := filepath.Join(t.TempDir(), "devices")
+	devicesFile := filepath.Join(t.TempDir(), "devices.txt")
+	os.WriteFile(devicesFile, []byte("# gw-north-1\nslc-n1-001\nslc-n1-002\nslc-n1-003\nslc-s1-001 # not ours\n"), 0o600)
+	bridge := startBridge(t, agent.AdminSocket, devicesFile, bridgeDir)
+	waitFor(t, 30*time.Second, "the bridge to write slc-n1-001's SVID and the bundle", func() bool {
+		_, err1 := os.Stat(filepath.Join(bridgeDir, "slc-n1-001", "svid.key"))
+		_, err2 := os.Stat(filepath.Join(bridgeDir, "bundle.pem"))
+		return err1 == nil && err2 == nil
+	})
+	checkBridgeFiles(t, bridgeDir, "slc-n1-001", slcN1001ID)
+
 	// A device removed from the topology loses its entry and its SVID.
 	removed := bytes.Replace(doc, []byte("  - {name: slc-n1-002,"), []byte("  # - {name: slc-n1-002,"), 1)
 	removedPath := filepath.Join(t.TempDir(), "topology.yaml")
@@ -97,11 +113,18 @@ func TestSPIREIdentities(t *testing.T) {
 	mustCLI(t, env, "topology", "apply", "-f", removedPath, "--server", follower)
 	waitNoEntry(t, sc, "vigil.device.slc-n1-002")
 	waitNoSVID(t, agent, "slc-n1-002")
+	waitNoDir(t, bridgeDir, "slc-n1-002")
 
 	// A quarantined device gets no new SVID.
 	mustCLI(t, env, "device", "quarantine", "slc-n1-003", "--reason", "e2e", "--server", follower)
 	waitNoEntry(t, sc, "vigil.device.slc-n1-003")
 	waitNoSVID(t, agent, "slc-n1-003")
+	waitNoDir(t, bridgeDir, "slc-n1-003")
+	if _, err := os.Stat(filepath.Join(bridgeDir, "slc-s1-001")); err == nil {
+		t.Error("the bridge holds an SVID of another gateway's device")
+	}
+	checkBridgeFiles(t, bridgeDir, "slc-n1-001", slcN1001ID)
+	bridge.Stop(10 * time.Second)
 
 	// A quarantined gateway's agent is banned and cannot come back; no
 	// token is issued for it meanwhile.
@@ -252,4 +275,71 @@ func sdsNames(t *testing.T, dump string) []string {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// startBridge runs "vigil gateway bridge" as this test's process does its
+// work: the same uid, so the agent hands it the gateway's SVID.
+func startBridge(t *testing.T, adminSocket, devicesFile, dir string) *harness.Process {
+	t.Helper()
+	cmd := exec.Command(vigilBin, "gateway", "bridge", "--admin-socket", adminSocket,
+		"--devices-file", devicesFile, "--out", dir, "--resync", "1s")
+	logPath := filepath.Join(t.TempDir(), "bridge.log")
+	log, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = log, log
+	p, err := harness.StartProcess(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Stop(10 * time.Second)
+		log.Close()
+		if t.Failed() {
+			out, _ := os.ReadFile(logPath)
+			t.Logf("bridge log:\n%s", out)
+		}
+	})
+	return p
+}
+
+// checkBridgeFiles checks dir/device holds a key only its owner reads and
+// a certificate for id that the bundle verifies.
+func checkBridgeFiles(t *testing.T, dir, device, id string) {
+	t.Helper()
+	info, err := os.Stat(filepath.Join(dir, device, "svid.key"))
+	if err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("%s's key: %v, mode %v", device, err, info.Mode().Perm())
+	}
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, device, "svid.pem"), filepath.Join(dir, device, "svid.key"))
+	if err != nil {
+		t.Fatalf("%s's SVID files: %v", device, err)
+	}
+	leaf, _ := x509.ParseCertificate(pair.Certificate[0])
+	bundle, err := os.ReadFile(filepath.Join(dir, "bundle.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(bundle)
+	inter := x509.NewCertPool()
+	for _, der := range pair.Certificate[1:] {
+		c, _ := x509.ParseCertificate(der)
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Errorf("%s's SVID does not chain to the bridge's bundle: %v", device, err)
+	}
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id {
+		t.Errorf("%s's SVID is for %v, want %s", device, leaf.URIs, id)
+	}
+}
+
+func waitNoDir(t *testing.T, dir, device string) {
+	t.Helper()
+	waitFor(t, 30*time.Second, "the bridge to remove "+device+"'s files", func() bool {
+		_, err := os.Stat(filepath.Join(dir, device))
+		return errors.Is(err, os.ErrNotExist)
+	})
 }

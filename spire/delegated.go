@@ -68,14 +68,18 @@ func fetchOnce(ctx context.Context, client delegatedv1.DelegatedIdentityClient, 
 		if len(resp.X509Svids) == 0 {
 			continue
 		}
-		s := resp.X509Svids[0]
-		var chain []byte
-		for _, c := range s.X509Svid.GetCertChain() {
-			chain = append(chain, c...)
-		}
-		if len(chain) == 0 {
-			return nil, errors.New("delegated identity: an SVID without certificates")
-		}
-		return x509svid.ParseRaw(chain, s.X509SvidKey)
+		return svidOf(resp.X509Svids[0])
 	}
+}
+
+// svidOf parses an SVID the Delegated Identity API sent.
+func svidOf(s *delegatedv1.X509SVIDWithKey) (*x509svid.SVID, error) {
+	var chain []byte
+	for _, c := range s.GetX509Svid().GetCertChain() {
+		chain = append(chain, c...)
+	}
+	if len(chain) == 0 {
+		return nil, errors.New("delegated identity: an SVID without certificates")
+	}
+	return x509svid.ParseRaw(chain, s.GetX509SvidKey())
 }

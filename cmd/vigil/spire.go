@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -89,7 +92,77 @@ A device needs a class with "identity: agent". The leader issues it; any member 
 		},
 	}
 	lFlags.register(list, true)
+	if kind == topology.KindGateway {
+		return []*cobra.Command{token, list, newBridgeCmd()}
+	}
 	return []*cobra.Command{token, list}
+}
+
+// newBridgeCmd builds "vigil gateway bridge".
+func newBridgeCmd() *cobra.Command {
+	var b spire.Bridge
+	var devicesFile string
+	cmd := &cobra.Command{
+		Use:   "bridge --admin-socket PATH --devices-file FILE --out DIR",
+		Short: "On a gateway: keep its devices' SVIDs in files, from its SPIRE agent's Delegated Identity API",
+		Long: `Run on a gateway, as a process matching --spire-gateway-selector (it must
+hold the gateway's SVID, which the agent's authorized_delegates names). For each
+device named in --devices-file (one name per line, # comments; re-read every
+--resync) it keeps
+
+  DIR/<device>/svid.pem, DIR/<device>/svid.key (0600)   and   DIR/bundle.pem
+
+equal to what the agent serves, replaced atomically on every rotation. The
+agent serves only devices of this gateway that hold an identity: a device whose
+identity is taken away (quarantined, removed from the topology, or not this
+gateway's) has no directory, and loses it as soon as the agent stops serving
+its SVID. Carrying the files to the devices is up to the gateway.
+
+The bridge needs no Vigil API token: a gateway must never hold one. Write the
+devices file when the gateway is provisioned (vigil gateway get NAME shows its
+device count; vigil topology get -o json lists them). Runs until interrupted.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			b.Devices = func(context.Context) ([]string, error) { return readDevicesFile(devicesFile) }
+			if _, err := b.Devices(cmd.Context()); err != nil {
+				return err
+			}
+			b.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			ctx, stop := signalContext()
+			defer stop()
+			return b.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&b.AdminSocket, "admin-socket", "", "the gateway's SPIRE agent admin socket (Delegated Identity API)")
+	f.StringVar(&devicesFile, "devices-file", "", "the gateway's devices, one name per line")
+	f.StringVar(&b.Dir, "out", "", "directory for the devices' SVID files (created 0700)")
+	f.DurationVar(&b.Resync, "resync", 30*time.Second, "how often the devices file is re-read")
+	for _, name := range []string{"admin-socket", "devices-file", "out"} {
+		cmd.MarkFlagRequired(name)
+	}
+	return cmd
+}
+
+// readDevicesFile reads device names, one per line; blank lines and
+// # comments are skipped, and a line that is no device name is an error.
+func readDevicesFile(path string) ([]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("devices file: %w", err)
+	}
+	var out []string
+	for i, line := range strings.Split(string(data), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		if line = strings.TrimSpace(line); line == "" {
+			continue
+		}
+		if !topology.IsName(line) {
+			return nil, fmt.Errorf("devices file %s:%d: %q is not a device name (a lowercase DNS label)", path, i+1, line)
+		}
+		out = append(out, line)
+	}
+	return out, nil
 }
 
 func printToken(w io.Writer, t *spire.Token, bundleOut string) {
