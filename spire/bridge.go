@@ -176,6 +176,7 @@ func (b *Bridge) subscribe(ctx context.Context, client delegatedv1.DelegatedIden
 // watchBundle keeps <Dir>/bundle.pem equal to the agent's trust bundle of
 // its own trust domain (the first it sends).
 func (b *Bridge) watchBundle(ctx context.Context, client delegatedv1.DelegatedIdentityClient) {
+	last := ""
 	for ctx.Err() == nil {
 		stream, err := client.SubscribeToX509Bundles(ctx, &delegatedv1.SubscribeToX509BundlesRequest{})
 		for err == nil {
@@ -186,7 +187,10 @@ func (b *Bridge) watchBundle(ctx context.Context, client delegatedv1.DelegatedId
 			err = b.writeBundle(resp.CaCertificates)
 		}
 		if ctx.Err() == nil {
-			b.Logger.Warn("bridge: trust bundle stream ended; retrying", "err", err)
+			if err.Error() != last { // once per distinct failure, not every second
+				b.Logger.Warn("bridge: trust bundle stream ended; retrying every second", "err", err)
+				last = err.Error()
+			}
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
