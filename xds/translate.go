@@ -202,15 +202,22 @@ func Translate(snap *topology.Snapshot, node Node, opts Options) (*Resources, er
 		return nil, unknownNode(node, fmt.Sprintf("its connection's identity %q is not the node's %q", node.Peer, want))
 	}
 	var res *Resources
+	// known holds digests computed (and validated) already.
+	var known map[types.Resource][sha256.Size]byte
 	switch kind {
 	case KindGateway:
 		p, err := planGateway(snap, node.ID)
 		if err != nil {
 			return nil, err
 		}
+		routes, digest, err := sharedGatewayRoutes(snap.Index(), p)
+		if err != nil {
+			return nil, fmt.Errorf("xds node %q: route configuration: %w", node.ID, err)
+		}
+		known = map[types.Resource][sha256.Size]byte{routes: digest}
 		res = &Resources{
 			Listeners: []types.Resource{gatewayListener(p, opts)},
-			Routes:    []types.Resource{gatewayRoutes(p)},
+			Routes:    []types.Resource{routes},
 			Clusters:  gatewayClusters(p, opts),
 			Endpoints: gatewayEndpoints(p),
 		}
@@ -226,9 +233,12 @@ func Translate(snap *topology.Snapshot, node Node, opts Options) (*Resources, er
 		slices.SortFunc(list, func(a, b types.Resource) int { return cmp.Compare(name(a), name(b)) })
 		h := sha256.New()
 		for _, r := range list {
-			digest, err := validateDigest(r)
-			if err != nil {
-				return nil, fmt.Errorf("xds node %q: %T %q: %w", node.ID, r, name(r), err)
+			digest, ok := known[r]
+			if !ok {
+				var err error
+				if digest, err = validateDigest(r); err != nil {
+					return nil, fmt.Errorf("xds node %q: %T %q: %w", node.ID, r, name(r), err)
+				}
 			}
 			h.Write(digest[:])
 		}
