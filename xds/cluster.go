@@ -11,7 +11,6 @@ import (
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -113,10 +112,7 @@ func upstreamTLS(trustDomain, self, sni string, alpn []string, san *matcherv3.St
 			AlpnProtocols: alpn,
 		},
 	}
-	return &corev3.TransportSocket{
-		Name:       wellknown.TransportSocketTLS,
-		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(ctx)},
-	}
+	return tlsSocket(ctx)
 }
 
 // http2Options makes a cluster speak HTTP/2 (gRPC) upstream.

@@ -5,10 +5,8 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 )
 
 // DenyAllRouteName is the (inline) route configuration of the deny-all
@@ -45,7 +43,7 @@ func DenyAll(opts Options) (*Resources, error) {
 			}},
 		}},
 		HttpFilters: []*hcmv3.HttpFilter{
-			{Name: wellknown.Router, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})}},
+			routerFilter(),
 		},
 	}
 	l := gatewayHTTPListener(opts.ListenerPort, hcm, nil)

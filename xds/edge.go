@@ -7,9 +7,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -96,23 +94,12 @@ func edgeListener(p *inboundPlan, opts Options) *listenerv3.Listener {
 		HttpFilters: []*hcmv3.HttpFilter{
 			extAuthzFilter(opts),
 			denyAllRBACFilter(),
-			{Name: wellknown.Router, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})}},
+			routerFilter(),
 		},
 	}
 	alpn := []string{"h2", "http/1.1"}
 	if p.svc.Protocol == topology.ProtocolGRPC {
 		alpn = []string{"h2"}
-	}
-	tls := &tlsv3.DownstreamTlsContext{
-		RequireClientCertificate: wrapperspb.Bool(true),
-		CommonTlsContext: &tlsv3.CommonTlsContext{
-			TlsParams:                      &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
-			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(p.spiffeID)},
-			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
-				ValidationContextSdsSecretConfig: sdsSecret(bundleSecretName(p.trustDomain)),
-			},
-			AlpnProtocols: alpn,
-		},
 	}
 	return &listenerv3.Listener{
 		Name:             inboundName(p.svc.Name),
@@ -123,10 +110,7 @@ func edgeListener(p *inboundPlan, opts Options) *listenerv3.Listener {
 				Name:       wellknown.HTTPConnectionManager,
 				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)},
 			}},
-			TransportSocket: &corev3.TransportSocket{
-				Name:       wellknown.TransportSocketTLS,
-				ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(tls)},
-			},
+			TransportSocket: sdsDownstreamTLS(p.spiffeID, p.trustDomain, alpn),
 		}},
 	}
 }

@@ -29,9 +29,7 @@ func loadAssignment(cluster string, endpoints []string) *endpointv3.ClusterLoadA
 	lle := &endpointv3.LocalityLbEndpoints{}
 	for _, e := range endpoints {
 		host, port, _ := splitHostPort(e)
-		lle.LbEndpoints = append(lle.LbEndpoints, lbEndpoint(&corev3.Address{Address: &corev3.Address_SocketAddress{
-			SocketAddress: &corev3.SocketAddress{Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}},
-		}}))
+		lle.LbEndpoints = append(lle.LbEndpoints, lbEndpoint(socketAddress(host, port)))
 	}
 	cla.Endpoints = []*endpointv3.LocalityLbEndpoints{lle}
 	return cla

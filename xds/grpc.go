@@ -185,12 +185,9 @@ func grpcCluster(sf *serviceFlows, self string) (*clusterv3.Cluster, types.Resou
 		}},
 	}}
 	c := &clusterv3.Cluster{
-		Name:     name,
-		LbPolicy: clusterv3.Cluster_ROUND_ROBIN,
-		TransportSocket: &corev3.TransportSocket{
-			Name:       wellknown.TransportSocketTLS,
-			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(tls)},
-		},
+		Name:            name,
+		LbPolicy:        clusterv3.Cluster_ROUND_ROBIN,
+		TransportSocket: tlsSocket(tls),
 	}
 	if !usesEDS(sf.svc) {
 		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_LOGICAL_DNS}
@@ -246,10 +243,7 @@ func grpcServerListeners(p *inboundPlan) []types.Resource {
 			Name:       wellknown.HTTPConnectionManager,
 			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)},
 		}},
-		TransportSocket: &corev3.TransportSocket{
-			Name:       wellknown.TransportSocketTLS,
-			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(tls)},
-		},
+		TransportSocket: tlsSocket(tls),
 	}
 	out := make([]types.Resource, 0, len(addrs))
 	for _, a := range addrs {

@@ -3,10 +3,10 @@ package xds
 import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -44,24 +44,35 @@ func gatewayListener(p *gatewayPlan, opts Options) *listenerv3.Listener {
 			extAuthzFilter(opts),
 			rbacFilter(),
 			localRateLimitFilter(),
-			{Name: wellknown.Router, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})}},
+			routerFilter(),
 		},
 	}
-	tls := &tlsv3.DownstreamTlsContext{
+	return gatewayHTTPListener(opts.ListenerPort, hcm, sdsDownstreamTLS(p.spiffeID, p.trustDomain, []string{"h2", "http/1.1"}))
+}
+
+// sdsDownstreamTLS requires a client certificate from the trust domain and
+// presents the SVID self, both from the SPIRE agent over SDS.
+func sdsDownstreamTLS(self, trustDomain string, alpn []string) *corev3.TransportSocket {
+	return tlsSocket(&tlsv3.DownstreamTlsContext{
 		RequireClientCertificate: wrapperspb.Bool(true),
 		CommonTlsContext: &tlsv3.CommonTlsContext{
 			TlsParams:                      &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
-			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(p.spiffeID)},
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(self)},
 			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
-				ValidationContextSdsSecretConfig: sdsSecret(bundleSecretName(p.trustDomain)),
+				ValidationContextSdsSecretConfig: sdsSecret(bundleSecretName(trustDomain)),
 			},
-			AlpnProtocols: []string{"h2", "http/1.1"},
+			AlpnProtocols: alpn,
 		},
-	}
-	return gatewayHTTPListener(opts.ListenerPort, hcm, &corev3.TransportSocket{
-		Name:       wellknown.TransportSocketTLS,
-		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(tls)},
 	})
+}
+
+// tlsSocket is Envoy's TLS transport socket with context ctx (an upstream
+// or downstream TLS context).
+func tlsSocket(ctx proto.Message) *corev3.TransportSocket {
+	return &corev3.TransportSocket{
+		Name:       wellknown.TransportSocketTLS,
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(ctx)},
+	}
 }
 
 // gatewayHTTPListener is the device-facing listener shell: one filter
@@ -70,11 +81,8 @@ func gatewayListener(p *gatewayPlan, opts Options) *listenerv3.Listener {
 // a gateway's listener in place.
 func gatewayHTTPListener(port uint32, hcm *hcmv3.HttpConnectionManager, tls *corev3.TransportSocket) *listenerv3.Listener {
 	return &listenerv3.Listener{
-		Name: GatewayListenerName,
-		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-			Address:       "0.0.0.0",
-			PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
-		}}},
+		Name:    GatewayListenerName,
+		Address: socketAddress("0.0.0.0", port),
 		FilterChains: []*listenerv3.FilterChain{{
 			Filters: []*listenerv3.Filter{{
 				Name:       wellknown.HTTPConnectionManager,
