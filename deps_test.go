@@ -22,6 +22,7 @@ var allowed = map[string][]string{
 	"xds":                   {"topology", "internal/peerid"},
 	"internal/peerid":       {},
 	"internal/spiffetest":   {},
+	"internal/testwait":     {},
 	"spire":                 {"topology"},
 	"spire/spiretest":       {},
 	"authz/authztest":       {"topology", "topology/topologytest"},

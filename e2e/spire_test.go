@@ -27,6 +27,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/vigil-iot/vigil/e2e/harness"
+	"github.com/vigil-iot/vigil/internal/testwait"
 	"github.com/vigil-iot/vigil/spire"
 	"github.com/vigil-iot/vigil/spire/spiretest"
 )
@@ -58,7 +59,7 @@ func TestSPIREIdentities(t *testing.T) {
 	}
 	defer sc.Close()
 	const smartCityServices = 4
-	waitFor(t, 30*time.Second, "an entry for every device and service", func() bool {
+	testwait.For(t, 30*time.Second, "an entry for every device and service", func() bool {
 		list, err := sc.ListEntries(ctxFor(t, 10*time.Second), "vigil", "")
 		return err == nil && len(list) == smartCityDevices+smartCityServices
 	})
@@ -99,7 +100,7 @@ func TestSPIREIdentities(t *testing.T) {
 	devicesFile := filepath.Join(t.TempDir(), "devices.txt")
 	os.WriteFile(devicesFile, []byte("# gw-north-1\nslc-n1-001\nslc-n1-002\nslc-n1-003\nslc-s1-001 # not ours\n"), 0o600)
 	bridge := startBridge(t, agent.AdminSocket, devicesFile, bridgeDir)
-	waitFor(t, 30*time.Second, "the bridge to write slc-n1-001's SVID and the bundle", func() bool {
+	testwait.For(t, 30*time.Second, "the bridge to write slc-n1-001's SVID and the bundle", func() bool {
 		_, err1 := os.Stat(filepath.Join(bridgeDir, "slc-n1-001", "svid.key"))
 		_, err2 := os.Stat(filepath.Join(bridgeDir, "bundle.pem"))
 		return err1 == nil && err2 == nil
@@ -129,7 +130,7 @@ func TestSPIREIdentities(t *testing.T) {
 	// A quarantined gateway's agent is banned and cannot come back; no
 	// token is issued for it meanwhile.
 	mustCLI(t, env, "gateway", "quarantine", "gw-north-1", "--reason", "e2e", "--server", follower)
-	waitFor(t, 10*time.Second, "the gateway's agent to be banned", func() bool {
+	testwait.For(t, 10*time.Second, "the gateway's agent to be banned", func() bool {
 		l := gatewayAgents(t, env, follower, "gw-north-1")
 		return len(l) == 1 && l[0].Agent != nil && l[0].Agent.Banned
 	})
@@ -144,7 +145,7 @@ func TestSPIREIdentities(t *testing.T) {
 
 	// Release: the banned agent is evicted; a new token onboards again.
 	mustCLI(t, env, "gateway", "release", "gw-north-1", "--server", follower)
-	waitFor(t, 10*time.Second, "the banned agent's binding to go", func() bool { return len(gatewayAgents(t, env, follower, "gw-north-1")) == 0 })
+	testwait.For(t, 10*time.Second, "the banned agent's binding to go", func() bool { return len(gatewayAgents(t, env, follower, "gw-north-1")) == 0 })
 	if _, found, _ := getAgent(t, sc, tok.AgentID); found {
 		t.Error("the banned agent's record is still on the server after the release")
 	}
@@ -171,20 +172,9 @@ func getAgent(t *testing.T, sc *spire.Client, id string) (spire.Agent, bool, err
 	return sc.GetAgent(ctxFor(t, 10*time.Second), id)
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func waitNoEntry(t *testing.T, sc *spire.Client, id string) {
 	t.Helper()
-	waitFor(t, 10*time.Second, "entry "+id+" to go", func() bool {
+	testwait.For(t, 10*time.Second, "entry "+id+" to go", func() bool {
 		_, found, err := sc.GetEntry(ctxFor(t, 10*time.Second), id)
 		return err == nil && !found
 	})
@@ -194,7 +184,7 @@ func waitNoEntry(t *testing.T, sc *spire.Client, id string) {
 // seconds) until the agent hands out no SVID for device.
 func waitNoSVID(t *testing.T, a *spiretest.Agent, device string) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "the agent to stop issuing an SVID for "+device, func() bool {
+	testwait.For(t, 30*time.Second, "the agent to stop issuing an SVID for "+device, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_, err := spire.FetchDeviceSVID(ctx, a.AdminSocket, device)
@@ -338,7 +328,7 @@ func checkBridgeFiles(t *testing.T, dir, device, id string) {
 
 func waitNoDir(t *testing.T, dir, device string) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "the bridge to remove "+device+"'s files", func() bool {
+	testwait.For(t, 30*time.Second, "the bridge to remove "+device+"'s files", func() bool {
 		_, err := os.Stat(filepath.Join(dir, device))
 		return errors.Is(err, os.ErrNotExist)
 	})

@@ -18,6 +18,8 @@ import (
 	"github.com/vigil-iot/vigil/spire/spiretest"
 	"github.com/vigil-iot/vigil/topology"
 	"github.com/vigil-iot/vigil/topology/topologytest"
+
+	"github.com/vigil-iot/vigil/internal/testwait"
 )
 
 type syncBuffer struct {
@@ -67,19 +69,8 @@ func runNode(t *testing.T, mutate func(*Config)) (*Node, *api.Client, *syncBuffe
 	})
 	tokens, _ := os.ReadFile(n.TokenFile())
 	tok, _ := api.FirstToken(tokens)
-	waitUntil(t, 10*time.Second, "the member to be ready", n.Ready)
+	testwait.For(t, 10*time.Second, "the member to be ready", n.Ready)
 	return n, api.NewClient(n.APIAddr(), tok), logs
-}
-
-func waitUntil(t *testing.T, d time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func TestSPIREIsOffWithoutASocket(t *testing.T) {
@@ -136,7 +127,7 @@ func TestSPIREMember(t *testing.T) {
 		}
 		return len(list)
 	}
-	waitUntil(t, 10*time.Second, "14 entries (10 devices, 4 services)", func() bool { return entries() == 14 })
+	testwait.For(t, 10*time.Second, "14 entries (10 devices, 4 services)", func() bool { return entries() == 14 })
 
 	var tok spire.Token
 	if err := cl.JoinToken(ctx, topology.KindGateway, "gw-00001", 10*time.Minute, &tok); err != nil {
@@ -156,7 +147,7 @@ func TestSPIREMember(t *testing.T) {
 	if _, err := cl.Quarantine(ctx, topology.KindDevice, "d-0000003", "test"); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "the quarantined device's entry to go", func() bool {
+	testwait.For(t, 10*time.Second, "the quarantined device's entry to go", func() bool {
 		_, found, err := sc.GetEntry(ctx, "vigil.device.d-0000003")
 		return err == nil && !found
 	})

@@ -15,6 +15,8 @@ import (
 	"github.com/vigil-iot/vigil/spire/spiretest"
 	"github.com/vigil-iot/vigil/topology"
 	"github.com/vigil-iot/vigil/topology/topologytest"
+
+	"github.com/vigil-iot/vigil/internal/testwait"
 )
 
 // These tests run the real spire-server (v1.13.3, built and cached by
@@ -221,7 +223,7 @@ func TestRunFollowsLeadership(t *testing.T) {
 	}
 
 	leader.Store(true)
-	waitFor(t, 10*time.Second, "the new leader's full pass", func() bool {
+	testwait.For(t, 10*time.Second, "the new leader's full pass", func() bool {
 		st := r.Status()
 		return st.LastFull != nil && st.LastFull.Created == 24
 	})
@@ -230,29 +232,18 @@ func TestRunFollowsLeadership(t *testing.T) {
 	q := topology.DeviceSubject("d-0000005")
 	start := time.Now()
 	r.Update(snapshotOf(t, doc, q), Change{Subjects: []topology.Subject{q}})
-	waitFor(t, 10*time.Second, "the quarantined device's entry to go", func() bool {
+	testwait.For(t, 10*time.Second, "the quarantined device's entry to go", func() bool {
 		_, found, err := cl.GetEntry(ctx, "vigil.device.d-0000005")
 		return err == nil && !found
 	})
 	t.Logf("quarantine to entry deletion: %v", time.Since(start).Round(time.Millisecond))
 
 	r.Update(snap, Change{Subjects: []topology.Subject{q}}) // released
-	waitFor(t, 10*time.Second, "the released device's entry to come back", func() bool {
+	testwait.For(t, 10*time.Second, "the released device's entry to come back", func() bool {
 		_, found, err := cl.GetEntry(ctx, "vigil.device.d-0000005")
 		return err == nil && found
 	})
 	checkConverged(t, ctx, cl, snap)
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // TestOnboardRealAgent onboards a gateway with a join token, runs a real
@@ -398,7 +389,7 @@ func TestQuarantineDuringAFullPass(t *testing.T) {
 
 	doc := city(600)
 	r.Update(snapshotOf(t, doc), Change{Document: true})
-	waitFor(t, 30*time.Second, "the full pass to be under way", func() bool {
+	testwait.For(t, 30*time.Second, "the full pass to be under way", func() bool {
 		list, _ := cl.ListEntries(ctx, "vigil", "")
 		return len(list) >= 20
 	})
@@ -406,7 +397,7 @@ func TestQuarantineDuringAFullPass(t *testing.T) {
 	q := topology.DeviceSubject("d-0000599")
 	qsnap := snapshotOf(t, doc, q)
 	r.Update(qsnap, Change{Subjects: []topology.Subject{q}})
-	waitFor(t, 60*time.Second, "the full pass to end", func() bool { return r.Status().LastFull != nil })
+	testwait.For(t, 60*time.Second, "the full pass to end", func() bool { return r.Status().LastFull != nil })
 	// Without the guard the full pass would create all 604 entries from its
 	// older snapshot, and the quarantine would only delete one afterwards.
 	if st := r.Status(); st.LastFull.Created != 603 || st.Pending {

@@ -19,6 +19,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/vigil-iot/vigil/topology"
+
+	"github.com/vigil-iot/vigil/internal/testwait"
 )
 
 // wait bounds every receive; quiet is how long "nothing is resent" is
@@ -216,13 +218,7 @@ func names(list []types.Resource) []string {
 // eventually polls cond until it holds or wait passes.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testwait.For(t, wait, what, cond)
 }
 
 func statusOf(s *Server, node string) (ProxyStatus, bool) {
