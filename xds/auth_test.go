@@ -236,3 +236,39 @@ func FuzzAdmit(f *testing.F) {
 		}
 	})
 }
+
+// TestAnAdmittedStreamCannotSwitchNodes: identities are checked at a
+// stream's first request; a later request naming another node ends it.
+func TestAnAdmittedStreamCannotSwitchNodes(t *testing.T) {
+	ca := spiffetest.NewCA(t, "city.example")
+	addr := startTLS(t, ca, smartCitySnapshot(t, 3))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		RootCAs: ca.Pool, ServerName: "127.0.0.1",
+		Certificates: []tls.Certificate{ca.Issue(t, td+"/zone/north/gateway/gw-north-1").TLS},
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	st, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(id, cluster string) error {
+		return st.Send(&discoverygrpc.DiscoveryRequest{Node: &corev3.Node{Id: id, Cluster: cluster}, TypeUrl: resourcev3.ListenerType})
+	}
+	if err := send(gw, "north"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); err != nil {
+		t.Fatalf("first request as itself: %v", err)
+	}
+	if err := send("gw-south-2", "south"); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := st.Recv(); err == nil {
+		t.Fatalf("after naming gw-south-2 the stream answered %s %q", r.GetTypeUrl(), r.GetVersionInfo())
+	}
+}

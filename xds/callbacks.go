@@ -133,11 +133,14 @@ func (c callbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscovery
 // authenticate stamps the stream's verified identity on the node a request
 // carries (go-control-plane keeps that node for the stream's later
 // requests) and refuses a stream whose identity may not be that node.
+// The node is checked once, at the stream's first request: a later
+// request naming another node is refused by the tracker as a switch (the
+// stamped identity is part of the node key), so ACKs cost only the stamp.
 func (c callbacks) authenticate(k streamKey, n *corev3.Node) error {
-	identity, addr := c.s.status.identity(k)
+	identity, addr, attached := c.s.status.identity(k)
 	stampPeer(n, identity)
-	if n == nil {
-		return nil // a later delta request: the first one was checked
+	if n == nil || attached {
+		return nil
 	}
 	return c.s.admit(identity, addr, NodeOf(n))
 }

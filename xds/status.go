@@ -102,14 +102,15 @@ func (t *tracker) open(k streamKey, peer, identity string) {
 	t.streams[k] = &streamRecord{peer: peer, identity: identity, opened: t.now(), sent: map[string]sent{}}
 }
 
-// identity is stream k's verified SPIFFE ID and its peer address.
-func (t *tracker) identity(k streamKey) (identity, peer string) {
+// identity is stream k's verified SPIFFE ID, its peer address, and
+// whether a first request has already named its node.
+func (t *tracker) identity(k streamKey) (identity, peer string, attached bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if s := t.streams[k]; s != nil {
-		return s.identity, s.peer
+		return s.identity, s.peer, s.attached
 	}
-	return "", ""
+	return "", "", false
 }
 
 // request records a request on stream k. nodeID and cluster are those the
