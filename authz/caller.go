@@ -2,7 +2,6 @@ package authz
 
 import (
 	"fmt"
-	"strings"
 
 	"github.com/vigil-iot/vigil/topology"
 )
@@ -33,16 +32,12 @@ func callerMayAsk(ix *topology.Index, caller string, res *resolution) string {
 // edgeZone parses a cloud edge's identity: spiffe://<td>/zone/<zone>/edge/<name>
 // with a zone of ix and a DNS-label name.
 func edgeZone(ix *topology.Index, id string) (string, bool) {
-	rest, ok := strings.CutPrefix(id, "spiffe://"+ix.TrustDomain()+"/zone/")
-	if !ok {
+	zone, kind, name, ok := topology.ParseZonedID(ix.TrustDomain(), id)
+	if !ok || kind != "edge" || !topology.IsName(name) {
 		return "", false
 	}
-	parts := strings.Split(rest, "/")
-	if len(parts) != 3 || parts[1] != "edge" || !topology.IsName(parts[2]) {
+	if _, ok := ix.Zone(zone); !ok {
 		return "", false
 	}
-	if _, ok := ix.Zone(parts[0]); !ok {
-		return "", false
-	}
-	return parts[0], true
+	return zone, true
 }

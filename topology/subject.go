@@ -87,21 +87,32 @@ func OperatorSPIFFEID(trustDomain, name string) string {
 
 // parseSubjectID splits spiffe://<td>/zone/<zone>/<kind>/<name>.
 func parseSubjectID(trustDomain, id string) (zone string, s Subject, ok bool) {
-	rest, ok := strings.CutPrefix(id, "spiffe://")
+	zone, kindName, name, ok := ParseZonedID(trustDomain, id)
 	if !ok {
 		return "", Subject{}, false
 	}
-	td, rest, ok := strings.Cut(rest, "/")
-	if !ok || td != trustDomain {
-		return "", Subject{}, false
-	}
-	parts := strings.Split(rest, "/")
-	if len(parts) != 4 || parts[0] != "zone" {
-		return "", Subject{}, false
-	}
-	kind, err := ParseKind(parts[2])
+	kind, err := ParseKind(kindName)
 	if err != nil {
 		return "", Subject{}, false
 	}
-	return parts[1], Subject{kind, parts[3]}, true
+	return zone, Subject{kind, name}, true
+}
+
+// ParseZonedID splits an identity of trustDomain of the shape
+// spiffe://<trustDomain>/zone/<zone>/<kind>/<name> (subjects', and other
+// zoned identities such as cloud edges'); the parts are not checked.
+func ParseZonedID(trustDomain, id string) (zone, kind, name string, ok bool) {
+	rest, ok := strings.CutPrefix(id, "spiffe://")
+	if !ok {
+		return "", "", "", false
+	}
+	td, rest, ok := strings.Cut(rest, "/")
+	if !ok || td != trustDomain {
+		return "", "", "", false
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) != 4 || parts[0] != "zone" {
+		return "", "", "", false
+	}
+	return parts[1], parts[2], parts[3], true
 }
