@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -35,7 +36,8 @@ func TestMemberIdentityFromSPIRE(t *testing.T) {
 	server := filepath.Join(srv.Bin, "spire-server")
 	spire := func(args ...string) string {
 		t.Helper()
-		args = append(args[:2:2], append([]string{"-socketPath", srv.Socket}, args[2:]...)...)
+		// spire-server <command> <subcommand> -socketPath S <flags...>
+		args = slices.Concat(args[:2], []string{"-socketPath", srv.Socket}, args[2:])
 		out, err := exec.CommandContext(ctx, server, args...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("spire-server %s: %v\n%s", strings.Join(args, " "), err, out)
