@@ -9,8 +9,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"io"
-	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -107,19 +105,9 @@ func TestAMemberServesItsAPIOverTLS(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "api.crt"), filepath.Join(dir, "api.key")
 	writeSelfSigned(t, certFile, keyFile)
-	cfg := DefaultConfig()
-	cfg.ID, cfg.DataDir = "n1", filepath.Join(dir, "data")
-	cfg.APIAddr, cfg.RaftAddr, cfg.Authz.Addr, cfg.XDS.Addr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.APITLSCert, cfg.APITLSKey, cfg.APICAFile = certFile, keyFile, certFile
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	n, err := Start(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	n, _, _ := runNode(t, func(cfg *Config) {
+		cfg.APITLSCert, cfg.APITLSKey, cfg.APICAFile = certFile, keyFile, certFile
+	})
 	if !strings.HasPrefix(n.APIAddr(), "https://127.0.0.1:") {
 		t.Fatalf("advertised API address %q is not https", n.APIAddr())
 	}
