@@ -24,10 +24,25 @@ import (
 // MinClusterKeyLen is the shortest cluster key accepted.
 const MinClusterKeyLen = 32
 
+// Handshake deadlines. Members on a LAN finish a handshake in milliseconds;
+// a connection that takes longer is most likely holding a slot on purpose
+// (see admission.go and docs/decisions/0002-raft-peer-auth.md).
 const (
-	handshakeTimeout = 5 * time.Second
-	ekmLabel         = "EXPORTER-vigil-raft-peer"
-	proofLen         = sha256.Size
+	// helloTimeout is how long an accepted connection has to deliver its
+	// TLS ClientHello. A client that connects and sends nothing is closed
+	// after it.
+	helloTimeout = 1 * time.Second
+	// proofTimeout is how long, once the ClientHello has arrived, the TLS
+	// handshake and the client's proof may take.
+	proofTimeout = 1 * time.Second
+	// handshakeTimeout bounds the whole handshake phase: at most this long
+	// on the accepting side, and the dialing side's bound for TLS + proof.
+	handshakeTimeout = helloTimeout + proofTimeout
+)
+
+const (
+	ekmLabel = "EXPORTER-vigil-raft-peer"
+	proofLen = sha256.Size
 )
 
 // ErrPeerAuth is returned when a peer cannot prove it holds the cluster key.
@@ -47,10 +62,10 @@ type secureLayer struct {
 	client    *tls.Config
 	log       *slog.Logger
 
-	accepted   chan net.Conn
-	handshakes chan struct{} // one slot per handshake in progress
-	done       chan struct{}
-	closeOnce  sync.Once
+	accepted  chan net.Conn
+	admit     *admission // handshake slots, per-source limits and known peers
+	done      chan struct{}
+	closeOnce sync.Once
 
 	warnMu   sync.Mutex
 	warnAt   time.Time
@@ -71,23 +86,26 @@ func newSecureLayer(ln net.Listener, advertise net.Addr, key []byte, log *slog.L
 		ln:        ln,
 		advertise: advertise,
 		key:       key,
-		server:    &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}},
+		server: &tls.Config{
+			MinVersion:   tls.VersionTLS13,
+			Certificates: []tls.Certificate{cert},
+			// The ClientHello is in: give the rest of the handshake and the
+			// proof proofTimeout, in place of the helloTimeout deadline.
+			GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+				return nil, hello.Conn.SetDeadline(time.Now().Add(proofTimeout))
+			},
+		},
 		// The peer's certificate is not what authenticates it: the keyed
 		// proof over the session below is.
-		client:     &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true}, //nolint:gosec // authenticated by proveAndVerify
-		log:        log,
-		accepted:   make(chan net.Conn),
-		handshakes: make(chan struct{}, maxHandshakes),
-		done:       make(chan struct{}),
+		client:   &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true}, //nolint:gosec // authenticated by proveAndVerify
+		log:      log,
+		accepted: make(chan net.Conn),
+		admit:    newAdmission(),
+		done:     make(chan struct{}),
 	}
 	go l.acceptLoop()
 	return l, nil
 }
-
-// maxHandshakes bounds connections still proving themselves; past it a
-// new connection is closed at once, so that unauthenticated peers cannot
-// hold this member's file descriptors or CPU.
-const maxHandshakes = 64
 
 func (l *secureLayer) acceptLoop() {
 	backoff := 5 * time.Millisecond
@@ -110,16 +128,28 @@ func (l *secureLayer) acceptLoop() {
 			continue
 		}
 		backoff = 5 * time.Millisecond
-		select {
-		case l.handshakes <- struct{}{}:
-			go func() {
-				defer func() { <-l.handshakes }()
-				l.handshake(conn)
-			}()
-		default:
+		ip := addrIP(conn.RemoteAddr())
+		s, err := l.admit.admit(ip)
+		if err != nil {
 			conn.Close()
-			l.warn("raft transport refused a connection: too many handshakes in progress", nil)
+			l.warn("raft transport refused a connection", fmt.Errorf("%s: %w", conn.RemoteAddr(), err))
+			continue
 		}
+		go func() {
+			peer := l.handshake(conn)
+			// Authenticated or not, this connection no longer counts
+			// against any limit.
+			l.admit.release(s)
+			if peer == nil {
+				return
+			}
+			l.admit.remember(ip)
+			select {
+			case l.accepted <- peer:
+			case <-l.done:
+				peer.Close()
+			}
+		}()
 	}
 }
 
@@ -135,18 +165,24 @@ func (l *secureLayer) warn(msg string, err error) {
 	l.warnAt, l.warnHeld = time.Now(), 0
 }
 
-func (l *secureLayer) handshake(raw net.Conn) {
+// handshake runs the accepting side's TLS handshake and proof within
+// helloTimeout + proofTimeout, and returns the connection if the peer proved
+// the cluster key, or nil after closing it.
+func (l *secureLayer) handshake(raw net.Conn) net.Conn {
 	conn := tls.Server(raw, l.server)
-	if err := proveAndVerify(conn, l.key, false); err != nil {
+	err := raw.SetDeadline(time.Now().Add(helloTimeout)) // moved on by GetConfigForClient
+	if err == nil {
+		err = proveAndVerify(conn, l.key, false)
+	}
+	if err == nil {
+		err = conn.SetDeadline(time.Time{})
+	}
+	if err != nil {
 		l.warn("rejected a raft peer that did not prove the cluster key", fmt.Errorf("%s: %w", raw.RemoteAddr(), err))
 		conn.Close()
-		return
+		return nil
 	}
-	select {
-	case l.accepted <- conn:
-	case <-l.done:
-		conn.Close()
-	}
+	return conn
 }
 
 // Accept returns the next authenticated connection.
@@ -180,20 +216,28 @@ func (l *secureLayer) Dial(addr hraft.ServerAddress, timeout time.Duration) (net
 		return nil, err
 	}
 	conn := tls.Client(raw, l.client)
-	if err := proveAndVerify(conn, l.key, true); err != nil {
+	err = conn.SetDeadline(time.Now().Add(handshakeTimeout))
+	if err == nil {
+		err = proveAndVerify(conn, l.key, true)
+	}
+	if err == nil {
+		err = conn.SetDeadline(time.Time{})
+	}
+	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("raft peer %s: %w", addr, err)
 	}
+	// The peer proved the key: its address is a member's, which should not
+	// wait behind strangers when it connects to us.
+	l.admit.remember(addrIP(raw.RemoteAddr()))
 	return conn, nil
 }
 
 // proveAndVerify completes the TLS handshake, then the client sends its
 // proof first and the server answers with its own, so a server never
-// reveals a proof to an unauthenticated client.
+// reveals a proof to an unauthenticated client. The caller sets and clears
+// the connection's deadline.
 func proveAndVerify(conn *tls.Conn, key []byte, isClient bool) error {
-	if err := conn.SetDeadline(time.Now().Add(handshakeTimeout)); err != nil {
-		return err
-	}
 	if err := conn.Handshake(); err != nil {
 		return fmt.Errorf("tls handshake: %w", err)
 	}
@@ -225,7 +269,7 @@ func proveAndVerify(conn *tls.Conn, key []byte, isClient bool) error {
 	if !hmac.Equal(got, theirs) {
 		return fmt.Errorf("%w: wrong cluster key", ErrPeerAuth)
 	}
-	return conn.SetDeadline(time.Time{})
+	return nil
 }
 
 func proof(key, ekm []byte, client bool) []byte {
