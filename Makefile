@@ -30,6 +30,7 @@ e2e:
 fuzz:
 	$(GO) test ./topology -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME)
 	$(GO) test ./authz -run '^$$' -fuzz FuzzParseRequest -fuzztime $(FUZZTIME)
+	$(GO) test ./authz -run '^$$' -fuzz FuzzCheckAudit -fuzztime $(FUZZTIME)
 	$(GO) test ./xds -run '^$$' -fuzz FuzzAdmit -fuzztime $(FUZZTIME)
 
 # Benchmarks and load tools print their figures and the hardware; see BENCHMARKS.md.

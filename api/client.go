@@ -103,7 +103,11 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body 
 		}
 	}
 	if c.MinRevision > 0 && method == http.MethodGet {
-		path += "?min_revision=" + strconv.FormatUint(uint64(c.MinRevision), 10)
+		sep := "?"
+		if strings.Contains(path, "?") {
+			sep = "&"
+		}
+		path += sep + "min_revision=" + strconv.FormatUint(uint64(c.MinRevision), 10)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(body))
 	if err != nil {
@@ -263,6 +267,21 @@ func (c *Client) Snapshot(ctx context.Context) (topology.Revision, error) {
 // RemoveMember removes a member from the cluster.
 func (c *Client) RemoveMember(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/cluster/members/"+url.PathEscape(id), "", nil, nil)
+}
+
+// SubmitCheckpoint records a member's signed decision-log checkpoint; it
+// needs the peer token.
+func (c *Client) SubmitCheckpoint(ctx context.Context, cp raft.SignedCheckpoint) (topology.Revision, error) {
+	var out WriteResponse
+	err := c.send(ctx, http.MethodPost, "/v1/audit/checkpoints", cp, &out)
+	return out.Revision, err
+}
+
+// Checkpoints returns the decision-log checkpoints the cluster recorded for
+// a member, with the member's audit key.
+func (c *Client) Checkpoints(ctx context.Context, node string) (*CheckpointsResponse, error) {
+	var out CheckpointsResponse
+	return &out, c.do(ctx, http.MethodGet, "/v1/audit/checkpoints?node="+url.QueryEscape(node), "", nil, &out)
 }
 
 // Health reports whether the member answers at all (no token needed).

@@ -48,6 +48,8 @@ type Store interface {
 	AddVoter(ctx context.Context, m raft.Member) error
 	RemoveMember(ctx context.Context, id string) error
 	Snapshot() error
+	Checkpoint(ctx context.Context, cp raft.SignedCheckpoint) (topology.Revision, error)
+	Checkpoints(node string) []raft.RecordedCheckpoint
 }
 
 var _ Store = (*raft.Store)(nil)
@@ -110,6 +112,8 @@ func NewServer(cfg ServerConfig) *Server {
 	s.route("POST /v1/cluster/join", s.write(s.join))
 	s.route("POST /v1/cluster/snapshot", s.takeSnapshot)
 	s.route("DELETE /v1/cluster/members/{id}", s.write(s.removeMember))
+	s.route("POST /v1/audit/checkpoints", s.write(s.submitCheckpoint))
+	s.route("GET /v1/audit/checkpoints", s.getCheckpoints)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: "no such endpoint: " + r.Method + " " + r.URL.Path})
 	})

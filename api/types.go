@@ -29,6 +29,7 @@ const (
 	CodeRejected        = "rejected"
 	CodeNotFound        = "not_found"
 	CodeUnauthenticated = "unauthenticated"
+	CodeForbidden       = "forbidden"
 	CodeNoLeader        = "no_leader"
 	CodeTimeout         = "timeout"
 	CodeInternal        = "internal"

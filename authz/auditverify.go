@@ -27,6 +27,21 @@ type VerifyReport struct {
 	Head string
 	// Restarts lists the chain segments started after a torn write.
 	Restarts []ChainRestart
+	// Unchecked lists entries longer than MaxLogLine (older versions of
+	// Vigil could write them): their chain fields and hash were checked,
+	// their content was not read.
+	Unchecked []UncheckedLine
+	// CheckpointsChecked and CheckpointProblems are set by
+	// VerifyDecisionLogAgainst.
+	CheckpointsChecked int
+	CheckpointProblems []CheckpointProblem
+}
+
+// UncheckedLine is an entry too long to read whole.
+type UncheckedLine struct {
+	Line  int
+	Seq   uint64
+	Bytes int
 }
 
 // ChainRestart is a chain_restart marker and the torn bytes it vouches for.
@@ -75,6 +90,12 @@ func (e *VerifyError) Error() string {
 // the first bad line, any other error for a failure to read, and on success
 // a report with the head hash that the caller should anchor elsewhere.
 func VerifyDecisionLog(r io.Reader) (VerifyReport, error) {
+	return verifyDecisionLog(r, nil)
+}
+
+// verifyDecisionLog is VerifyDecisionLog, calling onLine (if not nil) with
+// the seq and hash of every line that chains.
+func verifyDecisionLog(r io.Reader, onLine func(seq uint64, hash string)) (VerifyReport, error) {
 	var rep VerifyReport
 	src := &logLineSource{r: bufio.NewReaderSize(r, 64<<10)}
 	last := chainLink{hash: zeroChainHash}
@@ -120,14 +141,20 @@ func VerifyDecisionLog(r io.Reader) (VerifyReport, error) {
 		if !e.ChainRestart {
 			rep.Entries++
 		}
-		last = chainLink{line: ln.n, seq: e.Seq, prev: e.Prev, hash: hashLogLine(ln.b)}
+		if ln.size > len(ln.b) {
+			rep.Unchecked = append(rep.Unchecked, UncheckedLine{Line: ln.n, Seq: e.Seq, Bytes: ln.size})
+		}
+		last = chainLink{line: ln.n, seq: e.Seq, prev: e.Prev, hash: ln.hash}
 		rep.Seq, rep.Head = last.seq, last.hash
+		if onLine != nil {
+			onLine(last.seq, last.hash)
+		}
 	}
 	if len(rep.Head) == 0 {
 		rep.Head = zeroChainHash
 	}
 	switch {
-	case torn.count == 1 && !torn.firstTerminated:
+	case torn.count == 1 && !torn.firstTerminated && torn.firstLen <= MaxLogLine:
 		return rep, &VerifyError{torn.first, ProblemTruncated, fmt.Sprintf(
 			"the file ends %d bytes into an entry, with no chain_restart after it (a torn or cut write)", torn.firstLen)}
 	case torn.count > 0:
@@ -170,7 +197,7 @@ func classifyBreak(last chainLink, c, next *logLine) *VerifyError {
 			"seq %d where %d is due: %d line(s) missing before it", e.Seq, want, e.Seq-want)}
 	case last.line > 0 && e.Seq == last.seq && e.Prev == last.prev:
 		// Two lines claim the same place; the chain goes on from the genuine one.
-		if nextIs(e.Seq+1, hashLogLine(c.b)) {
+		if nextIs(e.Seq+1, c.hash) {
 			return &VerifyError{last.line, ProblemInserted, fmt.Sprintf(
 				"line %d has the same seq %d and prev, and the chain continues from line %d", c.n, e.Seq, c.n)}
 		}
@@ -180,11 +207,6 @@ func classifyBreak(last chainLink, c, next *logLine) *VerifyError {
 		return &VerifyError{c.n, ProblemReordered, fmt.Sprintf(
 			"seq %d where %d is due: out of order", e.Seq, want)}
 	}
-}
-
-func hashLogLine(b []byte) string {
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
 }
 
 // tornRun follows a run of lines that are not entries without keeping
@@ -201,7 +223,7 @@ type tornRun struct {
 
 func (t *tornRun) add(ln *logLine) {
 	if t.count == 0 {
-		t.first, t.firstErr, t.firstLen, t.firstTerminated = ln.n, ln.err, len(ln.b), ln.terminated
+		t.first, t.firstErr, t.firstLen, t.firstTerminated = ln.n, ln.err, ln.size, ln.terminated
 		t.hash = sha256.New()
 	} else {
 		t.hash.Write([]byte{'\n'})
@@ -215,7 +237,9 @@ func (t *tornRun) sum() string { return hex.EncodeToString(t.hash.Sum(nil)) }
 // logLine is one line of the file, parsed as far as the chain needs.
 type logLine struct {
 	n          int    // 1-based
-	b          []byte // without "\n"
+	b          []byte // without "\n"; only the first bytes of a line over MaxLogLine
+	size       int    // the line's length without "\n"
+	hash       string // SHA-256 of the whole line without "\n"
 	terminated bool   // ended in "\n"
 	e          chainFields
 	err        error // why it is not an entry
@@ -227,6 +251,7 @@ type logLineSource struct {
 	n      int
 	peeked *logLine
 	done   bool
+	h      hash.Hash
 }
 
 func (s *logLineSource) next() (*logLine, error) {
@@ -249,26 +274,49 @@ func (s *logLineSource) peek() (*logLine, error) {
 	return s.peeked, nil
 }
 
-// maxLogLine bounds one line: entries are a few hundred bytes, and a file
-// of bytes without a newline must not be read whole into memory.
-const maxLogLine = 16 << 20
+// oversizePrefix is how much of a line longer than MaxLogLine is kept: its
+// chain fields come first.
+const oversizePrefix = 256
 
-// readLine is ReadBytes('\n') with a bound on the line's length.
-func (s *logLineSource) readLine() ([]byte, error) {
-	var line []byte
+// readLine reads one line, keeping at most MaxLogLine bytes of it (the
+// first oversizePrefix bytes of a longer one) while hashing all of it, so
+// that no line, however long, is held in memory.
+func (s *logLineSource) readLine() (ln *logLine, err error) {
+	if s.h == nil {
+		s.h = sha256.New()
+	}
+	s.h.Reset()
+	ln = &logLine{}
+	var kept []byte
 	for {
-		chunk, err := s.r.ReadSlice('\n')
-		line = append(line, chunk...)
-		if len(line) > maxLogLine {
-			return nil, &VerifyError{s.n + 1, ProblemInvalid, fmt.Sprintf("line is longer than %d bytes", maxLogLine)}
+		chunk, rerr := s.r.ReadSlice('\n')
+		body := chunk
+		if rerr == nil {
+			body = chunk[:len(chunk)-1]
+			ln.terminated = true
 		}
-		if errors.Is(err, bufio.ErrBufferFull) {
+		s.h.Write(body)
+		ln.size += len(body)
+		switch {
+		case ln.size <= MaxLogLine:
+			kept = append(kept, body...)
+		case len(kept) > oversizePrefix:
+			kept = kept[:oversizePrefix:oversizePrefix]
+		case len(kept) < oversizePrefix:
+			kept = append(kept, body[:min(len(body), oversizePrefix-len(kept))]...)
+		}
+		if errors.Is(rerr, bufio.ErrBufferFull) {
 			continue
 		}
-		if err != nil && !errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("read decision log: %w", err)
+		if rerr != nil && !errors.Is(rerr, io.EOF) {
+			return nil, fmt.Errorf("read decision log: %w", rerr)
 		}
-		return line, err
+		if errors.Is(rerr, io.EOF) && ln.size == 0 {
+			return nil, io.EOF
+		}
+		ln.b = kept
+		ln.hash = hex.EncodeToString(s.h.Sum(nil))
+		return ln, rerr
 	}
 }
 
@@ -276,18 +324,52 @@ func (s *logLineSource) read() (*logLine, error) {
 	if s.done {
 		return nil, nil
 	}
-	b, err := s.readLine()
+	ln, err := s.readLine()
 	if errors.Is(err, io.EOF) {
 		s.done = true
-		if len(b) == 0 {
+		if ln == nil {
 			return nil, nil
 		}
 	} else if err != nil {
 		return nil, err
 	}
 	s.n++
-	ln := &logLine{n: s.n}
-	ln.b, ln.terminated = bytes.CutSuffix(b, []byte("\n"))
-	ln.e, ln.err = parseChainLine(ln.b)
+	ln.n = s.n
+	if ln.size > MaxLogLine {
+		ln.e, ln.err = parseChainPrefix(ln.b)
+		if ln.err != nil {
+			ln.err = fmt.Errorf("line of %d bytes, longer than %d, whose first bytes are not an entry's: %w", ln.size, MaxLogLine, ln.err)
+		}
+	} else {
+		ln.e, ln.err = parseChainLine(ln.b)
+	}
 	return ln, nil
+}
+
+// parseChainPrefix reads the chain fields from the start of a line too long
+// to parse, in the exact form the writer starts every decision with:
+// {"seq":<digits>,"prev":"<64 hex>",
+func parseChainPrefix(b []byte) (chainFields, error) {
+	var e chainFields
+	rest, ok := bytes.CutPrefix(b, []byte(`{"seq":`))
+	if !ok {
+		return e, errors.New(`it does not start with {"seq":`)
+	}
+	i := 0
+	for i < len(rest) && i < 20 && rest[i] >= '0' && rest[i] <= '9' {
+		e.Seq = e.Seq*10 + uint64(rest[i]-'0')
+		i++
+	}
+	if i == 0 || e.Seq == 0 || (rest[0] == '0') {
+		return e, errors.New("no seq")
+	}
+	rest, ok = bytes.CutPrefix(rest[i:], []byte(`,"prev":"`))
+	if !ok || len(rest) < 66 || rest[64] != '"' || rest[65] != ',' {
+		return e, errors.New("no prev after the seq")
+	}
+	e.Prev = string(rest[:64])
+	if !isHexHash(e.Prev) {
+		return e, errors.New("prev is not 64 lower-case hex digits")
+	}
+	return e, nil
 }

@@ -29,6 +29,21 @@ func callerMayAsk(ix *topology.Index, caller string, res *resolution) string {
 	return fmt.Sprintf("%s is neither a gateway of this topology nor a cloud edge of one of its zones", caller)
 }
 
+// callerIsProxy says why caller may not ask anything ("" when it is a
+// gateway of ix or a cloud edge of one of its zones).
+func callerIsProxy(ix *topology.Index, caller string) string {
+	if caller == "" {
+		return "the proxy asking presented no SPIFFE ID in a verified client certificate"
+	}
+	if sub, ok := ix.BySPIFFEID(caller); ok && sub.Kind == topology.KindGateway {
+		return ""
+	}
+	if _, ok := edgeZone(ix, caller); ok {
+		return ""
+	}
+	return fmt.Sprintf("%s is neither a gateway of this topology nor a cloud edge of one of its zones", caller)
+}
+
 // edgeZone parses a cloud edge's identity: spiffe://<td>/zone/<zone>/edge/<name>
 // with a zone of ix and a DNS-label name.
 func edgeZone(ix *topology.Index, id string) (string, bool) {

@@ -104,7 +104,7 @@ func testIndex(t testing.TB) *topology.Index {
 	return ix
 }
 
-func applyState(t *testing.T, ix *topology.Index, st *topology.State, cs caseState) *topology.State {
+func applyState(t testing.TB, ix *topology.Index, st *topology.State, cs caseState) *topology.State {
 	t.Helper()
 	updates := map[topology.Subject]*topology.SubjectState{}
 	get := func(s topology.Subject) *topology.SubjectState {

@@ -52,6 +52,20 @@ package authz
 // the writer crashed again while writing the marker; the marker written by
 // the next start then covers all of them.
 //
+// Other lines. Besides decisions and chain_restart markers, the writer
+// chains three kinds of line, each with seq and prev first:
+//
+//   - {"aggregate":"denies","count":N,…}: N denies of one asker past its
+//     budget, folded into one line (denybudget.go);
+//   - {"gap":"write-failed","dropped":N,"error":…}: the file could not be
+//     written (a full disk) and N decisions were dropped before this line;
+//   - {"oversize":N}: an entry that would have been longer than MaxLogLine
+//     (clipping every field makes this impossible for decisions).
+//
+// No line is longer than MaxLogLine (limits.go). The verifier parses lines
+// up to that length, and checks a longer line (older versions wrote them)
+// by its leading seq and prev and its hash, then goes on.
+//
 // One process writes a file; two writers on one file break its chain.
 
 import (
@@ -94,7 +108,9 @@ type DecisionLogConfig struct {
 	// Buffer is how many decisions may wait for the writer (default 65536).
 	Buffer int
 	// Strict makes Record wait for room in the queue instead of dropping a
-	// decision when the queue is full.
+	// decision when the queue is full. While the file cannot be written
+	// (a full disk) decisions are dropped and counted all the same: the
+	// member keeps deciding.
 	Strict bool
 	// SyncInterval, when positive, fsyncs the file after a flush at most
 	// this often. Zero leaves it to the operating system until Run ends,
@@ -102,6 +118,9 @@ type DecisionLogConfig struct {
 	SyncInterval time.Duration
 	// Logger gets warnings about dropped decisions (default slog.Default()).
 	Logger *slog.Logger
+	// Denies is how many denies of one asker are logged one by one before
+	// the rest are aggregated (default DefaultDenyBudget).
+	Denies DenyBudget
 }
 
 // DecisionLog is the authorizer's hash-chained decision log: Record queues
@@ -115,6 +134,14 @@ type DecisionLog struct {
 	started  atomic.Bool
 	written  atomic.Uint64
 	dropped  atomic.Uint64
+	head     atomic.Pointer[headMark] // last flushed line
+
+	denies     *denyBudget
+	aggregated atomic.Uint64 // denies folded into aggregate entries
+	aggEntries atomic.Uint64
+	degraded   atomic.Bool // the file cannot be written
+	failures   atomic.Uint64
+	lastErr    atomic.Pointer[string]
 
 	// Owned by Run.
 	f    *os.File
@@ -160,7 +187,10 @@ func OpenDecisionLog(cfg DecisionLogConfig) (*DecisionLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decision log: %w", err)
 	}
-	l := &DecisionLog{cfg: cfg, queue: make(chan *Decision, cfg.Buffer), f: f}
+	if cfg.Denies == (DenyBudget{}) {
+		cfg.Denies = DefaultDenyBudget
+	}
+	l := &DecisionLog{cfg: cfg, queue: make(chan *Decision, cfg.Buffer), f: f, denies: newDenyBudget(cfg.Denies)}
 	if err := l.resume(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("decision log %s: %w", cfg.Path, err)
@@ -199,13 +229,18 @@ func (l *DecisionLog) resume() error {
 		l.cfg.Logger.Warn("decision log ended in a torn write; started a new chain segment",
 			"path", l.cfg.Path, "torn_bytes", len(t.torn), "seq", l.seq)
 	default:
+		l.head.Store(&headMark{seq: l.seq, hash: string(l.prev[:])})
 		return nil
 	}
 	// One write, so that a crash now leaves at most one more torn piece.
 	if _, err := l.f.Write(out); err != nil {
 		return err
 	}
-	return l.f.Sync()
+	if err := l.f.Sync(); err != nil {
+		return err
+	}
+	l.head.Store(&headMark{seq: l.seq, hash: string(l.prev[:])})
+	return nil
 }
 
 // advance moves the chain past a line just written.
@@ -313,9 +348,12 @@ func isHexHash(s string) bool {
 }
 
 // Record queues d for the log and returns at once; d is copied, so the
-// caller may reuse it. When the queue is full, Record drops d and counts it,
-// or, with Strict, waits for room (until Run has started, if need be).
-// After Run has ended every decision is dropped and counted, Strict or not.
+// caller may reuse it. Every string of the copy is cut to the log's bounds
+// (limits.go), and a deny past its asker's budget is folded into an
+// aggregate entry (denybudget.go) instead of being queued. When the queue is
+// full, Record drops d and counts it, or, with Strict, waits for room (until
+// Run has started, if need be). While the file cannot be written, and after
+// Run has ended, every decision is dropped and counted, Strict or not.
 func (l *DecisionLog) Record(d *Decision) {
 	if d == nil {
 		return
@@ -324,20 +362,24 @@ func (l *DecisionLog) Record(d *Decision) {
 	// still put a decision in the queue (see Run).
 	l.inflight.Add(1)
 	defer l.inflight.Add(-1)
-	if l.closed.Load() {
+	if l.closed.Load() || l.degraded.Load() {
 		l.dropped.Add(1)
 		return
 	}
-	if l.cfg.Strict {
-		c := *d
-		l.queue <- &c
-		return
-	}
-	if len(l.queue) == cap(l.queue) {
+	if !l.cfg.Strict && len(l.queue) == cap(l.queue) {
 		l.dropped.Add(1) // full: drop without copying d
 		return
 	}
 	c := *d
+	c.clipForLog()
+	if !c.Allowed && !l.denies.admit(&c) {
+		l.aggregated.Add(1)
+		return
+	}
+	if l.cfg.Strict {
+		l.queue <- &c
+		return
+	}
 	select {
 	case l.queue <- &c:
 	default:
@@ -351,11 +393,55 @@ func (l *DecisionLog) Stats() (written, dropped uint64) {
 	return l.written.Load(), l.dropped.Load()
 }
 
+// LogStatus is the state of a decision log, for GET /v1/node.
+type LogStatus struct {
+	// Written decisions were flushed to the file, one line each.
+	Written uint64 `json:"written"`
+	// Dropped decisions are in no line: the queue was full, the file could
+	// not be written, or the log had stopped.
+	Dropped uint64 `json:"dropped"`
+	// Aggregated denies were folded into AggregateEntries lines (deny
+	// storms past an asker's budget).
+	Aggregated       uint64 `json:"aggregated"`
+	AggregateEntries uint64 `json:"aggregateEntries"`
+	// Degraded is set while the file cannot be written (a full disk): the
+	// member keeps deciding, and the decisions are dropped and counted.
+	Degraded bool `json:"degraded"`
+	// LastError is the last write error, kept after recovery.
+	LastError string `json:"lastError,omitempty"`
+	// WriteFailures counts the times writing failed and the log degraded.
+	WriteFailures uint64 `json:"writeFailures"`
+	// Seq and Head are the last line flushed to the file.
+	Seq  uint64 `json:"seq"`
+	Head string `json:"head"`
+}
+
+// Status reports the log's counters and health.
+func (l *DecisionLog) Status() LogStatus {
+	st := LogStatus{
+		Written: l.written.Load(), Dropped: l.dropped.Load(),
+		Aggregated: l.aggregated.Load(), AggregateEntries: l.aggEntries.Load(),
+		Degraded: l.degraded.Load(), WriteFailures: l.failures.Load(),
+	}
+	if e := l.lastErr.Load(); e != nil {
+		st.LastError = *e
+	}
+	st.Seq, st.Head = l.Head()
+	return st
+}
+
 // Run writes queued decisions to the file, one line each, flushing when the
-// queue is empty and at least every 100ms, until ctx ends. Then it writes
-// what is queued, flushes, fsyncs, closes the file and returns nil. A write
-// error ends Run with that error; the decisions not yet written are counted
-// as dropped. Run must be called once for the file to be written and closed.
+// queue is empty and at least every 100ms, and writes the aggregated denies
+// every second, until ctx ends. Then it writes what is queued, flushes,
+// fsyncs, closes the file and returns.
+//
+// A write error does not end Run: the member must keep deciding with a
+// full disk. The log degrades: what was buffered and what arrives is
+// dropped and counted, the error is logged once, and every second Run tries
+// to write again, from the end of the file as it is (a torn line there is
+// closed with a chain_restart marker, as at a restart), then writes a gap
+// entry with how many decisions were dropped and why. Run must be called
+// once for the file to be written and closed.
 func (l *DecisionLog) Run(ctx context.Context) error {
 	if !l.started.CompareAndSwap(false, true) {
 		return errors.New("decision log: Run called twice")
@@ -363,7 +449,7 @@ func (l *DecisionLog) Run(ctx context.Context) error {
 	w := newDecisionWriter(l)
 	tick := time.NewTicker(flushInterval)
 	defer tick.Stop()
-	var lastWarn time.Time
+	var lastWarn, lastAgg time.Time
 	var warned uint64
 	warnDrops := func(force bool) {
 		d := l.dropped.Load()
@@ -373,42 +459,35 @@ func (l *DecisionLog) Run(ctx context.Context) error {
 			warned, lastWarn = d, time.Now()
 		}
 	}
-	err := func() error {
-		for {
-			select {
-			case d := <-l.queue:
-				if err := w.write(d); err != nil {
-					return err
-				}
-			drain:
-				for {
-					select {
-					case d := <-l.queue:
-						if err := w.write(d); err != nil {
-							return err
-						}
-						if time.Since(w.flushed) >= flushInterval {
-							if err := w.flush(); err != nil {
-								return err
-							}
-						}
-					default:
-						break drain
+	for done := false; !done; {
+		select {
+		case d := <-l.queue:
+			w.write(d)
+		drain:
+			for {
+				select {
+				case d := <-l.queue:
+					w.write(d)
+					if time.Since(w.flushed) >= flushInterval {
+						w.flush()
 					}
+				default:
+					break drain
 				}
-				if err := w.flush(); err != nil {
-					return err
-				}
-			case <-tick.C:
-				if err := w.flush(); err != nil {
-					return err
-				}
-				warnDrops(false)
-			case <-ctx.Done():
-				return nil
 			}
+			w.flush()
+		case now := <-tick.C:
+			if now.Sub(lastAgg) >= aggregateInterval {
+				lastAgg = now
+				w.writeAggregates(now)
+			}
+			w.flush()
+			w.recover(now)
+			warnDrops(false)
+		case <-ctx.Done():
+			done = true
 		}
-	}()
+	}
 	// Stop taking decisions, then empty the queue until no Record is
 	// between its closed check and its send: a Record that saw closed
 	// unset has raised inflight first, so once inflight is 0 after closed
@@ -419,11 +498,7 @@ func (l *DecisionLog) Run(ctx context.Context) error {
 		for more := true; more; {
 			select {
 			case d := <-l.queue:
-				if err == nil {
-					err = w.write(d)
-				} else {
-					l.dropped.Add(1)
-				}
+				w.write(d)
 			default:
 				more = false
 			}
@@ -433,14 +508,12 @@ func (l *DecisionLog) Run(ctx context.Context) error {
 		}
 		runtime.Gosched()
 	}
-	if err == nil {
-		err = w.flush()
-	}
-	if err != nil {
-		// Buffered lines may or may not have reached the file.
-		l.dropped.Add(w.pending)
-	}
-	if serr := l.f.Sync(); err == nil && serr != nil {
+	w.writeAggregates(time.Now())
+	w.flush()
+	var err error
+	if l.degraded.Load() {
+		err = errors.New(*l.lastErr.Load())
+	} else if serr := l.f.Sync(); serr != nil {
 		err = serr
 	}
 	if cerr := l.f.Close(); err == nil && cerr != nil {
@@ -453,6 +526,12 @@ func (l *DecisionLog) Run(ctx context.Context) error {
 	return nil
 }
 
+// aggregateInterval is how often folded denies are written.
+const aggregateInterval = time.Second
+
+// recoverInterval is how often a degraded log tries to write again.
+const recoverInterval = time.Second
+
 // decisionWriter encodes, buffers and chains lines; it belongs to Run.
 type decisionWriter struct {
 	l       *DecisionLog
@@ -463,6 +542,31 @@ type decisionWriter struct {
 	dirty   bool   // flushed since the last fsync
 	flushed time.Time
 	synced  time.Time
+	// While degraded: when the failure began, how many decisions have been
+	// dropped since, and the last recovery attempt.
+	failedAt    time.Time
+	gapDropped  uint64
+	lastAttempt time.Time
+}
+
+// gapEntry is the line a recovered log writes: decisions are missing here.
+type gapEntry struct {
+	Seq     uint64    `json:"seq"`
+	Prev    string    `json:"prev"`
+	Gap     string    `json:"gap"` // "write-failed"
+	Time    time.Time `json:"time"`
+	Until   time.Time `json:"until"`
+	Dropped uint64    `json:"dropped"`
+	Error   string    `json:"error"`
+}
+
+// oversizeEntry replaces an entry that would exceed MaxLogLine; clipping
+// makes that impossible for decisions, so it is a last line of defence.
+type oversizeEntry struct {
+	Seq      uint64    `json:"seq"`
+	Prev     string    `json:"prev"`
+	Oversize int       `json:"oversize"` // the encoded length
+	Time     time.Time `json:"time"`
 }
 
 func newDecisionWriter(l *DecisionLog) *decisionWriter {
@@ -472,36 +576,124 @@ func newDecisionWriter(l *DecisionLog) *decisionWriter {
 	return w
 }
 
-func (w *decisionWriter) write(d *Decision) error {
-	w.line.Reset()
-	if err := w.enc.Encode(decisionEntry{Seq: w.l.seq + 1, Prev: string(w.l.prev[:]), Decision: d}); err != nil {
+// write appends d's line to the buffer, or drops it while degraded.
+func (w *decisionWriter) write(d *Decision) {
+	if w.l.degraded.Load() {
 		w.l.dropped.Add(1)
+		w.gapDropped++
+		return
+	}
+	w.pending++
+	if err := w.append(func(seq uint64, prev string) any { return decisionEntry{Seq: seq, Prev: prev, Decision: d} }); err != nil {
+		w.fail(err) // drops d with the rest of the buffer
+	}
+}
+
+// append encodes the entry entry(seq, prev) makes for the next place in
+// the chain, buffers it and advances the chain.
+func (w *decisionWriter) append(entry func(seq uint64, prev string) any) error {
+	seq, prev := w.l.seq+1, string(w.l.prev[:])
+	w.line.Reset()
+	if err := w.enc.Encode(entry(seq, prev)); err != nil {
 		return err
+	}
+	if w.line.Len()-1 > MaxLogLine {
+		n := w.line.Len() - 1
+		w.line.Reset()
+		if err := w.enc.Encode(oversizeEntry{Seq: seq, Prev: prev, Oversize: n, Time: time.Now().UTC()}); err != nil {
+			return err
+		}
 	}
 	line := w.line.Bytes() // ends in "\n"
 	if _, err := w.buf.Write(line); err != nil {
-		w.l.dropped.Add(1)
 		return err
 	}
 	w.l.advance(line[:len(line)-1])
-	w.pending++
 	return nil
 }
 
-func (w *decisionWriter) flush() error {
+// writeAggregates writes the denies folded since the last call.
+func (w *decisionWriter) writeAggregates(now time.Time) {
+	for _, g := range w.l.denies.take(now) {
+		if w.l.degraded.Load() {
+			w.l.dropped.Add(g.Count)
+			w.gapDropped += g.Count
+			continue
+		}
+		if err := w.append(func(seq uint64, prev string) any { g.Seq, g.Prev = seq, prev; return g }); err != nil {
+			w.fail(err)
+			w.l.dropped.Add(g.Count)
+			w.gapDropped += g.Count
+			continue
+		}
+		w.l.aggEntries.Add(1)
+	}
+}
+
+func (w *decisionWriter) flush() {
+	if w.l.degraded.Load() {
+		return
+	}
 	w.flushed = time.Now()
-	if w.pending > 0 {
+	if w.pending > 0 || w.buf.Buffered() > 0 {
 		if err := w.buf.Flush(); err != nil {
-			return err
+			w.fail(err)
+			return
 		}
 		w.l.written.Add(w.pending)
 		w.pending, w.dirty = 0, true
+		w.l.head.Store(&headMark{seq: w.l.seq, hash: string(w.l.prev[:])})
 	}
 	// fsync at most every SyncInterval; the ticker's flushes make sure the
 	// last batch before a pause is synced too.
 	if iv := w.l.cfg.SyncInterval; iv > 0 && w.dirty && w.flushed.Sub(w.synced) >= iv {
 		w.synced, w.dirty = w.flushed, false
-		return w.l.f.Sync()
+		if err := w.l.f.Sync(); err != nil {
+			w.fail(err)
+		}
 	}
-	return nil
+}
+
+// fail degrades the log after a write error: what is buffered is dropped
+// (it may or may not have reached the file; recover finds out), and the
+// member goes on deciding.
+func (w *decisionWriter) fail(err error) {
+	w.l.dropped.Add(w.pending)
+	w.gapDropped = w.pending
+	w.pending = 0
+	w.buf.Reset(w.l.f)
+	msg := err.Error()
+	w.l.lastErr.Store(&msg)
+	w.l.failures.Add(1)
+	w.failedAt = time.Now()
+	w.lastAttempt = w.failedAt
+	w.l.degraded.Store(true)
+	w.l.cfg.Logger.Error("decision log cannot be written; deciding goes on and decisions are dropped until it can",
+		"path", w.l.cfg.Path, "err", err)
+}
+
+// recover tries, at most every recoverInterval, to write a degraded log
+// again: it continues the chain from the file as it is (resume) and writes
+// a gap entry for what was dropped.
+func (w *decisionWriter) recover(now time.Time) {
+	if !w.l.degraded.Load() || now.Sub(w.lastAttempt) < recoverInterval {
+		return
+	}
+	w.lastAttempt = now
+	if err := w.l.resume(); err != nil {
+		return
+	}
+	gap := gapEntry{Gap: "write-failed", Time: w.failedAt.UTC(), Until: now.UTC(), Dropped: w.gapDropped, Error: clip(*w.l.lastErr.Load(), maxLoggedReason)}
+	if err := w.append(func(seq uint64, prev string) any { gap.Seq, gap.Prev = seq, prev; return gap }); err != nil {
+		return
+	}
+	if err := w.buf.Flush(); err != nil {
+		w.buf.Reset(w.l.f)
+		return
+	}
+	w.l.head.Store(&headMark{seq: w.l.seq, hash: string(w.l.prev[:])})
+	w.gapDropped = 0
+	w.l.degraded.Store(false)
+	w.l.cfg.Logger.Info("decision log writable again; a gap entry records the decisions dropped",
+		"path", w.l.cfg.Path, "dropped", gap.Dropped, "seq", w.l.seq)
 }

@@ -72,7 +72,8 @@ func verifyLogFile(t *testing.T, path string) VerifyReport {
 func TestDecisionLogRoundTrip(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "decisions.log")
 	const writers, each = 16, 500
-	l, stop := startDecisionLog(t, DecisionLogConfig{Path: path, Strict: true, SyncInterval: 10 * time.Millisecond})
+	l, stop := startDecisionLog(t, DecisionLogConfig{Path: path, Strict: true, SyncInterval: 10 * time.Millisecond,
+		Denies: DenyBudget{PerSecond: 1, Burst: writers * each}})
 	var wg sync.WaitGroup
 	for w := range writers {
 		wg.Go(func() {
@@ -281,24 +282,43 @@ func TestDecisionLogRecordAfterRun(t *testing.T) {
 	}
 }
 
-// TestDecisionLogWriteError: Run ends with the error of a failed write and
-// counts what it could not write as dropped.
+// TestDecisionLogWriteError: a log that cannot write (a full disk) does
+// not end Run, which would stop the member: it degrades, says so in
+// Status, keeps taking (and dropping) decisions without blocking, and
+// reports the error when it stops.
 func TestDecisionLogWriteError(t *testing.T) {
 	if _, err := os.Stat("/dev/full"); err != nil {
 		t.Skip("no /dev/full")
 	}
-	l, err := OpenDecisionLog(DecisionLogConfig{Path: "/dev/full", Buffer: 16, Logger: discardLogger()})
+	l, err := OpenDecisionLog(DecisionLogConfig{Path: "/dev/full", Buffer: 16, Strict: true, Logger: discardLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range 10 {
-		l.Record(sampleDecision(i))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	l.Record(sampleDecision(0))
+	waitFor(t, "the log to degrade", func() bool { return l.Status().Degraded })
+	returnsWithin(t, 5*time.Second, "Record on a degraded strict log", func() {
+		for i := range 1000 {
+			l.Record(sampleDecision(i))
+		}
+	})
+	select {
+	case err := <-done:
+		t.Fatalf("Run ended while degraded: %v", err)
+	case <-time.After(1500 * time.Millisecond): // past a recovery attempt
 	}
-	if err := l.Run(context.Background()); err == nil {
-		t.Fatal("Run on a full device returned nil")
+	st := l.Status()
+	if !st.Degraded || st.WriteFailures == 0 || !strings.Contains(st.LastError, "no space left") {
+		t.Fatalf("Status() = %+v, want degraded with the write error", st)
 	}
-	if written, dropped := l.Stats(); written != 0 || dropped != 10 {
-		t.Fatalf("Stats() = %d, %d; want 0, 10", written, dropped)
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("Run on a full device returned nil at its end")
+	}
+	if st := l.Status(); st.Written != 0 || st.Dropped != 1001 {
+		t.Fatalf("Status() = %+v; want 0 written, 1001 dropped", st)
 	}
 }
 

@@ -1,13 +1,21 @@
 package authz
 
 import (
+	"bytes"
+	"context"
 	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/vigil-iot/vigil/topology"
 )
 
 // Bits of FuzzParseRequest's mode argument.
@@ -115,6 +123,60 @@ func FuzzParseRequest(f *testing.F) {
 			if d := inputDiff("input", in, want); len(d) > 0 {
 				t.Fatalf("BuildInput differs from the protojson path:\n  %s", strings.Join(d, "\n  "))
 			}
+		}
+	})
+}
+
+// FuzzCheckAudit runs fuzzed requests through the whole Check path of a
+// server with a real decision log: request → decision → log line →
+// verify. Every line must verify and stay within MaxLogLine, whatever the
+// request, and nothing may be allowed that is not a flow of the topology.
+func FuzzCheckAudit(f *testing.F) {
+	const dev = "spiffe://city.example/zone/north/device/aq-n1"
+	f.Add(dev, "", "", "telemetry.city.example", "POST", "/api/v1/telemetry", "")
+	f.Add("spiffe://city.example/zone/north/gateway/gw-north", "URI="+dev, "telemetry", "", "POST", "/api/v1/telemetry", "spiffe://city.example/zone/cloud/edge/e1")
+	f.Add(dev, "", "", "telemetry.city.example", "POST", "/"+strings.Repeat("\x01", 70000), dev)
+	f.Add(strings.Repeat("\x00", 5000), strings.Repeat("\"", 3000), strings.Repeat("\x7f", 3000), "h", "\x00", "/a/../b", "")
+	snap, engine := hardeningState(f)
+	f.Fuzz(func(t *testing.T, principal, xfcc, service, host, method, path, caller string) {
+		logPath := filepath.Join(t.TempDir(), "decisions.log")
+		l, err := OpenDecisionLog(DecisionLogConfig{Path: logPath, Logger: discardLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- l.Run(ctx) }()
+		s := NewServer(Config{Node: "n1", Snapshot: func() *topology.Snapshot { return snap }, Engine: engine,
+			Log: l, Now: func() time.Time { return testNow }, RequireCaller: caller != "", Logger: quiet()})
+		cctx := context.Background()
+		if caller != "" {
+			if _, err := url.Parse(caller); err == nil {
+				cctx = callerContext(t, caller)
+			}
+		}
+		resp, _ := s.Check(cctx, checkRequest(principal, xfcc, service, host, method, path))
+		if resp.GetStatus().GetCode() == 0 {
+			r, err := ParseRequest(checkRequest(principal, xfcc, service, host, method, path))
+			if err != nil || topology.PathProblem(r.Path) != "" {
+				t.Errorf("allowed a request that does not parse or has a path that is not normalised: %v", err)
+			}
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, line := range bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n")) {
+			if len(line) > MaxLogLine {
+				t.Fatalf("line %d is %d bytes, over MaxLogLine %d", i+1, len(line), MaxLogLine)
+			}
+		}
+		if _, err := VerifyDecisionLog(bytes.NewReader(data)); err != nil {
+			t.Fatalf("the log of one decision does not verify: %v", err)
 		}
 	})
 }

@@ -22,6 +22,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/vigil-iot/vigil/topology"
 )
 
 // ServiceExtension is the ext_authz context extension, set per route by
@@ -51,6 +53,15 @@ func ParseRequest(req *authv3.CheckRequest) (Request, error) {
 		Service:   a.GetContextExtensions()[ServiceExtension],
 		Method:    h.GetMethod(),
 		Path:      pathWithoutQuery(h.GetPath()),
+	}
+	if len(r.Path) > MaxPathBytes {
+		return r, fmt.Errorf("path is %d bytes; at most %d are accepted", len(r.Path), MaxPathBytes)
+	}
+	if why := topology.PathProblem(r.Path); why != "" {
+		return r, fmt.Errorf("path is not normalised: it %s", why)
+	}
+	if len(h.GetHost()) > MaxHostBytes {
+		return r, fmt.Errorf("host is %d bytes; at most %d are accepted", len(h.GetHost()), MaxHostBytes)
 	}
 	if r.Host, err = authorityHost(h.GetHost()); err != nil {
 		return r, err

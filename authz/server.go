@@ -119,6 +119,17 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decisi
 	if snap != nil {
 		d.Revision = snap.Revision()
 	}
+	d.Source = peerid.Addr(ctx)
+	if s.cfg.RequireCaller {
+		// Who asks comes first: a caller that may not ask at all gets
+		// nothing of its request recorded.
+		d.Caller = peerid.FromContext(ctx)
+		if snap != nil && snap.HasDocument() {
+			if why := callerIsProxy(snap.Index(), d.Caller); why != "" {
+				return deny(why)
+			}
+		}
+	}
 	r, err := ParseRequest(req)
 	d.Method, d.Path, d.Subject = r.Method, r.Path, r.Principal
 	if err != nil {
@@ -137,7 +148,6 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decisi
 	res := resolve(snap, &r, now)
 	d.Subject, d.Gateway, d.Service = res.subjectID, res.gatewayName(), res.serviceName()
 	if s.cfg.RequireCaller {
-		d.Caller = peerid.FromContext(ctx)
 		if why := callerMayAsk(snap.Index(), d.Caller, &res); why != "" {
 			return deny(why)
 		}
@@ -154,9 +164,16 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decisi
 		d.Reason, d.HTTPStatus = result.Reason, result.HTTPStatus
 		return Deny(result, d.ID)
 	}
-	if over := s.limiter.admit(res.device, res.class, matchingFlow(res.flows, &r), now); over != "" {
-		d.HTTPStatus = 429
-		return deny(over)
+	// A device's request is counted once, at its gateway, where the
+	// principal is the device itself. The cloud edge's Check for the same
+	// request names the device in XFCC (r.Forwarded) and spends nothing:
+	// counting it again would halve the device's budget, and would let any
+	// edge drain the buckets of devices in every zone.
+	if r.Forwarded == "" {
+		if over := s.limiter.admit(res.device, res.class, matchingFlow(res.flows, &r), now); over != "" {
+			d.HTTPStatus = 429
+			return deny(over)
+		}
 	}
 	d.Allowed, d.HTTPStatus, d.Reason = true, 200, result.Reason
 	return Allow(result, d.ID)

@@ -15,6 +15,7 @@ type Decision struct {
 	Subject    string            `json:"subject,omitempty"` // SPIFFE ID of the device or service decided for
 	Gateway    string            `json:"gateway,omitempty"` // gateway that spoke for the device, if any
 	Caller     string            `json:"caller,omitempty"`  // SPIFFE ID of the proxy that asked (with Config.RequireCaller)
+	Source     string            `json:"source,omitempty"`  // network address of the proxy that asked
 	Service    string            `json:"service,omitempty"` // destination service name
 	Method     string            `json:"method,omitempty"`
 	Path       string            `json:"path,omitempty"`

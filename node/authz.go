@@ -68,7 +68,7 @@ func (n *Node) startAuthz(ctx context.Context) (*authzPart, error) {
 	if err != nil {
 		return nil, fmt.Errorf("authz listen on %s: %w", cfg.Addr, err)
 	}
-	p := &authzPart{cfg: cfg, engine: engine, log: dlog, ln: ln, grpc: n.proxyServer()}
+	p := &authzPart{cfg: cfg, engine: engine, log: dlog, ln: ln, grpc: n.proxyServer(authz.MaxCheckRequestBytes)}
 	p.server = authz.NewServer(authz.Config{
 		Node: n.cfg.ID, Snapshot: n.store.Current, Ready: n.Ready, Engine: engine, Log: dlog,
 		EvalTimeout: cfg.EvalTimeout, Logger: n.cfg.Logger, RequireCaller: n.proxyTLS != nil,
@@ -104,13 +104,15 @@ func (p *authzPart) parts() []func(context.Context) error {
 // status describes the authorizer for GET /v1/node.
 func (p *authzPart) status() any {
 	pol := p.engine.Current()
-	written, dropped := p.log.Stats()
 	return map[string]any{
 		"authz": map[string]any{
 			"addr":   p.Addr(),
 			"policy": map[string]any{"source": pol.Source, "query": pol.Query, "hash": pol.Hash},
-			"decisionLog": map[string]any{"path": p.cfg.DecisionLog, "strict": p.cfg.DecisionLogStrict,
-				"written": written, "dropped": dropped},
+			"decisionLog": struct {
+				Path   string `json:"path"`
+				Strict bool   `json:"strict"`
+				authz.LogStatus
+			}{p.cfg.DecisionLog, p.cfg.DecisionLogStrict, p.log.Status()},
 		},
 	}
 }

@@ -3,6 +3,7 @@ package node
 import (
 	"cmp"
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -55,6 +56,9 @@ type Config struct {
 	ProxyTLS ProxyTLS
 	// SPIRE configures the SPIRE integration (off without a socket).
 	SPIRE SPIREConfig
+	// CheckpointInterval is how often the member checkpoints its decision
+	// log's head into the replicated state (default 5s; also at shutdown).
+	CheckpointInterval time.Duration
 	// HeartbeatTimeout and ElectionTimeout tune failure detection; zero
 	// keeps the raft package's defaults.
 	HeartbeatTimeout, ElectionTimeout time.Duration
@@ -85,6 +89,10 @@ func (c *Config) Validate() error {
 	}
 	c.ClusterKeyFile = cmp.Or(c.ClusterKeyFile, filepath.Join(c.DataDir, "cluster.key"))
 	c.TokenFile = cmp.Or(c.TokenFile, filepath.Join(c.DataDir, "api-tokens"))
+	if c.CheckpointInterval < 0 {
+		errs = append(errs, fmt.Errorf("checkpoint interval %v is negative", c.CheckpointInterval))
+	}
+	c.CheckpointInterval = cmp.Or(c.CheckpointInterval, DefaultCheckpointInterval)
 	if c.SPIRE.Socket != "" {
 		if err := c.SPIRE.Options.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("spire: %w", err))
@@ -106,6 +114,7 @@ type Node struct {
 	peer    string // peer API token
 	conn    *api.Connector
 	authz   *authzPart
+	audit   *checkpointer
 	xds     *xdsPart
 	spire   *spirePart
 	ready   atomic.Bool
@@ -114,12 +123,14 @@ type Node struct {
 }
 
 // proxyServer is a gRPC server for proxies: mutual TLS with ProxyTLS when
-// it is set.
-func (n *Node) proxyServer() *grpc.Server {
-	if n.proxyTLS == nil {
-		return grpc.NewServer()
+// it is set, and requests of at most maxRequest bytes (gRPC's default, 4
+// MiB, is far more than a proxy sends and lets one request take memory).
+func (n *Node) proxyServer(maxRequest int) *grpc.Server {
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(maxRequest)}
+	if n.proxyTLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(n.proxyTLS.serverConfig())))
 	}
-	return grpc.NewServer(grpc.Creds(credentials.NewTLS(n.proxyTLS.serverConfig())))
+	return grpc.NewServer(opts...)
 }
 
 // Start provisions secrets, opens the store and binds the API listener. It
@@ -137,6 +148,10 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 	if err := checkNodeID(cfg.DataDir, cfg.ID); err != nil {
+		return nil, err
+	}
+	auditKey, err := loadAuditKey(filepath.Join(cfg.DataDir, "audit.key"))
+	if err != nil {
 		return nil, err
 	}
 	existing := hasRaftState(cfg.DataDir)
@@ -211,6 +226,8 @@ func Start(cfg Config) (_ *Node, err error) {
 		store.Close()
 		return nil, err
 	}
+	n.audit = &checkpointer{n: n, log: n.authz.log, key: auditKey,
+		pub: raft.EncodeAuditKey(auditKey.Public().(ed25519.PublicKey)), interval: cfg.CheckpointInterval}
 	if n.xds, err = n.startXDS(); err != nil {
 		n.authz.ln.Close()
 		ln.Close()
@@ -225,7 +242,7 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	apiServer := api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Connector: conn,
-		Ready: n.Ready, Node: func() any { return n.authz.status() }, XDS: n.xds, Logger: log})
+		Ready: n.Ready, Node: n.status, XDS: n.xds, Logger: log})
 	apiServer.HandleSPIRE(n.spire.api())
 	n.http = &http.Server{
 		Handler:           apiServer,
@@ -295,6 +312,7 @@ func (n *Node) Run(ctx context.Context) error {
 			return nil
 		},
 		n.becomeReady,
+		n.audit.run,
 	}, append(append(n.authz.parts(), n.xds.parts()...), n.spire.parts()...)...)
 	errc := make(chan error, len(parts))
 	for _, run := range parts {
@@ -313,6 +331,9 @@ func (n *Node) Run(ctx context.Context) error {
 			cancel()
 		}
 	}
+	// Every part has returned, the decision log's writer too: its head is
+	// final. Anchor it while the store is still open.
+	n.audit.final()
 	if cerr := n.store.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("close store: %w", cerr)
 	}
@@ -380,7 +401,7 @@ func (n *Node) AuthzAddr() string { return n.authz.Addr() }
 // new member joins through cfg.Join; a restarted one re-registers if its
 // addresses changed; a founding member registers itself once it leads.
 func (n *Node) register(ctx context.Context) error {
-	want := raft.Member{ID: n.cfg.ID, RaftAddr: n.store.Addr(), APIAddr: n.apiAddr}
+	want := raft.Member{ID: n.cfg.ID, RaftAddr: n.store.Addr(), APIAddr: n.apiAddr, AuditKey: n.audit.pub}
 	log := n.cfg.Logger
 	wait := 100 * time.Millisecond
 	for attempt := 0; ; attempt++ {

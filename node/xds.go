@@ -49,7 +49,7 @@ func (n *Node) startXDS() (*xdsPart, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xds listen on %s: %w", cfg.Addr, err)
 	}
-	p := &xdsPart{server: srv, ln: ln, grpc: n.proxyServer(), store: n.store}
+	p := &xdsPart{server: srv, ln: ln, grpc: n.proxyServer(xds.MaxRequestBytes), store: n.store}
 	srv.Register(p.grpc)
 	return p, nil
 }

@@ -17,6 +17,7 @@ const (
 	cmdState         commandType = 2 // a batch of runtime-state changes
 	cmdMember        commandType = 3 // record a member's addresses
 	cmdRemoveMember  commandType = 4 // forget a member
+	cmdCheckpoint    commandType = 5 // record a member's signed decision-log head
 )
 
 // commandVersions is the payload version each command type is written with.
@@ -27,6 +28,7 @@ var commandVersions = map[commandType]uint8{
 	cmdState:         1,
 	cmdMember:        1,
 	cmdRemoveMember:  1,
+	cmdCheckpoint:    1,
 }
 
 // headerLen is type (1) + version (1) + CRC-32C of the payload (4).
@@ -123,11 +125,15 @@ func ValidMemberID(id string) bool {
 	return true
 }
 
-// Member is a cluster member's addresses as it registered them.
+// Member is a cluster member's addresses as it registered them, and the
+// public key its decision-log checkpoints are signed with (checkpoint.go).
 type Member struct {
 	ID       string `json:"id"`
 	RaftAddr string `json:"raftAddr"`
 	APIAddr  string `json:"apiAddr"`
+	// AuditKey is the member's ed25519 public key, standard base64
+	// (EncodeAuditKey); empty for a member that signs no checkpoints.
+	AuditKey string `json:"auditKey,omitempty"`
 }
 
 type removeMember struct {

@@ -57,20 +57,22 @@ type fsm struct {
 	log *slog.Logger
 	hub *hub
 
-	mu        sync.Mutex // guards what follows against Snapshot
-	members   map[string]Member
-	pending   map[string]*pendingDocument
-	lastIndex uint64
+	mu          sync.Mutex // guards what follows against Snapshot
+	members     map[string]Member
+	checkpoints map[string]checkpointLog // by member; never removed with the member
+	pending     map[string]*pendingDocument
+	lastIndex   uint64
 }
 
 var _ hraft.FSM = (*fsm)(nil)
 
 func newFSM(log *slog.Logger) *fsm {
 	return &fsm{
-		log:     log,
-		hub:     newHub(topology.EmptySnapshot()),
-		members: make(map[string]Member),
-		pending: make(map[string]*pendingDocument),
+		log:         log,
+		hub:         newHub(topology.EmptySnapshot()),
+		members:     make(map[string]Member),
+		checkpoints: make(map[string]checkpointLog),
+		pending:     make(map[string]*pendingDocument),
 	}
 }
 
@@ -97,6 +99,11 @@ func (f *fsm) Apply(l *hraft.Log) any {
 	case cmdMember:
 		var m Member
 		mustDecode(l, body, &m)
+		if m.AuditKey != "" {
+			if _, err := ParseAuditKey(m.AuditKey); err != nil {
+				return rejected(f.current().Revision(), "member %s: %v", m.ID, err)
+			}
+		}
 		f.members = maps.Clone(f.members)
 		f.members[m.ID] = m
 		return Result{Revision: f.current().Revision()}
@@ -106,6 +113,10 @@ func (f *fsm) Apply(l *hraft.Log) any {
 		f.members = maps.Clone(f.members)
 		delete(f.members, r.ID)
 		return Result{Revision: f.current().Revision()}
+	case cmdCheckpoint:
+		var cp SignedCheckpoint
+		mustDecode(l, body, &cp)
+		return f.applyCheckpoint(cp)
 	}
 	panic(fmt.Sprintf("vigil: raft log entry %d: command type %d has no handler", l.Index, t))
 }

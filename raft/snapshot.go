@@ -27,6 +27,14 @@ type snapshotImage struct {
 	State       []subjectEntry     `json:"state"`
 	Members     []Member           `json:"members"`
 	Pending     []pendingImage     `json:"pending,omitempty"`
+	// Checkpoints are the members' decision-log checkpoints, by member ID
+	// (absent from images written before they existed).
+	Checkpoints []checkpointImage `json:"checkpoints,omitempty"`
+}
+
+type checkpointImage struct {
+	Node        string               `json:"node"`
+	Checkpoints []RecordedCheckpoint `json:"checkpoints"`
 }
 
 type subjectEntry struct {
@@ -64,6 +72,10 @@ func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 	}
 	if cur.HasDocument() {
 		img.Document = cur.Index().Document()
+	}
+	for _, node := range slices.Sorted(maps.Keys(f.checkpoints)) {
+		// The slices are never modified once recorded (checkpointLog.add).
+		img.Checkpoints = append(img.Checkpoints, checkpointImage{Node: node, Checkpoints: f.checkpoints[node]})
 	}
 	for _, txn := range slices.Sorted(maps.Keys(f.pending)) {
 		p := f.pending[txn]
@@ -121,6 +133,13 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	for _, m := range img.Members {
 		members[m.ID] = m
 	}
+	checkpoints := make(map[string]checkpointLog, len(img.Checkpoints))
+	for _, c := range img.Checkpoints {
+		if len(c.Checkpoints) == 0 || len(c.Checkpoints) > maxCheckpoints {
+			return fmt.Errorf("restore snapshot: member %s has %d checkpoints", c.Node, len(c.Checkpoints))
+		}
+		checkpoints[c.Node] = checkpointLog(c.Checkpoints)
+	}
 	pending := make(map[string]*pendingDocument, len(img.Pending))
 	for _, p := range img.Pending {
 		if p.Total < 1 || len(p.Chunks) != p.Total {
@@ -136,7 +155,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.members, f.pending, f.lastIndex = members, pending, img.LastIndex
+	f.members, f.checkpoints, f.pending, f.lastIndex = members, checkpoints, pending, img.LastIndex
 	f.hub.publish(Event{Snapshot: snap, Restored: true, Document: true})
 	return nil
 }

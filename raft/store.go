@@ -408,9 +408,12 @@ func checkOps(ops []StateOp) error {
 	return nil
 }
 
-// RegisterMember records a member's addresses. It must be called on the
-// leader.
+// RegisterMember records a member's addresses and audit key. It must be
+// called on the leader.
 func (s *Store) RegisterMember(ctx context.Context, m Member) error {
+	if err := checkMember(m); err != nil {
+		return err
+	}
 	if cur, ok := s.Member(m.ID); ok && cur == m {
 		return nil
 	}
@@ -423,6 +426,9 @@ func (s *Store) RegisterMember(ctx context.Context, m Member) error {
 func (s *Store) AddVoter(ctx context.Context, m Member) error {
 	if !s.IsLeader() {
 		return s.notLeader()
+	}
+	if err := checkMember(m); err != nil {
+		return err
 	}
 	// A voter that cannot be reached would count toward every quorum and
 	// could leave the cluster without a leader; prove it answers, with the
@@ -440,6 +446,17 @@ func (s *Store) AddVoter(ctx context.Context, m Member) error {
 		return s.leaderErr(err)
 	}
 	return s.RegisterMember(ctx, m)
+}
+
+// checkMember refuses a registration no replica would record.
+func checkMember(m Member) error {
+	if m.AuditKey == "" {
+		return nil
+	}
+	if _, err := ParseAuditKey(m.AuditKey); err != nil {
+		return fmt.Errorf("%w: member %s: %v", ErrRejected, m.ID, err)
+	}
+	return nil
 }
 
 // RemoveMember removes a member from the cluster. It must be called on the

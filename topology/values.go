@@ -170,8 +170,69 @@ func parsePath(s string) (PathMatch, error) {
 	if seg := s + "/"; strings.Contains(seg, "/../") || strings.Contains(seg, "/./") || strings.Contains(s, "//") {
 		return PathMatch{}, fmt.Errorf("path %q must be normalised (no //, . or .. segments)", s)
 	}
+	if why := PathProblem(strings.TrimSuffix(s, "*")); why != "" {
+		return PathMatch{}, fmt.Errorf("path %q must be normalised: it %s", s, why)
+	}
 	if v, ok := strings.CutSuffix(s, "*"); ok {
 		return PathMatch{Value: v, Prefix: true}, nil
 	}
 	return PathMatch{Value: s}, nil
+}
+
+// PathProblem says why a request path (without its query) is not in the
+// one form that flows are matched against, or "" when it is: it starts
+// with "/", has no empty, "." or ".." segment (a trailing "/" is allowed),
+// no "\", no control character or space, and no percent-encoding of ".",
+// "/", "\" or "%" itself (an encoded dot segment or separator means
+// something else to the service than to the matcher) nor an invalid one.
+// Envoy's normalize_path, merge_slashes and
+// path_with_escaped_slashes_action turn many such paths into this form, or
+// reject them; an authorizer must not rely on every proxy doing so.
+func PathProblem(p string) string {
+	if !strings.HasPrefix(p, "/") {
+		return "does not start with /"
+	}
+	segStart := 1
+	for i := 1; i <= len(p); i++ {
+		if i < len(p) {
+			c := p[i]
+			switch {
+			case c <= ' ' || c == 0x7f:
+				return fmt.Sprintf("has the control character or space %q at byte %d", c, i)
+			case c == '\\':
+				return fmt.Sprintf("has a backslash at byte %d", i)
+			case c == '%':
+				if i+2 >= len(p) || unhex(p[i+1]) < 0 || unhex(p[i+2]) < 0 {
+					return fmt.Sprintf("has an invalid percent-encoding at byte %d", i)
+				}
+				switch b := byte(unhex(p[i+1])<<4 | unhex(p[i+2])); b {
+				case '.', '/', '\\', '%':
+					return fmt.Sprintf("has an encoded %q (%s) at byte %d", string(rune(b)), p[i:i+3], i)
+				}
+			}
+			if c != '/' {
+				continue
+			}
+		}
+		switch seg := p[segStart:i]; {
+		case seg == "" && i < len(p):
+			return fmt.Sprintf("has an empty segment (//) at byte %d", i)
+		case seg == "." || seg == "..":
+			return fmt.Sprintf("has a %q segment", seg)
+		}
+		segStart = i + 1
+	}
+	return ""
+}
+
+func unhex(c byte) int {
+	switch {
+	case c >= '0' && c <= '9':
+		return int(c - '0')
+	case c >= 'a' && c <= 'f':
+		return int(c-'a') + 10
+	case c >= 'A' && c <= 'F':
+		return int(c-'A') + 10
+	}
+	return -1
 }

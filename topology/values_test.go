@@ -309,3 +309,48 @@ func TestKind(t *testing.T) {
 		t.Errorf("String() = %q, want device/slc-1", got)
 	}
 }
+
+func TestPathProblem(t *testing.T) {
+	for _, tc := range []struct{ path, want string }{
+		{"/", ""},
+		{"/api/v1/telemetry", ""},
+		{"/firmware/", ""},
+		{"/a%41b/é", ""},
+		{"/pkg.Service/Method", ""},
+		{"", "does not start with /"},
+		{"*", "does not start with /"},
+		{"/a/../b", `has a ".." segment`},
+		{"/a/..", `has a ".." segment`},
+		{"/./a", `has a "." segment`},
+		{"/a//b", "empty segment"},
+		{"//", "empty segment"},
+		{"/a%2e%2e/b", `encoded "."`},
+		{"/a%2Fb", `encoded "/"`},
+		{"/a%5Cb", `encoded "\\"`},
+		{"/a%25b", `encoded "%"`},
+		{"/a%2", "invalid percent-encoding"},
+		{"/a%g0", "invalid percent-encoding"},
+		{"/a\\b", "backslash"},
+		{"/a b", "control character or space"},
+		{"/a\x00", "control character or space"},
+		{"/a\x7f", "control character or space"},
+	} {
+		got := PathProblem(tc.path)
+		if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+			t.Errorf("PathProblem(%q) = %q, want %q", tc.path, got, tc.want)
+		}
+	}
+}
+
+// TestFlowPathsMustBeNormalised: a flow may not name a path that no
+// normalised request can have (the sibling of the authorizer's check).
+func TestFlowPathsMustBeNormalised(t *testing.T) {
+	for _, p := range []string{"/a/%2e%2e/*", "/a\\b", "/a%2fb", "/a/./b*"} {
+		if _, err := parsePath(p); err == nil {
+			t.Errorf("parsePath(%q) accepted a path that is not normalised", p)
+		}
+	}
+	if _, err := parsePath("/cache/*"); err != nil {
+		t.Errorf("parsePath(/cache/*): %v", err)
+	}
+}

@@ -26,6 +26,12 @@ import (
 // DefaultDebounce is how long ordinary changes are coalesced.
 const DefaultDebounce = 100 * time.Millisecond
 
+// MaxRequestBytes bounds one xDS request on the wire. An Envoy's
+// DiscoveryRequest names its node and the resources it wants, a few KiB
+// for a gateway; gRPC's default of 4 MiB would let one stream make the
+// member hold far more.
+const MaxRequestBytes = 1 << 20
+
 // Source gives the current topology snapshot (*raft.Store satisfies it).
 type Source interface {
 	Current() *topology.Snapshot

@@ -25,7 +25,12 @@ type clientFlags struct {
 }
 
 func (c *clientFlags) register(cmd *cobra.Command, withOutput bool) {
-	cmd.Flags().StringVar(&c.server, "server", api.DefaultAddr, "API address of any Vigil member (env VIGIL_SERVER)")
+	c.registerServer(cmd, api.DefaultAddr, "API address of any Vigil member (env VIGIL_SERVER)", withOutput)
+}
+
+// registerServer is register with another default and usage for --server.
+func (c *clientFlags) registerServer(cmd *cobra.Command, server, usage string, withOutput bool) {
+	cmd.Flags().StringVar(&c.server, "server", server, usage)
 	cmd.Flags().StringVar(&c.tokenFile, "token-file", "", "file holding the API token (env VIGIL_TOKEN_FILE; or put the token itself in VIGIL_TOKEN)")
 	cmd.Flags().StringVar(&c.caFile, "ca-file", "", "PEM CA bundle that verifies an https --server (env VIGIL_CA_FILE; default: the system's roots)")
 	if withOutput {

@@ -36,6 +36,7 @@ func (m *memberFlags) register(cmd *cobra.Command) {
 	f.StringVar(&m.cfg.Authz.PolicyQuery, "policy-query", "", "the decision to query (default data.vigil.authz.decision)")
 	f.StringVar(&m.cfg.Authz.DecisionLog, "decision-log", "", "hash-chained decision log file (default <data-dir>/decisions.log)")
 	f.BoolVar(&m.cfg.Authz.DecisionLogStrict, "decision-log-strict", false, "make Check wait for the decision log instead of dropping decisions when it falls behind")
+	f.DurationVar(&m.cfg.CheckpointInterval, "checkpoint-interval", node.DefaultCheckpointInterval, "how often this member checkpoints its decision log's head (seq and hash, signed with <data-dir>/audit.key) into the replicated state; also at shutdown")
 	f.DurationVar(&m.cfg.Authz.EvalTimeout, "policy-timeout", 100*time.Millisecond, "longest a policy evaluation may take before the request is denied")
 	f.StringVar(&m.cfg.XDS.Addr, "xds-addr", m.cfg.XDS.Addr, "gRPC address where Envoy proxies and xDS clients get their configuration (ADS, SotW and delta)")
 	f.StringSliceVar(&m.cfg.XDS.Options.AuthzEndpoints, "xds-authz-endpoint", nil, "ext_authz address(es) gateways' Envoy calls (default: this member's --authz-addr)")

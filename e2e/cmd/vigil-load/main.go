@@ -7,6 +7,7 @@
 //	vigil-load authz      [-duration 10s] [-inflight 16] [-devices 100000]
 //	vigil-load quarantine [-trials 30]
 //	vigil-load xds        [-gateways 1000,5000] [-devices-per-gateway 2]
+//	vigil-load flood      [-requests 400] [-path-bytes 4000000] [-bin OLD_VIGIL]
 //
 // Results belong in BENCHMARKS.md.
 package main
@@ -42,6 +43,8 @@ func main() {
 		err = runQuarantine(os.Args[2:])
 	case "xds":
 		err = runXDS(os.Args[2:])
+	case "flood":
+		err = runFlood(os.Args[2:])
 	default:
 		usage()
 	}
@@ -52,7 +55,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology|authz|quarantine|xds [flags]   (-h for the flags of each)")
+	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology|authz|quarantine|xds|flood [flags]   (-h for the flags of each)")
 	os.Exit(2)
 }
 
