@@ -11,6 +11,8 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	overloadv3 "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
+	downstreamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -18,9 +20,16 @@ import (
 // XDSCluster is the bootstrap's cluster of Vigil members serving xDS.
 const XDSCluster = "vigil_xds"
 
-// DefaultAdminAddr is where the bootstrap puts Envoy's admin interface:
-// loopback only, since it can change the proxy's state.
-const DefaultAdminAddr = "127.0.0.1:9901"
+// DefaultAdminSocket is where the bootstrap puts Envoy's admin interface:
+// a unix socket only its owner may use (mode 0600), since the admin
+// interface can change the proxy's state and read its secrets. Reach it
+// with `curl --unix-socket /run/envoy/admin.sock http://admin/ready`.
+const DefaultAdminSocket = "/run/envoy/admin.sock"
+
+// maxDownstreamConnections is the overload manager's global limit on
+// connections a proxy accepts, so that a connection flood cannot exhaust
+// its memory or file descriptors.
+const maxDownstreamConnections = 50000
 
 // Bootstrap is the Envoy bootstrap for a gateway node: ADS to the given
 // Vigil members for listeners and clusters (routes, endpoints and nothing
@@ -74,8 +83,6 @@ func Bootstrap(node Node, xdsAddrs []string, opts Options, xdsIdentity string) (
 			MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: bundleSecretName(u.Host) + "/vigil/node/"},
 		})
 	}
-	adminHost, adminPort, _ := net.SplitHostPort(DefaultAdminAddr)
-	ap, _ := strconv.ParseUint(adminPort, 10, 16)
 	b := &bootstrapv3.Bootstrap{
 		Node: &corev3.Node{Id: node.ID, Cluster: node.Cluster},
 		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
@@ -88,7 +95,7 @@ func Bootstrap(node Node, xdsAddrs []string, opts Options, xdsIdentity string) (
 				Name:                          XDSCluster,
 				ConnectTimeout:                durationpb.New(2 * time.Second),
 				ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: discovery},
-				TypedExtensionProtocolOptions: http2Options(),
+				TypedExtensionProtocolOptions: controlPlaneHTTP2(),
 				TransportSocket:               xdsTLS,
 				LoadAssignment: &endpointv3.ClusterLoadAssignment{
 					ClusterName: XDSCluster,
@@ -97,7 +104,16 @@ func Bootstrap(node Node, xdsAddrs []string, opts Options, xdsIdentity string) (
 			},
 			spireAgentCluster(opts),
 		}},
-		Admin: &bootstrapv3.Admin{Address: socketAddress(adminHost, uint32(ap))},
+		Admin: &bootstrapv3.Admin{Address: &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: DefaultAdminSocket, Mode: 0o600}}}},
+		OverloadManager: &overloadv3.OverloadManager{
+			RefreshInterval: durationpb.New(250 * time.Millisecond),
+			ResourceMonitors: []*overloadv3.ResourceMonitor{{
+				Name: "envoy.resource_monitors.global_downstream_max_connections",
+				ConfigType: &overloadv3.ResourceMonitor_TypedConfig{TypedConfig: mustAny(&downstreamv3.DownstreamConnectionsConfig{
+					MaxActiveDownstreamConnections: maxDownstreamConnections,
+				})},
+			}},
+		},
 	}
 	if err := validateDeep(b); err != nil {
 		return nil, fmt.Errorf("bootstrap for %s does not validate: %w", node.ID, err)

@@ -1,7 +1,6 @@
 package xds
 
 import (
-	"strings"
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -37,8 +36,11 @@ func TestBootstrapValidatesAndPointsAtVigil(t *testing.T) {
 	if ads := b.GetDynamicResources().GetAdsConfig(); ads.GetGrpcServices()[0].GetEnvoyGrpc().GetClusterName() != XDSCluster {
 		t.Errorf("ADS config %v", ads)
 	}
-	if !strings.HasPrefix(b.GetAdmin().GetAddress().GetSocketAddress().GetAddress(), "127.") {
-		t.Errorf("admin listens on %v, want loopback", b.GetAdmin().GetAddress())
+	if pipe := b.GetAdmin().GetAddress().GetPipe(); pipe.GetPath() != DefaultAdminSocket || pipe.GetMode() != 0o600 {
+		t.Errorf("admin listens on %v, want the unix socket %s with mode 0600", b.GetAdmin().GetAddress(), DefaultAdminSocket)
+	}
+	if mon := b.GetOverloadManager().GetResourceMonitors(); len(mon) != 1 || mon[0].GetName() != "envoy.resource_monitors.global_downstream_max_connections" {
+		t.Errorf("overload manager monitors %v, want the global connection limit", mon)
 	}
 	if _, err := protojson.Marshal(b); err != nil {
 		t.Fatal(err)

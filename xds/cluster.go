@@ -13,6 +13,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/vigil-iot/vigil/topology"
 )
@@ -78,6 +79,7 @@ func serviceClusterOf(p *gatewayPlan, sf *serviceFlows) *clusterv3.Cluster {
 	if sf.svc.Protocol == topology.ProtocolGRPC {
 		c.TypedExtensionProtocolOptions = http2Options()
 	}
+	protectUpstream(c)
 	if usesEDS(sf.svc) {
 		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}
 		c.EdsClusterConfig = &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name}
@@ -116,12 +118,41 @@ func upstreamTLS(trustDomain, self, sni string, alpn []string, san *matcherv3.St
 }
 
 // http2Options makes a cluster speak HTTP/2 (gRPC) upstream.
-func http2Options() map[string]*anypb.Any {
+func http2Options() map[string]*anypb.Any { return http2With(&corev3.Http2ProtocolOptions{}) }
+
+// controlPlaneHTTP2 is http2Options for the clusters of Vigil itself (xDS,
+// ext_authz), with keepalive pings: a member that stopped answering is
+// noticed within seconds, not at the next request.
+func controlPlaneHTTP2() map[string]*anypb.Any {
+	return http2With(&corev3.Http2ProtocolOptions{ConnectionKeepalive: keepalive()})
+}
+
+func http2With(o *corev3.Http2ProtocolOptions) map[string]*anypb.Any {
 	return map[string]*anypb.Any{httpProtocolOptionsKey: mustAny(&httpv3.HttpProtocolOptions{
 		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
-			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
+			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: o},
 		}},
 	})}
+}
+
+// protectUpstream bounds what one service's endpoints can take of a proxy
+// (circuit breakers) and ejects an endpoint that keeps failing (outlier
+// detection), so one broken backend neither exhausts the gateway nor gets
+// half the requests.
+func protectUpstream(c *clusterv3.Cluster) {
+	c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+		Priority:           corev3.RoutingPriority_DEFAULT,
+		MaxConnections:     wrapperspb.UInt32(1024),
+		MaxPendingRequests: wrapperspb.UInt32(1024),
+		MaxRequests:        wrapperspb.UInt32(1024),
+		MaxRetries:         wrapperspb.UInt32(3),
+	}}}
+	c.OutlierDetection = &clusterv3.OutlierDetection{
+		Consecutive_5Xx:    wrapperspb.UInt32(5),
+		Interval:           durationpb.New(10 * time.Second),
+		BaseEjectionTime:   durationpb.New(30 * time.Second),
+		MaxEjectionPercent: wrapperspb.UInt32(50),
+	}
 }
 
 // discoveryType is STATIC when every endpoint is an IP address.

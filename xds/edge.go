@@ -72,7 +72,7 @@ func backendName(service string) string { return "backend-" + service }
 
 // edgeListener fronts one service on its endpoints' port: the peer must
 // present an SVID of the trust domain, the edge presents the service's.
-// Requests pass ext_authz → RBAC (the flows' allow-list) → router.
+// Requests pass RBAC (the flows' allow-list) → ext_authz → router.
 func edgeListener(p *inboundPlan, opts Options) *listenerv3.Listener {
 	_, port, _ := splitHostPort(p.svc.Endpoints[0]) // validated: one port
 	hcm := &hcmv3.HttpConnectionManager{
@@ -91,17 +91,21 @@ func edgeListener(p *inboundPlan, opts Options) *listenerv3.Listener {
 		MergeSlashes:                 true,
 		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_REJECT_REQUEST,
 		StripPortMode:                &hcmv3.HttpConnectionManager_StripAnyHostPort{StripAnyHostPort: true},
+		// RBAC first: a caller the allow-list refuses (a quarantined
+		// device, a stranger) costs no Check.
 		HttpFilters: []*hcmv3.HttpFilter{
-			extAuthzFilter(opts),
 			denyAllRBACFilter(),
+			extAuthzFilter(opts, true),
 			routerFilter(),
 		},
 	}
+	hardenHCM(hcm, opts)
 	alpn := []string{"h2", "http/1.1"}
 	if p.svc.Protocol == topology.ProtocolGRPC {
 		alpn = []string{"h2"}
 	}
 	return &listenerv3.Listener{
+		PerConnectionBufferLimitBytes: wrapperspb.UInt32(perConnectionBufferBytes),
 		Name:             inboundName(p.svc.Name),
 		TrafficDirection: corev3.TrafficDirection_INBOUND,
 		Address:          socketAddress("0.0.0.0", port),
@@ -110,7 +114,7 @@ func edgeListener(p *inboundPlan, opts Options) *listenerv3.Listener {
 				Name:       wellknown.HTTPConnectionManager,
 				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)},
 			}},
-			TransportSocket: sdsDownstreamTLS(p.spiffeID, p.trustDomain, alpn),
+			TransportSocket: sdsDownstreamTLS(p.spiffeID, p.trustDomain, alpn, nil),
 		}},
 	}
 }
@@ -121,8 +125,8 @@ func edgeListener(p *inboundPlan, opts Options) *listenerv3.Listener {
 func edgeRoutes(p *inboundPlan) *routev3.RouteConfiguration {
 	rbac := inboundRBACPerRoute(p)
 	vh := &routev3.VirtualHost{Name: p.svc.Name, Domains: p.svc.Hosts, TypedPerFilterConfig: rbac}
-	for _, ir := range p.rules {
-		vh.Routes = append(vh.Routes, flowRoutes(ir.rule, p.svc.Name, backendName(p.svc.Name), nil)...)
+	for _, s := range edgeSpecs(p) {
+		vh.Routes = append(vh.Routes, specRoutes(s, p.svc, backendName(p.svc.Name))...)
 	}
 	vh.Routes = append(vh.Routes, denyRoute())
 	// No allow-list on "*": the listener's RBAC denies there first.
@@ -139,6 +143,7 @@ func backendCluster(svc *topology.Service) (*clusterv3.Cluster, types.Resource) 
 	if svc.Protocol == topology.ProtocolGRPC {
 		c.TypedExtensionProtocolOptions = http2Options()
 	}
+	protectUpstream(c)
 	if !allIPs(svc.Backends) {
 		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
 		c.LoadAssignment = loadAssignment(name, svc.Backends)

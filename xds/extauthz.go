@@ -22,8 +22,17 @@ const (
 )
 
 // extAuthzFilter asks Vigil about every request and fails closed: an
-// unreachable or slow authorizer denies (403).
-func extAuthzFilter(opts Options) *hcmv3.HttpFilter {
+// unreachable or slow authorizer denies (403). withXFCC says whether the
+// request's x-forwarded-client-cert goes to the authorizer.
+//
+// At a gateway it must not: the HCM sets XFCC (SANITIZE_SET, the device's
+// URI) before any HTTP filter runs, and ext_authz sends every request
+// header by default, so the authorizer would see the device as the
+// principal *and* a forwarded identity, which only a gateway may send, and
+// deny every device. The device is the principal there; XFCC is for the
+// upstream (the cloud edge), which must see it: at an edge the gateway is
+// the principal and XFCC names the device it speaks for.
+func extAuthzFilter(opts Options, withXFCC bool) *hcmv3.HttpFilter {
 	cfg := &authzv3.ExtAuthz{
 		Services: &authzv3.ExtAuthz_GrpcService{GrpcService: &corev3.GrpcService{
 			TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: AuthzCluster}},
@@ -32,6 +41,11 @@ func extAuthzFilter(opts Options) *hcmv3.HttpFilter {
 		TransportApiVersion:    corev3.ApiVersion_V3,
 		FailureModeAllow:       false,
 		IncludePeerCertificate: true,
+	}
+	if !withXFCC {
+		cfg.DisallowedHeaders = &matcherv3.ListStringMatcher{Patterns: []*matcherv3.StringMatcher{{
+			MatchPattern: &matcherv3.StringMatcher_Exact{Exact: XFCCHeader},
+		}}}
 	}
 	return &hcmv3.HttpFilter{Name: extAuthzFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(cfg)}}
 }
@@ -58,7 +72,7 @@ func authzCluster(trustDomain, self string, opts Options) *clusterv3.Cluster {
 		ConnectTimeout:                durationpb.New(time.Second),
 		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: discoveryType(opts.AuthzEndpoints)},
 		LoadAssignment:                loadAssignment(AuthzCluster, opts.AuthzEndpoints),
-		TypedExtensionProtocolOptions: http2Options(),
+		TypedExtensionProtocolOptions: controlPlaneHTTP2(),
 	}
 	if opts.AuthzTLS {
 		// Only a Vigil node may answer for Vigil.

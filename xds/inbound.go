@@ -1,7 +1,6 @@
 package xds
 
 import (
-	"regexp"
 	"slices"
 	"strings"
 
@@ -206,20 +205,28 @@ func xfccPresent() *rbacconfigv3.Principal {
 }
 
 // xfccNames matches an x-forwarded-client-cert header with a URI element
-// equal to one of ids: the element is delimited, so that device "d" does
-// not match device "d2".
+// equal to one of ids. The value must end the header or be followed by
+// ';' or ',' (so that device "d" does not match device "d2"): a suffix and
+// two contains matchers per ID. No regex: Envoy refuses a safe_regex whose
+// RE2 program is larger than 100, which an alternation of a few SPIFFE IDs
+// already is, and it would NACK the whole route configuration. A false
+// match (the text inside another element's quoted value) can only deny.
 func xfccNames(ids []string) *rbacconfigv3.Principal {
-	quoted := make([]string, len(ids))
-	for i, id := range ids {
-		quoted[i] = regexp.QuoteMeta(id)
+	var any []*rbacconfigv3.Principal
+	for _, id := range ids {
+		uri := "URI=" + id
+		for _, sm := range []*matcherv3.StringMatcher{
+			{MatchPattern: &matcherv3.StringMatcher_Suffix{Suffix: uri}},
+			{MatchPattern: &matcherv3.StringMatcher_Contains{Contains: uri + ";"}},
+			{MatchPattern: &matcherv3.StringMatcher_Contains{Contains: uri + ","}},
+		} {
+			any = append(any, &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_Header{Header: &routev3.HeaderMatcher{
+				Name:                 XFCCHeader,
+				HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: sm},
+			}}})
+		}
 	}
-	re := `(^|.*[;,])URI=(` + strings.Join(quoted, "|") + `)([;,].*)?$`
-	return &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_Header{Header: &routev3.HeaderMatcher{
-		Name: XFCCHeader,
-		HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
-			MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: re}},
-		}},
-	}}}
+	return &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_OrIds{OrIds: &rbacconfigv3.Principal_Set{Ids: any}}}
 }
 
 func notPrincipal(p *rbacconfigv3.Principal) *rbacconfigv3.Principal {

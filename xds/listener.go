@@ -5,6 +5,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -17,8 +18,8 @@ const (
 )
 
 // gatewayListener is the device-facing mTLS listener: a device must present
-// an SVID of this trust domain; requests then pass ext_authz → RBAC →
-// local rate limit → router.
+// an SVID of one of the zone's devices; requests then pass RBAC → local
+// rate limit → ext_authz → router.
 func gatewayListener(p *gatewayPlan, opts Options) *listenerv3.Listener {
 	hcm := &hcmv3.HttpConnectionManager{
 		StatPrefix: "vigil_gateway",
@@ -40,30 +41,47 @@ func gatewayListener(p *gatewayPlan, opts Options) *listenerv3.Listener {
 		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_REJECT_REQUEST,
 		// Virtual hosts list bare host names; a device may add the port.
 		StripPortMode: &hcmv3.HttpConnectionManager_StripAnyHostPort{StripAnyHostPort: true},
+		// RBAC and the local rate limit first: a quarantined device or a
+		// flood is refused by the gateway itself and costs no Check.
 		HttpFilters: []*hcmv3.HttpFilter{
-			extAuthzFilter(opts),
 			rbacFilter(),
 			localRateLimitFilter(),
+			extAuthzFilter(opts, false),
 			routerFilter(),
 		},
 	}
-	return gatewayHTTPListener(opts.ListenerPort, hcm, sdsDownstreamTLS(p.spiffeID, p.trustDomain, []string{"h2", "http/1.1"}))
+	hardenHCM(hcm, opts)
+	devices := &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{
+		Prefix: bundleSecretName(p.trustDomain) + "/zone/" + p.gateway.Zone + "/device/",
+	}}
+	l := gatewayHTTPListener(opts.ListenerPort, hcm, sdsDownstreamTLS(p.spiffeID, p.trustDomain, []string{"h2", "http/1.1"}, devices))
+	l.PerConnectionBufferLimitBytes = wrapperspb.UInt32(perConnectionBufferBytes)
+	return l
 }
 
-// sdsDownstreamTLS requires a client certificate from the trust domain and
-// presents the SVID self, both from the SPIRE agent over SDS.
-func sdsDownstreamTLS(self, trustDomain string, alpn []string) *corev3.TransportSocket {
-	return tlsSocket(&tlsv3.DownstreamTlsContext{
-		RequireClientCertificate: wrapperspb.Bool(true),
-		CommonTlsContext: &tlsv3.CommonTlsContext{
-			TlsParams:                      &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
-			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(self)},
-			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+// sdsDownstreamTLS requires a client certificate from the trust domain,
+// whose URI SAN matches peers when it is given, and presents the SVID
+// self, both from the SPIRE agent over SDS.
+func sdsDownstreamTLS(self, trustDomain string, alpn []string, peers *matcherv3.StringMatcher) *corev3.TransportSocket {
+	common := &tlsv3.CommonTlsContext{
+		TlsParams:                      &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(self)},
+		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+			ValidationContextSdsSecretConfig: sdsSecret(bundleSecretName(trustDomain)),
+		},
+		AlpnProtocols: alpn,
+	}
+	if peers != nil {
+		common.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{
+			CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+				DefaultValidationContext: &tlsv3.CertificateValidationContext{
+					MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{SanType: tlsv3.SubjectAltNameMatcher_URI, Matcher: peers}},
+				},
 				ValidationContextSdsSecretConfig: sdsSecret(bundleSecretName(trustDomain)),
 			},
-			AlpnProtocols: alpn,
-		},
-	})
+		}
+	}
+	return tlsSocket(&tlsv3.DownstreamTlsContext{RequireClientCertificate: wrapperspb.Bool(true), CommonTlsContext: common})
 }
 
 // tlsSocket is Envoy's TLS transport socket with context ctx (an upstream

@@ -1,9 +1,11 @@
 package xds
 
 import (
+	"math"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	ratelimitcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -17,12 +19,17 @@ import (
 const (
 	localRateLimitFilterName = "envoy.filters.http.local_ratelimit"
 	rateLimitStatPrefix      = "vigil_rate_limit"
-	// minFillInterval is the smallest fill interval Envoy accepts.
-	minFillInterval = 50 * time.Millisecond
+	// rateLimitDescriptorKey is the descriptor entry a rate-limited route
+	// emits (generic_key), valued with its spec's key.
+	rateLimitDescriptorKey = "vigil_route"
+	// defaultFillInterval is the fill interval of the default bucket;
+	// every descriptor's fill interval must be a multiple of it (Envoy's
+	// rule), and rates are per second, minute or hour.
+	defaultFillInterval = time.Second
 )
 
-// localRateLimitFilter is present with no default bucket: only routes that
-// carry a bucket (routeRateLimit) are limited.
+// localRateLimitFilter is present with no bucket of its own: only routes
+// that carry the gateway's rate limit configuration are limited.
 func localRateLimitFilter() *hcmv3.HttpFilter {
 	cfg := &ratelimitv3.LocalRateLimit{StatPrefix: rateLimitStatPrefix}
 	return &hcmv3.HttpFilter{Name: localRateLimitFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(cfg)}}
@@ -53,31 +60,51 @@ func grantRate(g *grant) topology.Rate {
 	return best
 }
 
-// routeRateLimit is the per-route bucket for rate, or nil for no limit. The
-// bucket is per downstream connection, and each device holds its own mTLS
-// connection, so one device cannot spend its neighbours' budget. Like the
-// authorizer's, it holds rate.N tokens and refills rate.N per rate.Per,
-// one token at a time when Envoy's 50ms minimum interval allows.
-func routeRateLimit(rate topology.Rate) *anypb.Any {
-	if rate.IsZero() {
+// gatewayRateLimit is the local rate limit configuration of a gateway's
+// route configuration, or nil when no route is limited.
+//
+// Buckets are per downstream connection, and each device holds its own
+// mTLS connection, so a device spends only its own budget. Envoy keeps one
+// limiter per connection, built from the configuration of the first route
+// the connection hits (envoyproxy/envoy#22163), so per-route buckets would
+// all collapse into that route's. Instead the configuration is set once,
+// on the route configuration (per-filter config resolves most specific
+// first, and no route or virtual host sets its own), with one descriptor
+// per route spec, and each limited route emits its spec's descriptor (a
+// generic_key rate-limit action): whichever route builds the limiter, each
+// spec spends its own bucket, and routes without a descriptor only spend
+// the default bucket, which is too large to refuse anything. A descriptor
+// holds rate.N tokens and gets rate.N back every rate.Per. The default
+// bucket is never consumed by a request that matches a descriptor and is
+// too large to refuse anything else.
+func gatewayRateLimit(specs []*routeSpec) *anypb.Any {
+	if len(specs) == 0 {
 		return nil
-	}
-	perFill, interval := uint32(1), rate.Per/time.Duration(rate.N)
-	if interval < minFillInterval {
-		perFill, interval = uint32(rate.N), rate.Per
 	}
 	all := &corev3.RuntimeFractionalPercent{
 		DefaultValue: &typev3.FractionalPercent{Numerator: 100, Denominator: typev3.FractionalPercent_HUNDRED},
 	}
-	return mustAny(&ratelimitv3.LocalRateLimit{
+	cfg := &ratelimitv3.LocalRateLimit{
 		StatPrefix: rateLimitStatPrefix,
 		TokenBucket: &typev3.TokenBucket{
-			MaxTokens:     uint32(rate.N),
-			TokensPerFill: wrapperspb.UInt32(perFill),
-			FillInterval:  durationpb.New(interval),
+			MaxTokens:     math.MaxUint32,
+			TokensPerFill: wrapperspb.UInt32(math.MaxUint32),
+			FillInterval:  durationpb.New(defaultFillInterval),
 		},
 		FilterEnabled:                         all,
 		FilterEnforced:                        all,
 		LocalRateLimitPerDownstreamConnection: true,
-	})
+		AlwaysConsumeDefaultTokenBucket:       wrapperspb.Bool(false),
+	}
+	for _, s := range specs {
+		cfg.Descriptors = append(cfg.Descriptors, &ratelimitcommonv3.LocalRateLimitDescriptor{
+			Entries: []*ratelimitcommonv3.RateLimitDescriptor_Entry{{Key: rateLimitDescriptorKey, Value: s.key()}},
+			TokenBucket: &typev3.TokenBucket{
+				MaxTokens:     uint32(s.rate.N),
+				TokensPerFill: wrapperspb.UInt32(uint32(s.rate.N)),
+				FillInterval:  durationpb.New(s.rate.Per),
+			},
+		})
+	}
+	return mustAny(cfg)
 }

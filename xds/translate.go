@@ -136,6 +136,10 @@ type Options struct {
 	ListenerPort uint32
 	// AuthzTimeout bounds each ext_authz Check.
 	AuthzTimeout time.Duration
+	// MaxConnectionDuration bounds a downstream connection's life at
+	// gateways and edges; keep it at most the device SVID TTL, so that a
+	// revoked device cannot keep an old connection.
+	MaxConnectionDuration time.Duration
 }
 
 // DefaultOptions returns the options Translate uses for zero fields.
@@ -145,6 +149,8 @@ func DefaultOptions() Options {
 		SDSSocket:      DefaultSDSSocket,
 		ListenerPort:   DefaultListenerPort,
 		AuthzTimeout:   DefaultAuthzTimeout,
+
+		MaxConnectionDuration: DefaultMaxConnectionDuration,
 	}
 }
 
@@ -156,6 +162,7 @@ func (o Options) withDefaults() Options {
 	o.SDSSocket = cmp.Or(o.SDSSocket, d.SDSSocket)
 	o.ListenerPort = cmp.Or(o.ListenerPort, d.ListenerPort)
 	o.AuthzTimeout = cmp.Or(o.AuthzTimeout, d.AuthzTimeout)
+	o.MaxConnectionDuration = cmp.Or(o.MaxConnectionDuration, d.MaxConnectionDuration)
 	return o
 }
 
@@ -169,6 +176,9 @@ func (o Options) Validate() error {
 	}
 	if o.ListenerPort > 65535 {
 		errs = append(errs, fmt.Errorf("listener port %d out of range", o.ListenerPort))
+	}
+	if o.MaxConnectionDuration < 0 {
+		errs = append(errs, fmt.Errorf("max connection duration %v is negative", o.MaxConnectionDuration))
 	}
 	if o.AuthzTimeout < 0 {
 		errs = append(errs, fmt.Errorf("authz timeout %v is negative", o.AuthzTimeout))

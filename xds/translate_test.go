@@ -198,16 +198,19 @@ func TestNoRouteWithoutFlow(t *testing.T) {
 				if r.GetDirectResponse().GetStatus() == 403 {
 					continue
 				}
-				flow, _, _ := strings.Cut(r.Name, ".")
-				rule, ok := ix.Flow(flow)
-				if !ok || !slices.Contains(targetServices(ix, rule), vh.Name) {
-					t.Errorf("%s: route %s in host %s: no flow %q to that service", gw, r.Name, vh.Name, flow)
-					continue
-				}
-				if !slices.ContainsFunc(ix.DevicesOf(gw), func(d *topology.Device) bool {
-					return slices.Contains(ix.RulesFrom(topology.DeviceSubject(d.Name)), rule)
-				}) {
-					t.Errorf("%s: route %s: flow %s applies to none of its devices", gw, r.Name, flow)
+				// A route is named <flow>[+<flow>…]:<path>[:<method>].
+				flows, _, _ := strings.Cut(r.Name, ":")
+				for _, flow := range strings.Split(flows, "+") {
+					rule, ok := ix.Flow(flow)
+					if !ok || !slices.Contains(targetServices(ix, rule), vh.Name) {
+						t.Errorf("%s: route %s in host %s: no flow %q to that service", gw, r.Name, vh.Name, flow)
+						continue
+					}
+					if !slices.ContainsFunc(ix.DevicesOf(gw), func(d *topology.Device) bool {
+						return slices.Contains(ix.RulesFrom(topology.DeviceSubject(d.Name)), rule)
+					}) {
+						t.Errorf("%s: route %s: flow %s applies to none of its devices", gw, r.Name, flow)
+					}
 				}
 			}
 		}
