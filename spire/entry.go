@@ -56,13 +56,16 @@ func (e *Entry) Same(o *Entry) bool {
 // Options shape the entries Vigil wants.
 type Options struct {
 	// Owner marks Vigil's entries: subjects' entries have hint Owner and ID
-	// "<Owner>.<kind>.<name>"; agent bindings have hint "<Owner>.agent" and
-	// ID "<Owner>.agent.<kind>.<name>.<random>". Two Vigil clusters sharing
-	// one SPIRE server need different owners. Default "vigil".
+	// "<Owner>.<kind>.<name>", cloud edges' "<Owner>.edge.<zone>.<id>" and
+	// "<Owner>.fronted.<service>"; agent bindings have hint "<Owner>.agent"
+	// and ID "<Owner>.agent.<kind>.<name>.<random>". Two Vigil clusters
+	// sharing one SPIRE server need different owners. Default "vigil".
 	Owner string
 	// X509-SVID lifetimes. A quarantined device's last SVID stays valid up
 	// to DeviceTTL (ext_authz and the gateways' RBAC deny it at once).
-	DeviceTTL, GatewayTTL, ServiceTTL time.Duration
+	// EdgeTTL is a cloud edge's own SVID's; the SVIDs of the services it
+	// fronts live ServiceTTL.
+	DeviceTTL, GatewayTTL, ServiceTTL, EdgeTTL time.Duration
 	// GatewaySelectors are the workload selectors, on the gateway's own
 	// agent, of the processes that hold the gateway's identity (its Envoy
 	// and its device bridge), e.g. "unix:uid:101". Empty: no workload gets
@@ -72,12 +75,27 @@ type Options struct {
 	// DeviceAgentSelectors are the same for devices of "identity: agent"
 	// classes, on the device's own agent.
 	DeviceAgentSelectors []string
+	// Edges declares the cloud edges' Envoys, "ZONE/ID" (node.cluster and
+	// node.id): each gets an entry for its own SVID, and the services with
+	// backends in its zone an entry it can fetch (see edge.go). An edge
+	// whose zone is not in the topology, or whose ID names a gateway,
+	// device or service, is skipped with a warning.
+	Edges []string
+	// EdgeSelectors are the workload selectors of the Envoy process on the
+	// edge hosts, e.g. "unix:uid:101"; required with Edges.
+	EdgeSelectors []string
+	// EdgeParents, "ZONE=PARENT", parent a zone's edge entries to a node
+	// alias or agent ID of the edge hosts (a SPIFFE ID, or a path in the
+	// document's trust domain). Default: the zone's hosts alias (HostsID),
+	// which service entries use too.
+	EdgeParents []string
 }
 
 // DefaultOptions are short-lived SVIDs: 5 minutes for devices, 15 for
-// gateways, an hour for services.
+// gateways and cloud edges, an hour for services.
 func DefaultOptions() Options {
-	return Options{Owner: DefaultOwner, DeviceTTL: 5 * time.Minute, GatewayTTL: 15 * time.Minute, ServiceTTL: time.Hour}
+	return Options{Owner: DefaultOwner, DeviceTTL: 5 * time.Minute, GatewayTTL: 15 * time.Minute, ServiceTTL: time.Hour,
+		EdgeTTL: 15 * time.Minute}
 }
 
 // Validate checks the options and fills in defaults for zero values.
@@ -92,7 +110,7 @@ func (o *Options) Validate() error {
 		name string
 		v    *time.Duration
 		def  time.Duration
-	}{{"device", &o.DeviceTTL, d.DeviceTTL}, {"gateway", &o.GatewayTTL, d.GatewayTTL}, {"service", &o.ServiceTTL, d.ServiceTTL}} {
+	}{{"device", &o.DeviceTTL, d.DeviceTTL}, {"gateway", &o.GatewayTTL, d.GatewayTTL}, {"service", &o.ServiceTTL, d.ServiceTTL}, {"edge", &o.EdgeTTL, d.EdgeTTL}} {
 		switch {
 		case *t.v == 0:
 			*t.v = t.def
@@ -105,6 +123,7 @@ func (o *Options) Validate() error {
 			errs = append(errs, fmt.Errorf("%s selectors: %w", name, err))
 		}
 	}
+	errs = append(errs, o.validateEdges()...)
 	return errors.Join(errs...)
 }
 
@@ -148,15 +167,18 @@ func JoinTokenAgentID(trustDomain, token string) string {
 // DeviceSelector is the selector a gateway presents for a device.
 func DeviceSelector(device string) string { return SelectorType + ":device:" + device }
 
-// Desired computes the entries a snapshot wants for its devices and
-// services, sorted by ID. Devices of "identity: agent" classes and gateways
-// get their identity through an agent binding instead (see Onboard), and
-// quarantined devices get none. A subject whose SelectorsLabel does not
-// parse gets no entry and an error.
+// Desired computes the entries a snapshot wants for its devices, services
+// and the declared cloud edges (Options.Edges), sorted by ID. Devices of
+// "identity: agent" classes and gateways get their identity through an
+// agent binding instead (see Onboard), and quarantined devices get none. A
+// subject whose SelectorsLabel does not parse gets no entry and an error;
+// an edge that cannot be served in this topology gets none and an
+// *EdgeSkipped error.
 func Desired(snap *topology.Snapshot, opts Options) ([]Entry, []error) {
 	ix := snap.Index()
 	out := make([]Entry, 0, ix.NumDevices()+ix.NumServices())
 	var errs []error
+	own := map[string][]string{} // services' own selectors
 	add := func(s topology.Subject) {
 		e, ok, err := desiredFor(snap, s, &opts)
 		if err != nil {
@@ -164,6 +186,9 @@ func Desired(snap *topology.Snapshot, opts Options) ([]Entry, []error) {
 		}
 		if ok {
 			out = append(out, e)
+			if s.Kind == topology.KindService {
+				own[s.Name] = e.Selectors
+			}
 		}
 	}
 	for _, d := range ix.Devices() {
@@ -171,6 +196,10 @@ func Desired(snap *topology.Snapshot, opts Options) ([]Entry, []error) {
 	}
 	for _, s := range ix.Services() {
 		add(topology.ServiceSubject(s.Name))
+	}
+	if snap.HasDocument() {
+		edges, edgeErrs := desiredEdges(snap, &opts, own)
+		out, errs = append(out, edges...), append(errs, edgeErrs...)
 	}
 	slices.SortFunc(out, func(a, b Entry) int { return cmp.Compare(a.ID, b.ID) })
 	return out, errs

@@ -59,8 +59,11 @@ type Result struct {
 	// Errors are the entries and agents that could not be changed (the
 	// pass went on without them); at most maxErrors are kept, Failed
 	// counts them all.
-	Errors   []string      `json:"errors,omitempty"`
-	Failed   int           `json:"failed"`
+	Errors []string `json:"errors,omitempty"`
+	Failed int      `json:"failed"`
+	// Skipped are the declared cloud edges this topology cannot serve
+	// (Options.Edges), and why; not failures: each is logged once.
+	Skipped  []string      `json:"skipped,omitempty"`
 	Duration time.Duration `json:"duration"`
 }
 
@@ -100,6 +103,9 @@ type Reconciler struct {
 	subjects map[topology.Subject]bool
 	urgent   bool
 	status   Status
+	// skipped are the edges skipped by the last full pass, which were
+	// warned about once.
+	skipped map[string]bool
 }
 
 // NewReconciler checks cfg and returns a reconciler.
@@ -305,14 +311,19 @@ func (r *Reconciler) reconcile(ctx context.Context, snap *topology.Snapshot, g *
 	o := &r.cfg.Options
 	desired, errs := Desired(snap, *o)
 	for _, err := range errs {
+		if skip := (*EdgeSkipped)(nil); errors.As(err, &skip) {
+			res.Skipped = append(res.Skipped, err.Error())
+			continue
+		}
 		res.fail(err)
 	}
+	r.warnSkipped(res.Skipped)
 	res.Desired = len(desired)
 	listed, err := r.cfg.Client.ListEntries(ctx, o.Owner, "")
 	if err != nil {
 		return nil, err
 	}
-	owned := slices.DeleteFunc(listed, func(e Entry) bool { _, ok := o.subjectOf(e.ID); return !ok })
+	owned := slices.DeleteFunc(listed, func(e Entry) bool { return !o.owns(e.ID) })
 	if err := r.apply(ctx, Diff(desired, owned), res, g); err != nil {
 		return nil, err
 	}
@@ -600,6 +611,25 @@ func (r *Reconciler) applyAgents(ctx context.Context, a agentActions, res *Resul
 		r.log.Info("spire: agent evicted", "agent", id)
 	}
 	return r.apply(ctx, Changes{Update: a.Update, Delete: a.Delete}, res, nil)
+}
+
+// warnSkipped logs each skipped edge once, when a full pass first skips
+// it; one that is served again and later skipped again is logged again.
+func (r *Reconciler) warnSkipped(skipped []string) {
+	now := make(map[string]bool, len(skipped))
+	var fresh []string
+	r.mu.Lock()
+	for _, s := range skipped {
+		now[s] = true
+		if !r.skipped[s] {
+			fresh = append(fresh, s)
+		}
+	}
+	r.skipped = now
+	r.mu.Unlock()
+	for _, s := range fresh {
+		r.log.Warn("spire: " + s)
+	}
 }
 
 func (r *Reconciler) logResult(res *Result) {

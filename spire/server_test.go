@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
 	"github.com/vigil-iot/vigil/spire/spiretest"
 	"github.com/vigil-iot/vigil/topology"
 	"github.com/vigil-iot/vigil/topology/topologytest"
@@ -82,16 +84,24 @@ func city(n int) *topology.Document {
 // wants, among those Vigil owns.
 func checkConverged(t *testing.T, ctx context.Context, cl *Client, snap *topology.Snapshot) []Entry {
 	t.Helper()
-	o := DefaultOptions()
+	return checkConvergedWith(t, ctx, cl, snap, DefaultOptions())
+}
+
+// checkConvergedWith is checkConverged for options o; edges o skips are
+// no error.
+func checkConvergedWith(t *testing.T, ctx context.Context, cl *Client, snap *topology.Snapshot, o Options) []Entry {
+	t.Helper()
 	want, errs := Desired(snap, o)
-	if len(errs) > 0 {
-		t.Fatal(errs)
+	for _, err := range errs {
+		if skip := (*EdgeSkipped)(nil); !errors.As(err, &skip) {
+			t.Fatal(err)
+		}
 	}
 	listed, err := cl.ListEntries(ctx, o.Owner, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	owned := slices.DeleteFunc(listed, func(e Entry) bool { _, ok := o.subjectOf(e.ID); return !ok })
+	owned := slices.DeleteFunc(listed, func(e Entry) bool { return !o.owns(e.ID) })
 	if d := Diff(want, owned); d.Len() != 0 {
 		t.Errorf("server differs from the topology: %d to create, %d to update, %d to delete (first: %+v)",
 			len(d.Create), len(d.Update), len(d.Delete), d)
@@ -188,12 +198,131 @@ func allEntries(t *testing.T, ctx context.Context, cl *Client) map[string]Entry 
 			t.Fatal(err)
 		}
 		for _, e := range list {
-			if _, ours := o.subjectOf(e.ID); !ours || e.Hint != "vigil" {
+			if !o.owns(e.ID) || e.Hint != "vigil" {
 				out[e.ID] = e
 			}
 		}
 	}
 	return out
+}
+
+// TestReconcileEdgesRealServer declares cloud edges to a real server and
+// agent: the reconciler creates each edge's entry and one per fronted
+// service, skips (with a warning, not a failure) an edge of an unknown zone
+// and one named like a device, and the edge's Envoy (this test process,
+// matching the edge selector) gets from the agent's Workload API its own
+// SVID and the fronted services' SVIDs, and no other. Taking edges away
+// deletes their entries, and the agent stops serving them.
+func TestReconcileEdgesRealServer(t *testing.T) {
+	srv, cl := realServer(t)
+	ctx := ctxFor(t, 2*time.Minute)
+
+	// The edge host: an agent attested with a join token, mapped by the
+	// operator (here, the test) to the cloud zone's hosts alias.
+	tok, _, err := cl.CreateJoinToken(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentID := JoinTokenAgentID(cityTD, tok)
+	hostsAlias := Entry{ID: "operator.cloud-hosts", SPIFFEID: HostsID(cityTD, "cloud"), ParentID: agentID,
+		Selectors: []string{"spiffe_id:" + agentID}}
+	if errs, err := cl.CreateEntries(ctx, []Entry{hostsAlias}); err != nil || len(errs) > 0 {
+		t.Fatalf("map the hosts alias: %v %v", err, errs)
+	}
+	agent, err := srv.StartAgent("", tok, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("spire-agent log (tail):\n%s", agent.Tail(30))
+		}
+		agent.Stop()
+		os.RemoveAll(agent.Dir)
+	})
+
+	doc := city(8)
+	doc.Services[0].Backends = []string{"127.0.0.1:18080"} // telemetry
+	doc.Services[1].Backends = []string{"127.0.0.1:18081"} // video-storage
+	snap := snapshotOf(t, doc)
+	opts := DefaultOptions()
+	opts.Edges = []string{"cloud/edge-1", "cloud/edge-2", "mars/edge-1", "cloud/d-0000001"}
+	opts.EdgeSelectors = []string{"unix:uid:" + strconv.Itoa(os.Getuid())}
+	r := newReconciler(t, cl, nil, opts)
+	res, err := r.Reconcile(ctx, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 8 devices, 4 services, 2 edges, 2 fronted services.
+	if res.Created != 16 || res.Updated+res.Deleted+res.Failed != 0 || len(res.Skipped) != 2 {
+		t.Errorf("first pass: %+v, want 16 created, 2 edges skipped and nothing else", res)
+	}
+	owned := checkConvergedWith(t, ctx, cl, snap, opts)
+	ids := map[string]Entry{}
+	for _, e := range owned {
+		ids[e.ID] = e
+	}
+	for _, id := range []string{"vigil.edge.cloud.edge-1", "vigil.edge.cloud.edge-2", "vigil.fronted.telemetry", "vigil.fronted.video-storage"} {
+		if e, ok := ids[id]; !ok || e.ParentID != HostsID(cityTD, "cloud") {
+			t.Errorf("entry %s: %+v, found %v", id, e, ok)
+		}
+	}
+	if res, err := r.Reconcile(ctx, snap); err != nil || res.Created+res.Updated+res.Deleted+res.Failed != 0 {
+		t.Errorf("second pass: %+v, %v; want no change", res, err)
+	}
+
+	svc := func(name string) string { id, _ := snap.Index().SPIFFEID(topology.ServiceSubject(name)); return id }
+	edge1, edge2 := EdgeSPIFFEID(cityTD, "cloud", "edge-1"), EdgeSPIFFEID(cityTD, "cloud", "edge-2")
+	waitSVIDs(t, ctx, agent.WorkloadSocket, []string{edge1, edge2, svc("telemetry"), svc("video-storage")})
+
+	// edge-2 goes, and so does video-storage's backend.
+	opts.Edges = []string{"cloud/edge-1"}
+	doc.Services[1].Backends = nil
+	snap = snapshotOf(t, doc)
+	r = newReconciler(t, cl, nil, opts)
+	if res, err = r.Reconcile(ctx, snap); err != nil || res.Deleted != 2 || res.Created+res.Updated+res.Failed != 0 || len(res.Skipped) != 0 {
+		t.Errorf("after removing edge-2 and a backend: %+v, %v; want 2 deleted", res, err)
+	}
+	checkConvergedWith(t, ctx, cl, snap, opts)
+	waitSVIDs(t, ctx, agent.WorkloadSocket, []string{edge1, svc("telemetry")})
+
+	// No edges declared any more: a reconciler without edge options
+	// deletes the entries it owns for them, and leaves the operator's alias.
+	if res, err = newReconciler(t, cl, nil, DefaultOptions()).Reconcile(ctx, snap); err != nil || res.Deleted != 2 || res.Created+res.Updated+res.Failed != 0 {
+		t.Errorf("without edges: %+v, %v; want 2 deleted", res, err)
+	}
+	checkConverged(t, ctx, cl, snap)
+	if e, ok, err := cl.GetEntry(ctx, hostsAlias.ID); err != nil || !ok || e.SPIFFEID != hostsAlias.SPIFFEID {
+		t.Errorf("the operator's hosts alias: %+v, %v, %v", e, ok, err)
+	}
+	waitSVIDs(t, ctx, agent.WorkloadSocket, nil)
+}
+
+// waitSVIDs waits until the agent's Workload API gives this process
+// exactly the SVIDs want (none: no identity issued).
+func waitSVIDs(t *testing.T, ctx context.Context, socket string, want []string) {
+	t.Helper()
+	slices.Sort(want)
+	var got []string
+	var last error
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		svids, err := workloadapi.FetchX509SVIDs(fctx, workloadapi.WithAddr("unix://"+socket))
+		cancel()
+		got, last = nil, err
+		for _, s := range svids {
+			got = append(got, s.ID.String())
+		}
+		slices.Sort(got)
+		if slices.Equal(got, want) && (err == nil) == (len(want) > 0) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Workload API: SVIDs %v (err %v), want %v", got, last, want)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 // TestRunFollowsLeadership drives Run through Update: nothing happens while

@@ -106,9 +106,9 @@ func edgeListener(p *inboundPlan, opts Options) *listenerv3.Listener {
 	}
 	return &listenerv3.Listener{
 		PerConnectionBufferLimitBytes: wrapperspb.UInt32(perConnectionBufferBytes),
-		Name:             inboundName(p.svc.Name),
-		TrafficDirection: corev3.TrafficDirection_INBOUND,
-		Address:          socketAddress("0.0.0.0", port),
+		Name:                          inboundName(p.svc.Name),
+		TrafficDirection:              corev3.TrafficDirection_INBOUND,
+		Address:                       socketAddress("0.0.0.0", port),
 		FilterChains: []*listenerv3.FilterChain{{
 			Filters: []*listenerv3.Filter{{
 				Name:       wellknown.HTTPConnectionManager,

@@ -25,8 +25,10 @@ func TestRE2ProgramSizeSelfCheck(t *testing.T) {
 		t.Errorf("^(GET|POST)$ has program size %d, want 5..30", small.Program)
 	}
 	var ids []string
-	for i := range 5 {
-		ids = append(ids, fmt.Sprintf(`spiffe://city\.example/zone/north/device/meter-n-%d`, i))
+	for _, d := range [][2]string{
+		{"north", "slc-n1-003"}, {"south", "aq-s2-001"}, {"east", "cam-e1-002"}, {"west", "pump-w1-004"}, {"harbour", "valve-h1-005"},
+	} {
+		ids = append(ids, fmt.Sprintf(`spiffe://city\.example/zone/%s/device/%s`, d[0], d[1]))
 	}
 	xfcc := `(^|.*[;,])URI=(` + strings.Join(ids, "|") + `)([;,].*)?$`
 	big, err := re2size.Measure(xfcc)

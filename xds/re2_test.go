@@ -202,7 +202,15 @@ func re2Cases(t *testing.T) [][2]string {
 		cases = append(cases, [2]string{strings.TrimSuffix(filepath.Base(in), ".yaml"), in})
 	}
 	dir := t.TempDir()
-	for _, s := range re2StressCases() {
+	abs, err := filepath.Abs(smartCity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	example, err := filepath.Rel(dir, abs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range re2StressCases(example) {
 		p := filepath.Join(dir, s[0]+".yaml")
 		if err := os.WriteFile(p, []byte(s[1]), 0o644); err != nil {
 			t.Fatal(err)
@@ -221,17 +229,27 @@ func longName(prefix string, i int) string {
 	return prefix + strings.Repeat("x", 60-len(prefix)-len(s)) + s
 }
 
+// distinctLongName is a valid 60-character name that differs from the
+// others from its first character: RE2 factors the common prefixes of an
+// alternation, so names that differ early make the largest program.
+func distinctLongName(i int) string {
+	s := fmt.Sprintf("%c%c-", 'a'+i%26, 'a'+i/26%26)
+	return s + strings.Repeat("m", 60-len(s)-4) + fmt.Sprintf("-%03d", i)
+}
+
 // re2StressCases are topologies sized to make a growing regex show: a
 // gateway with up to 50 quarantined devices of 60-character names (seen by
 // the edge, which admits the gateway for its other devices, and by the
 // gateway itself), a flow with all nine methods, and many flows with
-// methods lists of every length. Each is {name, case YAML}.
-func re2StressCases() [][2]string {
+// methods lists of every length; and the smart-city example (at example,
+// relative to the case) as its cloud edge sees it with a few devices of a
+// gateway quarantined. Each is {name, case YAML}.
+func re2StressCases(example string) [][2]string {
 	const quarantinedMax = 50
 	gw1, gw2 := longName("gw-", 1), longName("gw-", 2)
 	var devices, quarantined []string
 	for i := range quarantinedMax + 2 {
-		n := longName("meter-", i)
+		n := distinctLongName(i)
 		devices = append(devices, fmt.Sprintf("    - {name: %s, class: meter, gateway: %s}", n, gw1))
 		quarantined = append(quarantined, "device/"+n)
 	}
@@ -283,7 +301,11 @@ func re2StressCases() [][2]string {
 	for _, n := range []int{0, 1, 2, 3, 5, 10, quarantinedMax} {
 		cases = append(cases, [2]string{fmt.Sprintf("edge-%d-quarantined-long-names", n), edge + q(n) + opts + topo})
 	}
+	city := "note: stress\nnode: edge-1\ncluster: cloud\ntopologyFile: " + example + "\n"
 	return append(cases,
+		[2]string{"smart-city-edge-2-quarantined", city + "quarantined: [device/slc-n1-003, device/aq-n1-002]\n"},
+		[2]string{"smart-city-edge-3-quarantined", city + "quarantined: [device/slc-n1-003, device/aq-n1-002, device/cam-n1-002]\n"},
+		[2]string{"smart-city-edge-5-quarantined", city + "quarantined: [device/slc-n1-003, device/aq-n1-002, device/cam-n1-002, device/slc-n1-007, device/aq-n1-004]\n"},
 		[2]string{"gateway-50-quarantined-long-names", "note: stress\nnode: " + gw1 + "\n" + q(quarantinedMax) + opts + topo},
 		[2]string{"other-gateway", "note: stress\nnode: " + gw2 + "\n" + q(quarantinedMax) + opts + topo},
 	)

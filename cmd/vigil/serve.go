@@ -10,8 +10,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/vigil-iot/vigil/node"
+	"github.com/vigil-iot/vigil/spire"
 	"github.com/vigil-iot/vigil/xds"
 )
 
@@ -55,6 +57,19 @@ func (m *memberFlags) register(cmd *cobra.Command) {
 		"how long a follower waits for the leader before standing for election; lower fails over faster but risks needless elections on a loaded host")
 	f.DurationVar(&m.cfg.ElectionTimeout, "raft-election-timeout", 500*time.Millisecond, "how long a candidate waits for votes")
 	registerSPIREFlags(f, &m.cfg.SPIRE)
+	registerSPIREEdgeFlags(f, &m.cfg.SPIRE.Options)
+}
+
+// registerSPIREEdgeFlags adds the flags that declare cloud edges to the
+// SPIRE integration (after registerSPIREFlags, which sets the defaults).
+func registerSPIREEdgeFlags(f *pflag.FlagSet, o *spire.Options) {
+	f.StringSliceVar(&o.Edges, "spire-edge", nil,
+		"a cloud edge's Envoy as ZONE/ID, its node.cluster and node.id (repeatable): it gets an entry for its SVID spiffe://<td>/zone/<zone>/edge/<id>, and each service with backends in the zone an entry the edge can fetch; an edge whose zone is not in the topology, or whose ID names a gateway, device or service, is skipped with a warning")
+	f.StringSliceVar(&o.EdgeSelectors, "spire-edge-selector", nil,
+		"workload selector (type:value, repeatable) of the Envoy process on the edge hosts, e.g. unix:uid:101; required with --spire-edge")
+	f.StringSliceVar(&o.EdgeParents, "spire-edge-parent", nil,
+		"ZONE=SPIFFE-ID (repeatable): parent of that zone's edge entries, a node alias or agent ID of the edge hosts (a path such as /zone/cloud/edge-hosts is taken in the topology's trust domain); default spiffe://<td>/zone/<zone>/hosts, the alias service entries use")
+	f.DurationVar(&o.EdgeTTL, "spire-edge-ttl", o.EdgeTTL, "X509-SVID lifetime of cloud edges' own SVIDs (those of the services they front: --spire-service-ttl)")
 }
 
 // setLogger gives the member a logger at --log-level.
