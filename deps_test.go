@@ -20,6 +20,7 @@ var allowed = map[string][]string{
 	"api":                   {"topology", "raft"},
 	"authz":                 {"topology", "internal/peerid"},
 	"xds":                   {"topology", "internal/peerid"},
+	"xds/internal/re2size":  {},
 	"internal/peerid":       {},
 	"internal/spiffetest":   {},
 	"internal/testwait":     {},

@@ -1,6 +1,7 @@
 // Package spire is Vigil's adapter to a SPIRE server: it computes, from a
 // topology snapshot, the registration entries every device, gateway and
-// service needs (Desired), keeps the server's entries equal to them
+// service needs, and those of the cloud edges the operator declares
+// (Desired), keeps the server's entries equal to them
 // (Reconciler), binds gateways' and devices' own SPIRE agents to their
 // identities through one-time join tokens (Onboard), and takes identities
 // away on quarantine (no entry for a quarantined device; a quarantined

@@ -12,7 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/vigil-iot/vigil/spire/spiretest"
 	"github.com/vigil-iot/vigil/topology"
@@ -210,8 +214,8 @@ func allEntries(t *testing.T, ctx context.Context, cl *Client) map[string]Entry 
 // agent: the reconciler creates each edge's entry and one per fronted
 // service, skips (with a warning, not a failure) an edge of an unknown zone
 // and one named like a device, and the edge's Envoy (this test process,
-// matching the edge selector) gets from the agent's Workload API its own
-// SVID and the fronted services' SVIDs, and no other. Taking edges away
+// matching the edge selector) gets from the agent's SDS its own SVID and
+// the fronted services' SVIDs, and no other. Taking edges away
 // deletes their entries, and the agent stops serving them.
 func TestReconcileEdgesRealServer(t *testing.T) {
 	srv, cl := realServer(t)
@@ -298,28 +302,43 @@ func TestReconcileEdgesRealServer(t *testing.T) {
 	waitSVIDs(t, ctx, agent.WorkloadSocket, nil)
 }
 
-// waitSVIDs waits until the agent's Workload API gives this process
-// exactly the SVIDs want (none: no identity issued).
+// waitSVIDs waits until the agent's SDS (which it serves on its Workload
+// API socket, and where the edge's Envoy gets its certificates) gives this
+// process exactly the SVIDs want. It asks for every secret, as Envoy asks
+// for its SVIDs by name. (The Workload API's FetchX509SVID would show one
+// SVID per entry hint, and all of Vigil's entries have the hint "vigil".)
 func waitSVIDs(t *testing.T, ctx context.Context, socket string, want []string) {
 	t.Helper()
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sds := secretv3.NewSecretDiscoveryServiceClient(conn)
 	slices.Sort(want)
 	var got []string
 	var last error
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		svids, err := workloadapi.FetchX509SVIDs(fctx, workloadapi.WithAddr("unix://"+socket))
+		resp, err := sds.FetchSecrets(fctx, &discoveryv3.DiscoveryRequest{TypeUrl: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"})
 		cancel()
 		got, last = nil, err
-		for _, s := range svids {
-			got = append(got, s.ID.String())
+		for _, r := range resp.GetResources() {
+			var sec tlsv3.Secret
+			if err := r.UnmarshalTo(&sec); err != nil {
+				t.Fatal(err)
+			}
+			if sec.GetTlsCertificate() != nil {
+				got = append(got, sec.Name)
+			}
 		}
 		slices.Sort(got)
-		if slices.Equal(got, want) && (err == nil) == (len(want) > 0) {
+		if err == nil && slices.Equal(got, want) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("Workload API: SVIDs %v (err %v), want %v", got, last, want)
+			t.Fatalf("SDS: SVIDs %v (err %v), want %v", got, last, want)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
