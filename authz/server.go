@@ -147,13 +147,16 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decisi
 	}
 	res := resolve(snap, &r, now)
 	d.Subject, d.Gateway, d.Service = res.subjectID, res.gatewayName(), res.serviceName()
+	// An identity that does not check out is reported as such (the most
+	// precise reason); only then does it matter whether the asking proxy
+	// may ask about this subject at all.
+	if res.deny != "" {
+		return deny(res.deny)
+	}
 	if s.cfg.RequireCaller {
 		if why := callerMayAsk(snap.Index(), d.Caller, &res); why != "" {
 			return deny(why)
 		}
-	}
-	if res.deny != "" {
-		return deny(res.deny)
 	}
 	result, err := s.evaluate(ctx, req, &res, d)
 	if err != nil {
