@@ -70,9 +70,11 @@ type ServerConfig struct {
 	// decision log) for GET /v1/node; nil leaves it out.
 	Node func() any
 	// XDS reports the member's xDS server; nil serves no proxy endpoints.
-	XDS    XDS
-	Logger *slog.Logger
-	Now    func() time.Time
+	XDS XDS
+	// Attestor verifies evidence; nil serves no attestation endpoints.
+	Attestor Attestor
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 // Server serves the HTTP API of one member.
@@ -104,6 +106,9 @@ func NewServer(cfg ServerConfig) *Server {
 	s.route("POST /v1/devices/{name}/release", s.write(s.release(topology.KindDevice)))
 	s.route("POST /v1/gateways/{name}/release", s.write(s.release(topology.KindGateway)))
 	s.route("POST /v1/state", s.write(s.updateState))
+	s.route("POST /v1/devices/{name}/challenge", s.challenge)
+	s.route("POST /v1/devices/{name}/attestations", s.write(s.attest))
+	s.route("POST /v1/devices/{name}/enroll", s.write(s.enroll))
 	s.route("GET /v1/cluster/status", s.clusterStatus)
 	s.route("GET /v1/cluster/self", s.self)
 	s.route("GET /v1/node", s.node)
@@ -351,6 +356,8 @@ func (s *Server) updateState(w http.ResponseWriter, r *http.Request, body []byte
 		switch op.Op {
 		case raft.OpSetAttestation, raft.OpClearAttestation:
 			return badRequest("ops[%d]: attestations cannot be written through the API; they come from verified evidence", i)
+		case raft.OpEnroll:
+			return badRequest("ops[%d]: enroll keys with POST /v1/devices/{name}/enroll, which records who enrolled them", i)
 		case raft.OpQuarantine:
 			if op.Quarantine != nil {
 				q := *op.Quarantine

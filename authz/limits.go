@@ -35,7 +35,7 @@ const (
 	maxLoggedName    = 256  // gateway, service, node, method, decision ID, policy hash
 	maxLoggedReason  = 2048
 	maxLoggedSource  = 64 // a peer's host:port
-	loggedStringsCap = maxLoggedPath + 2*maxLoggedID + 6*maxLoggedName + maxLoggedReason + maxLoggedSource
+	loggedStringsCap = maxLoggedPath + 2*maxLoggedID + 7*maxLoggedName + maxLoggedReason + maxLoggedSource
 )
 
 // MaxLogLine is the longest line the decision log writes. The verifier
@@ -77,4 +77,5 @@ func (d *Decision) clipForLog() {
 	d.Path = clip(d.Path, maxLoggedPath)
 	d.Reason = clip(d.Reason, maxLoggedReason)
 	d.PolicyHash = clip(d.PolicyHash, maxLoggedName)
+	d.Attestation = clip(d.Attestation, maxLoggedName)
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -264,6 +265,13 @@ func (res *resolution) subjectValue() ast.Value {
 
 // attestationProblem says why an attestation is not acceptable now, or "".
 func attestationProblem(a *topology.Attestation, c *topology.Class, now time.Time) string {
+	if a.Failed() {
+		why := "no reason recorded"
+		if len(a.Reasons) > 0 {
+			why = strings.Join(a.Reasons, "; ")
+		}
+		return fmt.Sprintf("its last %s evidence failed verification: %s", a.Method, why)
+	}
 	if !now.Before(a.ExpiresAt) {
 		return fmt.Sprintf("it expired at %s", a.ExpiresAt.UTC().Format(time.RFC3339))
 	}

@@ -147,6 +147,9 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decisi
 	}
 	res := resolve(snap, &r, now)
 	d.Subject, d.Gateway, d.Service = res.subjectID, res.gatewayName(), res.serviceName()
+	if res.class != nil && res.class.MaxAge > 0 && res.subjState != nil && res.subjState.Attestation != nil {
+		d.Attestation = res.subjState.Attestation.EvidenceDigest
+	}
 	// An identity that does not check out is reported as such (the most
 	// precise reason); only then does it matter whether the asking proxy
 	// may ask about this subject at all.

@@ -8,22 +8,25 @@ import (
 
 // Decision is one authorization decision as the decision log records it.
 type Decision struct {
-	ID         string            `json:"decision_id"`
-	Time       time.Time         `json:"time"`
-	Node       string            `json:"node"`
-	Revision   topology.Revision `json:"revision"`
-	Subject    string            `json:"subject,omitempty"` // SPIFFE ID of the device or service decided for
-	Gateway    string            `json:"gateway,omitempty"` // gateway that spoke for the device, if any
-	Caller     string            `json:"caller,omitempty"`  // SPIFFE ID of the proxy that asked (with Config.RequireCaller)
-	Source     string            `json:"source,omitempty"`  // network address of the proxy that asked
-	Service    string            `json:"service,omitempty"` // destination service name
-	Method     string            `json:"method,omitempty"`
-	Path       string            `json:"path,omitempty"`
-	Allowed    bool              `json:"allowed"`
-	HTTPStatus int               `json:"http_status"`
-	Reason     string            `json:"reason"`
-	PolicyHash string            `json:"policy_hash"`
-	LatencyUS  int64             `json:"latency_us"`
+	ID       string            `json:"decision_id"`
+	Time     time.Time         `json:"time"`
+	Node     string            `json:"node"`
+	Revision topology.Revision `json:"revision"`
+	Subject  string            `json:"subject,omitempty"` // SPIFFE ID of the device or service decided for
+	Gateway  string            `json:"gateway,omitempty"` // gateway that spoke for the device, if any
+	Caller   string            `json:"caller,omitempty"`  // SPIFFE ID of the proxy that asked (with Config.RequireCaller)
+	Source   string            `json:"source,omitempty"`  // network address of the proxy that asked
+	Service  string            `json:"service,omitempty"` // destination service name
+	// Attestation is the evidence digest of the subject's attestation the
+	// decision relied on (when its class requires one).
+	Attestation string `json:"attestation,omitempty"`
+	Method      string `json:"method,omitempty"`
+	Path        string `json:"path,omitempty"`
+	Allowed     bool   `json:"allowed"`
+	HTTPStatus  int    `json:"http_status"`
+	Reason      string `json:"reason"`
+	PolicyHash  string `json:"policy_hash"`
+	LatencyUS   int64  `json:"latency_us"`
 }
 
 // Result is what a policy decided, in the result forms of the OPA-Envoy

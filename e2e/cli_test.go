@@ -163,6 +163,16 @@ wait:
 	if !strings.Contains(text, "http://"+apiAddr) {
 		t.Errorf("vigil dev's banner does not show the API at http://%s:\n%s", apiAddr, text)
 	}
+	// The example's devices attested through the real path, and decisions
+	// follow: an allowed flow, a denied non-flow, and the device whose
+	// firmware is not a reference value denied for that reason.
+	for _, want := range []string{"59 devices enrolled simulated TPMs and passed", "FAILED slc-s1-009",
+		"ALLOW POST telemetry.city.example/api/v1/telemetry", "DENY  GET video.city.example/upload/",
+		"is not a reference value of class streetlight"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("vigil dev's output lacks %q:\n%s", want, text)
+		}
+	}
 	if !strings.HasPrefix(dataDir, tmp) {
 		t.Errorf("vigil dev's data dir %s is not under its TMPDIR %s", dataDir, tmp)
 	}

@@ -242,7 +242,7 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	apiServer := api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Connector: conn,
-		Ready: n.Ready, Node: n.status, XDS: n.xds, Logger: log})
+		Ready: n.Ready, Node: n.status, XDS: n.xds, Attestor: newAttestor(n), Logger: log})
 	apiServer.HandleSPIRE(n.spire.api())
 	n.http = &http.Server{
 		Handler:           apiServer,

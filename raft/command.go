@@ -1,6 +1,8 @@
 package raft
 
 import (
+	"time"
+
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -92,6 +94,9 @@ const (
 	OpSetRisk          Op = "risk"
 	OpSetAttestation   Op = "attestation"
 	OpClearAttestation Op = "clear-attestation"
+	// OpEnroll replaces a device's enrolled attestation keys; its TPM
+	// counters start again.
+	OpEnroll Op = "enroll"
 )
 
 // StateOp is one change to one subject's runtime state. Exactly the payload
@@ -103,6 +108,13 @@ type StateOp struct {
 	Quarantine  *topology.Quarantine  `json:"quarantine,omitempty"`
 	Risk        *topology.Risk        `json:"risk,omitempty"`
 	Attestation *topology.Attestation `json:"attestation,omitempty"`
+	Enrollment  *topology.Enrollment  `json:"enrollment,omitempty"`
+	// Nonce, with OpSetAttestation, is the hex nonce the evidence answered
+	// and NonceExpires its expiry: every replica refuses a nonce already
+	// used (a replay), wherever the evidence was verified, and remembers it
+	// until it expires.
+	Nonce        string    `json:"nonce,omitempty"`
+	NonceExpires time.Time `json:"nonceExpires,omitzero"`
 }
 
 // stateBatch applies all of its operations or none.

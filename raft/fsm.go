@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	hraft "github.com/hashicorp/raft"
 
@@ -61,6 +62,7 @@ type fsm struct {
 	members     map[string]Member
 	checkpoints map[string]checkpointLog // by member; never removed with the member
 	pending     map[string]*pendingDocument
+	nonces      *usedNonces // attestation nonces used and not yet expired
 	lastIndex   uint64
 }
 
@@ -73,6 +75,7 @@ func newFSM(log *slog.Logger) *fsm {
 		members:     make(map[string]Member),
 		checkpoints: make(map[string]checkpointLog),
 		pending:     make(map[string]*pendingDocument),
+		nonces:      newUsedNonces(),
 	}
 }
 
@@ -239,6 +242,7 @@ func (f *fsm) applyState(index uint64, ops []StateOp) Result {
 	cur := f.current()
 	ix := cur.Index()
 	updates := make(map[topology.Subject]*topology.SubjectState, len(ops))
+	batchNonces := map[string]bool{}
 	var problems []string
 	for i, op := range ops {
 		if !ix.Exists(op.Subject) {
@@ -248,6 +252,14 @@ func (f *fsm) applyState(index uint64, ops []StateOp) Result {
 		if op.Subject.Kind == topology.KindService {
 			problems = append(problems, fmt.Sprintf("ops[%d]: %s: services hold no runtime state", i, op.Subject))
 			continue
+		}
+		if op.Nonce != "" {
+			if exp, used := f.nonces.used[op.Nonce]; used || batchNonces[op.Nonce] {
+				problems = append(problems, fmt.Sprintf("ops[%d]: %s: nonce %s… was already used (valid until %s): a replayed attestation",
+					i, op.Subject, op.Nonce[:min(16, len(op.Nonce))], exp.UTC().Format(time.RFC3339)))
+				continue
+			}
+			batchNonces[op.Nonce] = true
 		}
 		prev, seen := updates[op.Subject]
 		if !seen {
@@ -265,6 +277,11 @@ func (f *fsm) applyState(index uint64, ops []StateOp) Result {
 	}
 	if len(ops) == 0 {
 		return Result{Revision: cur.Revision()}
+	}
+	for _, op := range ops {
+		if op.Nonce != "" {
+			f.nonces.use(op.Nonce, op.NonceExpires, op.Attestation.VerifiedAt)
+		}
 	}
 	rev := topology.Revision(index)
 	subjects := slices.SortedFunc(maps.Keys(updates), func(a, b topology.Subject) int {
@@ -304,9 +321,26 @@ func applyOp(prev *topology.SubjectState, op *StateOp) (*topology.SubjectState, 
 		if a == nil || a.VerifiedAt.IsZero() || !a.ExpiresAt.After(a.VerifiedAt) {
 			return nil, errors.New("attestation needs a verification time and a later expiry")
 		}
+		if a.Status != "" && a.Status != topology.AttestationPassed && a.Status != topology.AttestationFailed {
+			return nil, fmt.Errorf("attestation status %q", a.Status)
+		}
+		if op.Nonce != "" && (len(op.Nonce) != 64 || op.NonceExpires.IsZero()) {
+			return nil, errors.New("a nonce is 64 hex digits with an expiry")
+		}
 		next.Attestation = a
 	case OpClearAttestation:
 		next.Attestation = nil
+	case OpEnroll:
+		e := op.Enrollment
+		if e == nil || e.TPMAK == "" && e.EATKey == "" || e.Fingerprint == "" || e.At.IsZero() {
+			return nil, errors.New("enrollment needs a key, its fingerprint and a time")
+		}
+		next.Enrollment = e
+		if a := next.Attestation; a != nil && a.Clock != nil {
+			c := *a // a new key is a new TPM: its counters start again
+			c.Clock = nil
+			next.Attestation = &c
+		}
 	default:
 		return nil, fmt.Errorf("unknown operation %q", op.Op)
 	}

@@ -30,6 +30,8 @@ type snapshotImage struct {
 	// Checkpoints are the members' decision-log checkpoints, by member ID
 	// (absent from images written before they existed).
 	Checkpoints []checkpointImage `json:"checkpoints,omitempty"`
+	// Nonces are the attestation nonces used and not yet expired.
+	Nonces []nonceUse `json:"nonces,omitempty"`
 }
 
 type checkpointImage struct {
@@ -69,6 +71,7 @@ func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 		DocRevision: cur.DocumentRevision(),
 		LastIndex:   f.lastIndex,
 		Members:     slices.SortedFunc(maps.Values(f.members), func(a, b Member) int { return strings.Compare(a.ID, b.ID) }),
+		Nonces:      f.nonces.image(),
 	}
 	if cur.HasDocument() {
 		img.Document = cur.Index().Document()
@@ -156,6 +159,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.members, f.checkpoints, f.pending, f.lastIndex = members, checkpoints, pending, img.LastIndex
+	f.nonces = restoreNonces(img.Nonces)
 	f.hub.publish(Event{Snapshot: snap, Restored: true, Document: true})
 	return nil
 }

@@ -59,9 +59,32 @@ const (
 // AttestationPolicy requires a device to hold a verified attestation younger
 // than MaxAge whose firmware matches one of the reference values.
 type AttestationPolicy struct {
-	MaxAge   string        `yaml:"maxAge" json:"maxAge"`
-	Firmware []FirmwareRef `yaml:"firmware,omitempty" json:"firmware,omitempty"`
+	MaxAge string `yaml:"maxAge" json:"maxAge"`
+	// Formats are the evidence formats accepted (AttestTPM2Quote,
+	// AttestDICE, AttestEAT); empty accepts all.
+	Formats []string `yaml:"formats,omitempty" json:"formats,omitempty"`
+	// PCRs are the SHA-256 PCRs a TPM quote must cover (default [16]).
+	PCRs []int `yaml:"pcrs,omitempty" json:"pcrs,omitempty"`
+	// DICERoots are PEM certificates a DICE chain must end in.
+	DICERoots []string `yaml:"diceRoots,omitempty" json:"diceRoots,omitempty"`
+	// OnFailure is what failed evidence does: OnFailureDeny (the default)
+	// or OnFailureQuarantine.
+	OnFailure string        `yaml:"onFailure,omitempty" json:"onFailure,omitempty"`
+	Firmware  []FirmwareRef `yaml:"firmware,omitempty" json:"firmware,omitempty"`
 }
+
+// Evidence formats of AttestationPolicy.Formats.
+const (
+	AttestTPM2Quote = "tpm2-quote"
+	AttestDICE      = "dice"
+	AttestEAT       = "eat"
+)
+
+// What failed evidence does (AttestationPolicy.OnFailure).
+const (
+	OnFailureDeny       = "deny"
+	OnFailureQuarantine = "quarantine"
+)
 
 // FirmwareRef is one acceptable firmware image.
 type FirmwareRef struct {

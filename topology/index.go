@@ -2,6 +2,8 @@ package topology
 
 import (
 	"cmp"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"maps"
 	"net"
@@ -23,6 +25,21 @@ type Class struct {
 	MaxAge time.Duration
 	// Rate is the per-device default budget across all flows; zero if none.
 	Rate Rate
+	// Attestation is the parsed attestation policy (zero when MaxAge is).
+	Attestation ClassAttestation
+}
+
+// ClassAttestation is a class's attestation policy with its values parsed.
+type ClassAttestation struct {
+	// Formats accepted; never empty for a class that requires attestation.
+	Formats []string
+	// PCRs a TPM quote must cover, sorted; [16] by default.
+	PCRs []int
+	// DICERoots parsed from the document's PEM.
+	DICERoots []*x509.Certificate
+	// Quarantine is set for onFailure: quarantine.
+	Quarantine bool
+	Firmware   []FirmwareRef
 }
 
 // OwnAgent reports whether the class's devices run their own SPIRE agent
@@ -242,6 +259,57 @@ func (b *builder) unknown(path, kind, n string) {
 	b.errorf(path, "unknown %s %q", kind, n)
 }
 
+// attestationPolicy parses what a class asks of its devices' evidence.
+func (b *builder) attestationPolicy(path string, a *AttestationPolicy) ClassAttestation {
+	ca := ClassAttestation{Firmware: a.Firmware, Formats: a.Formats, Quarantine: a.OnFailure == OnFailureQuarantine}
+	if len(ca.Formats) == 0 {
+		ca.Formats = []string{AttestTPM2Quote, AttestDICE, AttestEAT}
+	}
+	for j, f := range a.Formats {
+		switch f {
+		case AttestTPM2Quote, AttestDICE, AttestEAT:
+		default:
+			b.errorf(fmt.Sprintf("%s.formats[%d]", path, j), "unknown evidence format %q (want %s, %s or %s)", f, AttestTPM2Quote, AttestDICE, AttestEAT)
+		}
+		if slices.Index(a.Formats, f) != j {
+			b.errorf(fmt.Sprintf("%s.formats[%d]", path, j), "format %q is listed twice", f)
+		}
+	}
+	ca.PCRs = slices.Clone(a.PCRs)
+	if len(ca.PCRs) == 0 {
+		ca.PCRs = []int{16}
+	}
+	for j, p := range a.PCRs {
+		if p < 0 || p > 23 {
+			b.errorf(fmt.Sprintf("%s.pcrs[%d]", path, j), "PCR %d does not exist (0 to 23)", p)
+		}
+	}
+	slices.Sort(ca.PCRs)
+	ca.PCRs = slices.Compact(ca.PCRs)
+	for j, pemText := range a.DICERoots {
+		blk, rest := pem.Decode([]byte(pemText))
+		if blk == nil || blk.Type != "CERTIFICATE" || len(strings.TrimSpace(string(rest))) != 0 {
+			b.errorf(fmt.Sprintf("%s.diceRoots[%d]", path, j), "must be exactly one PEM CERTIFICATE block")
+			continue
+		}
+		cert, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			b.errorf(fmt.Sprintf("%s.diceRoots[%d]", path, j), "not an X.509 certificate: %v", err)
+			continue
+		}
+		ca.DICERoots = append(ca.DICERoots, cert)
+	}
+	if slices.Contains(a.Formats, AttestDICE) && len(a.DICERoots) == 0 {
+		b.errorf(path+".diceRoots", "format dice needs at least one root")
+	}
+	switch a.OnFailure {
+	case "", OnFailureDeny, OnFailureQuarantine:
+	default:
+		b.errorf(path+".onFailure", "unknown action %q (want %q, the default, or %q)", a.OnFailure, OnFailureDeny, OnFailureQuarantine)
+	}
+	return ca
+}
+
 func (b *builder) classes() {
 	for i := range b.ix.doc.DeviceClasses {
 		dc := &b.ix.doc.DeviceClasses[i]
@@ -259,6 +327,7 @@ func (b *builder) classes() {
 				b.errorf(path+".attestation.maxAge", "%v", err)
 			}
 			c.MaxAge = d
+			c.Attestation = b.attestationPolicy(path+".attestation", a)
 			if len(a.Firmware) == 0 {
 				b.errorf(path+".attestation.firmware", "at least one firmware reference value is required")
 			}

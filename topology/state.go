@@ -26,13 +26,54 @@ type Risk struct {
 	UpdatedAt time.Time `json:"updatedAt"`
 }
 
-// Attestation is the last verified firmware attestation of a subject.
+// Attestation is the last verified firmware attestation of a subject:
+// what Vigil's verifier concluded from the evidence.
 type Attestation struct {
+	// Status is "passed" or "failed" (failed evidence denies the device);
+	// empty in states written before it existed, which only held passes.
+	Status string `json:"status,omitempty"`
+	// Method is the evidence format (tpm2-quote, dice, eat).
 	Method          string    `json:"method"`
 	FirmwareVersion string    `json:"firmwareVersion"`
 	FirmwareSHA256  string    `json:"firmwareSha256,omitempty"`
 	VerifiedAt      time.Time `json:"verifiedAt"`
 	ExpiresAt       time.Time `json:"expiresAt"`
+	// Verifier is the member that verified the evidence.
+	Verifier string `json:"verifier,omitempty"`
+	// EvidenceDigest is the hex SHA-256 of the evidence as submitted.
+	EvidenceDigest string `json:"evidenceDigest,omitempty"`
+	// Reasons explain a failure.
+	Reasons []string `json:"reasons,omitempty"`
+	// Clock is the TPM's reset and restart counts in the accepted quote;
+	// a later quote may not go back from them.
+	Clock *TPMClock `json:"clock,omitempty"`
+}
+
+// Failed reports whether the attestation is a failure.
+func (a *Attestation) Failed() bool { return a != nil && a.Status == AttestationFailed }
+
+// Attestation statuses.
+const (
+	AttestationPassed = "passed"
+	AttestationFailed = "failed"
+)
+
+// TPMClock is a TPM's reset and restart counts.
+type TPMClock struct {
+	ResetCount   uint32 `json:"resetCount"`
+	RestartCount uint32 `json:"restartCount"`
+}
+
+// Enrollment is a device's enrolled attestation keys (PKIX public keys in
+// PEM), who enrolled them and when. Re-enrolling replaces it.
+type Enrollment struct {
+	TPMAK  string `json:"tpmAk,omitempty"`
+	EATKey string `json:"eatKey,omitempty"`
+	// Fingerprint is the hex SHA-256 of the enrolled keys' DER, for
+	// operators to compare.
+	Fingerprint string    `json:"fingerprint"`
+	By          string    `json:"by"`
+	At          time.Time `json:"at"`
 }
 
 // SubjectState is the runtime state of one device or gateway. A nil field
@@ -41,11 +82,12 @@ type SubjectState struct {
 	Quarantine  *Quarantine  `json:"quarantine,omitempty"`
 	Risk        *Risk        `json:"risk,omitempty"`
 	Attestation *Attestation `json:"attestation,omitempty"`
+	Enrollment  *Enrollment  `json:"enrollment,omitempty"`
 }
 
 // IsZero reports whether the state holds nothing.
 func (s *SubjectState) IsZero() bool {
-	return s == nil || s.Quarantine == nil && s.Risk == nil && s.Attestation == nil
+	return s == nil || s.Quarantine == nil && s.Risk == nil && s.Attestation == nil && s.Enrollment == nil
 }
 
 // State is a two-level hash trie: 256 nodes of 256 leaf maps. At a million

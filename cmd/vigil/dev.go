@@ -55,7 +55,22 @@ reused and the example is only applied if the store holds no topology yet.`,
 				<-errc
 				return err
 			}
-			printDevBanner(cmd.OutOrStdout(), n, &m.cfg, snap, keep || cmd.Flags().Changed("data-dir"))
+			passed, failed, err := attestExample(ctx, n, snap)
+			if err != nil {
+				stop()
+				<-errc
+				return fmt.Errorf("attesting the example's devices: %w", err)
+			}
+			snap = n.Store().Current()
+			out := cmd.OutOrStdout()
+			printDevBanner(out, n, &m.cfg, snap, keep || cmd.Flags().Changed("data-dir"))
+			fmt.Fprintf(out, "Attestation: %d devices enrolled simulated TPMs and passed through the real path (challenge, quote, verification, Raft).\n", passed)
+			for _, f := range failed {
+				fmt.Fprintf(out, "  FAILED %s\n", f)
+			}
+			fmt.Fprintln(out, "Decisions, as a gateway's Envoy would ask for them:")
+			showDecisions(ctx, out, n, snap)
+			fmt.Fprintln(out, "\nPress Ctrl-C to stop.")
 			return <-errc
 		},
 	}
@@ -119,13 +134,13 @@ Try, in another terminal:
   export VIGIL_TOKEN_FILE=%s
   go run ./cmd/vigil topology get
   go run ./cmd/vigil device get %s
+  go run ./cmd/vigil device get `+devTampered+`           (its evidence failed: firmware not released)
   go run ./cmd/vigil device quarantine %s --reason "tamper switch opened"
   go run ./cmd/vigil device release %s
   go run ./cmd/vigil cluster status
   go run ./cmd/vigil xds dump --node gw-north-1
   go run ./cmd/vigil topology validate -f examples/smart-city/topology.yaml
 
-Press Ctrl-C to stop.
 `, cfg.ID, n.APIAddr(), n.TokenFile(), n.AuthzAddr(), policyName(cfg), n.XDSAddr(), n.Store().Addr(), cfg.DataDir, removed,
 		snap.Revision(), ix.NumZones(), ix.NumGateways(), ix.NumDevices(), ix.NumServices(), ix.NumFlows(),
 		n.TokenFile(), device, device, device)

@@ -15,6 +15,10 @@ import (
 
 func main() {
 	if err := newRoot().Execute(); err != nil {
+		var quiet errExit
+		if errors.As(err, &quiet) {
+			os.Exit(quiet.code) // the command has said why
+		}
 		var apiErr *api.Error
 		if errors.As(err, &apiErr) {
 			fmt.Fprintln(os.Stderr, "error:", apiErr.Message)
@@ -27,6 +31,12 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// errExit ends the command with an exit code and no further message: the
+// command printed its outcome (a failed attestation) already.
+type errExit struct{ code int }
+
+func (e errExit) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 func newRoot() *cobra.Command {
 	root := &cobra.Command{

@@ -86,6 +86,9 @@ func newSubjectCmd(kindName string) *cobra.Command {
 
 	cmd.AddCommand(get, quarantine, release)
 	cmd.AddCommand(newAgentCmds(kind)...)
+	if kind == topology.KindDevice {
+		cmd.AddCommand(newDeviceAttestCmds()...)
+	}
 	return cmd
 }
 
@@ -121,9 +124,16 @@ func printSubject(w io.Writer, s *api.Subject) {
 	attest := "none"
 	if st := s.State; st != nil && st.Attestation != nil {
 		a := st.Attestation
-		attest = fmt.Sprintf("%s, firmware %s, verified %s, expires %s", a.Method, a.FirmwareVersion,
-			a.VerifiedAt.Format(time.RFC3339), a.ExpiresAt.Format(time.RFC3339))
+		attest = fmt.Sprintf("%s, firmware %s, verified %s by %s, expires %s", a.Method, a.FirmwareVersion,
+			a.VerifiedAt.Format(time.RFC3339), a.Verifier, a.ExpiresAt.Format(time.RFC3339))
+		if a.Failed() {
+			attest = fmt.Sprintf("FAILED %s evidence at %s: %s", a.Method, a.VerifiedAt.Format(time.RFC3339), strings.Join(a.Reasons, "; "))
+		}
 	}
 	row("Attestation", attest)
+	if st := s.State; st != nil && st.Enrollment != nil {
+		e := st.Enrollment
+		row("Enrolled key", fmt.Sprintf("sha256 %s, by %s at %s", e.Fingerprint, e.By, e.At.Format(time.RFC3339)))
+	}
 	row("Revision", fmt.Sprint(s.Revision))
 }

@@ -1,0 +1,222 @@
+package node
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/hmac"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/vigil-iot/vigil/api"
+	"github.com/vigil-iot/vigil/attest"
+	"github.com/vigil-iot/vigil/raft"
+	"github.com/vigil-iot/vigil/topology"
+)
+
+// attestor is the member's attestation service: it issues nonces, verifies
+// evidence with attest/ and records the result (and the nonce's use)
+// through Raft, and records enrolled keys.
+type attestor struct {
+	store  *raft.Store
+	key    []byte // nonce MAC key, the same on every member
+	member string
+	ttl    time.Duration
+	now    func() time.Time
+	log    *slog.Logger
+}
+
+var _ api.Attestor = (*attestor)(nil)
+
+func newAttestor(n *Node) *attestor {
+	m := hmac.New(sha256.New, []byte(n.peer))
+	m.Write([]byte("vigil attestation nonce key v1"))
+	return &attestor{store: n.store, key: m.Sum(nil), member: n.cfg.ID, ttl: attest.DefaultNonceTTL, now: time.Now, log: n.cfg.Logger}
+}
+
+func apiErr(status int, code, format string, args ...any) error {
+	return &api.Error{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// device finds a device that must attest and its class.
+func (a *attestor) device(snap *topology.Snapshot, name string) (*topology.Device, *topology.Class, error) {
+	ix := snap.Index()
+	d, ok := ix.Device(name)
+	if !ok {
+		return nil, nil, apiErr(http.StatusNotFound, api.CodeNotFound, "no device named %q", name)
+	}
+	c, _ := ix.Class(d.Class)
+	if c == nil || c.MaxAge == 0 {
+		return nil, nil, apiErr(http.StatusBadRequest, api.CodeBadRequest, "class %s of device %s requires no attestation", d.Class, name)
+	}
+	return d, c, nil
+}
+
+// Challenge issues a nonce for device's next evidence.
+func (a *attestor) Challenge(device string) (api.ChallengeResponse, error) {
+	if _, _, err := a.device(a.store.Current(), device); err != nil {
+		return api.ChallengeResponse{}, err
+	}
+	nonce, exp, err := attest.NewNonce(a.key, device, a.now(), a.ttl)
+	if err != nil {
+		return api.ChallengeResponse{}, err
+	}
+	return api.ChallengeResponse{Nonce: hex.EncodeToString(nonce), Expires: exp}, nil
+}
+
+// Attest verifies evidence for device and records the result. It runs on
+// the leader (elsewhere the API forwards it there), so that the result and
+// the nonce's single use are one entry of the log.
+func (a *attestor) Attest(ctx context.Context, device string, raw []byte) (api.AttestResponse, error) {
+	if !a.store.IsLeader() {
+		id, addr := a.store.Leader()
+		return api.AttestResponse{}, &raft.NotLeaderError{LeaderID: id, LeaderAddr: addr}
+	}
+	snap := a.store.Current()
+	_, class, err := a.device(snap, device)
+	if err != nil {
+		return api.AttestResponse{}, err
+	}
+	ev, err := attest.ParseEvidence(raw)
+	if err != nil {
+		return api.AttestResponse{}, apiErr(http.StatusBadRequest, api.CodeBadRequest, "%v", err)
+	}
+	now := a.now().UTC()
+	nonce, err := hex.DecodeString(ev.Nonce)
+	if err != nil {
+		return api.AttestResponse{}, apiErr(http.StatusBadRequest, api.CodeBadRequest, "nonce is not hex")
+	}
+	expires, err := attest.CheckNonce(a.key, device, nonce, now)
+	if err != nil {
+		a.log.Warn("attestation refused: bad nonce", "device", device, "err", err)
+		return api.AttestResponse{}, apiErr(http.StatusBadRequest, api.CodeBadRequest, "%v", err)
+	}
+	st := snap.SubjectState(topology.DeviceSubject(device))
+	enrolled, err := enrolledKeys(st)
+	if err != nil {
+		return api.AttestResponse{}, err
+	}
+	res := attest.Verify(raw, ev, enrolled, attest.PolicyOf(class), nonce, now)
+	att := &topology.Attestation{
+		Status: res.Status, Method: res.Format, FirmwareVersion: res.FirmwareVersion, FirmwareSHA256: res.FirmwareSHA256,
+		VerifiedAt: now, ExpiresAt: now.Add(class.MaxAge), Verifier: a.member, EvidenceDigest: res.EvidenceDigest, Reasons: res.Reasons,
+	}
+	if res.Clock != nil {
+		att.Clock = &topology.TPMClock{ResetCount: res.Clock.ResetCount, RestartCount: res.Clock.RestartCount}
+	} else if st != nil && st.Attestation != nil {
+		att.Clock = st.Attestation.Clock // a failure does not reset the counters' floor
+	}
+	ops := []raft.StateOp{{Subject: topology.DeviceSubject(device), Op: raft.OpSetAttestation, Attestation: att,
+		Nonce: ev.Nonce, NonceExpires: expires}}
+	if !res.Passed() && class.Attestation.Quarantine {
+		ops = append(ops, raft.StateOp{Subject: topology.DeviceSubject(device), Op: raft.OpQuarantine, Quarantine: &topology.Quarantine{
+			Reason: clipReason("attestation failed: " + strings.Join(res.Reasons, "; ")), By: "vigil/attest", Since: now}})
+	}
+	rev, err := a.store.UpdateState(ctx, ops)
+	if errors.Is(err, raft.ErrRejected) && strings.Contains(err.Error(), "replayed") {
+		a.log.Warn("security: attestation replay refused", "device", device, "evidence", res.EvidenceDigest, "nonce_expires", expires)
+		return api.AttestResponse{}, apiErr(http.StatusConflict, api.CodeReplay, "nonce already used: this evidence is a replay")
+	}
+	if err != nil {
+		return api.AttestResponse{}, err
+	}
+	if res.Passed() {
+		a.log.Info("attestation passed", "device", device, "format", res.Format, "firmware", res.FirmwareVersion, "revision", rev)
+	} else {
+		a.log.Warn("attestation failed", "device", device, "format", res.Format, "reasons", strings.Join(res.Reasons, "; "), "revision", rev)
+	}
+	return api.AttestResponse{Revision: rev, Attestation: att}, nil
+}
+
+func clipReason(s string) string {
+	if len(s) > 1000 {
+		return s[:1000] + "…"
+	}
+	return s
+}
+
+// enrolledKeys reads a device's enrolled keys from its state.
+func enrolledKeys(st *topology.SubjectState) (attest.Enrolled, error) {
+	var e attest.Enrolled
+	if st == nil {
+		return e, nil
+	}
+	if en := st.Enrollment; en != nil {
+		var err error
+		if en.TPMAK != "" {
+			if e.AK, err = parsePublicKey(en.TPMAK); err != nil {
+				return e, fmt.Errorf("enrolled TPM AK: %w", err)
+			}
+		}
+		if en.EATKey != "" {
+			if e.EATKey, err = parsePublicKey(en.EATKey); err != nil {
+				return e, fmt.Errorf("enrolled EAT key: %w", err)
+			}
+		}
+	}
+	if a := st.Attestation; a != nil && a.Clock != nil {
+		e.Clock = &attest.TPMClock{ResetCount: a.Clock.ResetCount, RestartCount: a.Clock.RestartCount}
+	}
+	return e, nil
+}
+
+// parsePublicKey reads one PEM PUBLIC KEY (PKIX) of a kind attestation uses.
+func parsePublicKey(pemText string) (crypto.PublicKey, error) {
+	blk, rest := pem.Decode([]byte(pemText))
+	if blk == nil || blk.Type != "PUBLIC KEY" || strings.TrimSpace(string(rest)) != "" {
+		return nil, errors.New("must be exactly one PEM PUBLIC KEY block (PKIX)")
+	}
+	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	switch k := k.(type) {
+	case *ecdsa.PublicKey, ed25519.PublicKey:
+		return k, nil
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return nil, fmt.Errorf("an RSA key of %d bits is too weak (2048 at least)", k.N.BitLen())
+		}
+		return k, nil
+	}
+	return nil, fmt.Errorf("unsupported key type %T", k)
+}
+
+// Enroll records device's attestation keys, replacing earlier ones.
+func (a *attestor) Enroll(ctx context.Context, device, actor string, req api.EnrollRequest) (api.EnrollResponse, error) {
+	if _, _, err := a.device(a.store.Current(), device); err != nil {
+		return api.EnrollResponse{}, err
+	}
+	if req.TPMAK == "" && req.EATKey == "" {
+		return api.EnrollResponse{}, apiErr(http.StatusBadRequest, api.CodeBadRequest, "give a TPM AK (tpmAk) or an EAT key (eatKey)")
+	}
+	h := sha256.New()
+	for _, k := range []struct{ name, pem string }{{"tpmAk", req.TPMAK}, {"eatKey", req.EATKey}} {
+		if k.pem == "" {
+			continue
+		}
+		pub, err := parsePublicKey(k.pem)
+		if err != nil {
+			return api.EnrollResponse{}, apiErr(http.StatusBadRequest, api.CodeBadRequest, "%s: %v", k.name, err)
+		}
+		der, _ := x509.MarshalPKIXPublicKey(pub)
+		h.Write(der)
+	}
+	en := &topology.Enrollment{TPMAK: req.TPMAK, EATKey: req.EATKey, Fingerprint: hex.EncodeToString(h.Sum(nil)), By: actor, At: a.now().UTC()}
+	rev, err := a.store.UpdateState(ctx, []raft.StateOp{{Subject: topology.DeviceSubject(device), Op: raft.OpEnroll, Enrollment: en}})
+	if err != nil {
+		return api.EnrollResponse{}, err
+	}
+	a.log.Info("device enrolled", "device", device, "fingerprint", en.Fingerprint, "by", actor, "revision", rev)
+	return api.EnrollResponse{Revision: rev, Enrollment: en}, nil
+}
