@@ -48,6 +48,11 @@ fuzz:
 	$(GO) test ./authz -run '^$$' -fuzz FuzzParseRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./authz -run '^$$' -fuzz FuzzCheckAudit -fuzztime $(FUZZTIME)
 	$(GO) test ./xds -run '^$$' -fuzz FuzzAdmit -fuzztime $(FUZZTIME)
+	$(GO) test ./attest -run '^$$' -fuzz FuzzParseEvidence -fuzztime $(FUZZTIME)
+	$(GO) test ./attest -run '^$$' -fuzz FuzzTPM2Quote -fuzztime $(FUZZTIME)
+	$(GO) test ./attest -run '^$$' -fuzz FuzzTPM2BinaryEventLog -fuzztime $(FUZZTIME)
+	$(GO) test ./attest -run '^$$' -fuzz FuzzDICE -fuzztime $(FUZZTIME)
+	$(GO) test ./attest -run '^$$' -fuzz FuzzEAT -fuzztime $(FUZZTIME)
 
 # Benchmarks and load tools print their figures and the hardware; see BENCHMARKS.md.
 bench:
