@@ -28,7 +28,8 @@ import (
 // evidence with attest/ and records the result (and the nonce's use)
 // through Raft, and records enrolled keys.
 type attestor struct {
-	store  *raft.Store
+	store   *raft.Store
+	batches chan *pendingResult
 	key    []byte // nonce MAC key, the same on every member
 	member string
 	ttl    time.Duration
@@ -41,7 +42,96 @@ var _ api.Attestor = (*attestor)(nil)
 func newAttestor(n *Node) *attestor {
 	m := hmac.New(sha256.New, []byte(n.peer))
 	m.Write([]byte("vigil attestation nonce key v1"))
-	return &attestor{store: n.store, key: m.Sum(nil), member: n.cfg.ID, ttl: attest.DefaultNonceTTL, now: time.Now, log: n.cfg.Logger}
+	return &attestor{store: n.store, key: m.Sum(nil), member: n.cfg.ID, ttl: attest.DefaultNonceTTL, now: time.Now, log: n.cfg.Logger,
+		batches: make(chan *pendingResult, 4096)}
+}
+
+// Results are batched into the log: a re-attestation storm (a city's
+// devices within minutes) would otherwise cost one Raft entry each and
+// starve other writes. The batcher collects what arrives within
+// batchWindow, up to maxBatch operations, into one entry. An entry is
+// applied all or nothing, so when the log refuses a batch (a nonce used
+// twice, in the batch or before it) each result is proposed on its own,
+// for its own answer.
+const (
+	batchWindow = 2 * time.Millisecond
+	maxBatch    = 512
+)
+
+type pendingResult struct {
+	ops  []raft.StateOp
+	done chan batchAnswer
+}
+
+type batchAnswer struct {
+	rev topology.Revision
+	err error
+}
+
+// record proposes ops through the batcher, or directly when it is not
+// running.
+func (a *attestor) record(ctx context.Context, ops []raft.StateOp) (topology.Revision, error) {
+	p := &pendingResult{ops: ops, done: make(chan batchAnswer, 1)}
+	select {
+	case a.batches <- p:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	select {
+	case ans := <-p.done:
+		return ans.rev, ans.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// run proposes batched results until ctx ends.
+func (a *attestor) run(ctx context.Context) error {
+	for {
+		var batch []*pendingResult
+		select {
+		case <-ctx.Done():
+			return nil
+		case p := <-a.batches:
+			batch = append(batch, p)
+		}
+		n := len(batch[0].ops)
+		timer := time.NewTimer(batchWindow)
+	collect:
+		for n < maxBatch {
+			select {
+			case p := <-a.batches:
+				batch = append(batch, p)
+				n += len(p.ops)
+			case <-timer.C:
+				break collect
+			}
+		}
+		timer.Stop()
+		a.propose(ctx, batch)
+	}
+}
+
+func (a *attestor) propose(ctx context.Context, batch []*pendingResult) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if len(batch) > 1 {
+		var ops []raft.StateOp
+		for _, p := range batch {
+			ops = append(ops, p.ops...)
+		}
+		rev, err := a.store.UpdateState(ctx, ops)
+		if !errors.Is(err, raft.ErrRejected) {
+			for _, p := range batch {
+				p.done <- batchAnswer{rev, err}
+			}
+			return
+		}
+	}
+	for _, p := range batch {
+		rev, err := a.store.UpdateState(ctx, p.ops)
+		p.done <- batchAnswer{rev, err}
+	}
 }
 
 func apiErr(status int, code, format string, args ...any) error {
@@ -122,7 +212,7 @@ func (a *attestor) Attest(ctx context.Context, device string, raw []byte) (api.A
 		ops = append(ops, raft.StateOp{Subject: topology.DeviceSubject(device), Op: raft.OpQuarantine, Quarantine: &topology.Quarantine{
 			Reason: clipReason("attestation failed: " + strings.Join(res.Reasons, "; ")), By: "vigil/attest", Since: now}})
 	}
-	rev, err := a.store.UpdateState(ctx, ops)
+	rev, err := a.record(ctx, ops)
 	if errors.Is(err, raft.ErrRejected) && strings.Contains(err.Error(), "replayed") {
 		a.log.Warn("security: attestation replay refused", "device", device, "evidence", res.EvidenceDigest, "nonce_expires", expires)
 		return api.AttestResponse{}, apiErr(http.StatusConflict, api.CodeReplay, "nonce already used: this evidence is a replay")

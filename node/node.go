@@ -117,6 +117,7 @@ type Node struct {
 	audit   *checkpointer
 	xds     *xdsPart
 	spire   *spirePart
+	attest  *attestor
 	ready   atomic.Bool
 	// proxyTLS is nil when xDS and ext_authz do not authenticate.
 	proxyTLS proxyCreds
@@ -241,8 +242,9 @@ func Start(cfg Config) (_ *Node, err error) {
 		store.Close()
 		return nil, err
 	}
+	n.attest = newAttestor(n)
 	apiServer := api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Connector: conn,
-		Ready: n.Ready, Node: n.status, XDS: n.xds, Attestor: newAttestor(n), Logger: log})
+		Ready: n.Ready, Node: n.status, XDS: n.xds, Attestor: n.attest, Logger: log})
 	apiServer.HandleSPIRE(n.spire.api())
 	n.http = &http.Server{
 		Handler:           apiServer,
@@ -312,6 +314,7 @@ func (n *Node) Run(ctx context.Context) error {
 			return nil
 		},
 		n.becomeReady,
+		n.attest.run,
 		n.audit.run,
 	}, append(append(n.authz.parts(), n.xds.parts()...), n.spire.parts()...)...)
 	errc := make(chan error, len(parts))

@@ -8,6 +8,7 @@
 //	vigil-load quarantine [-trials 30]
 //	vigil-load xds        [-gateways 1000,5000] [-devices-per-gateway 2]
 //	vigil-load flood      [-requests 400] [-path-bytes 4000000] [-bin OLD_VIGIL]
+//	vigil-load attest     [-devices 5000] [-clients 32] [-duration 10s]
 //
 // Results belong in BENCHMARKS.md.
 package main
@@ -45,6 +46,8 @@ func main() {
 		err = runXDS(os.Args[2:])
 	case "flood":
 		err = runFlood(os.Args[2:])
+	case "attest":
+		err = runAttest(os.Args[2:])
 	default:
 		usage()
 	}
@@ -55,7 +58,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology|authz|quarantine|xds|flood [flags]   (-h for the flags of each)")
+	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology|authz|quarantine|xds|flood|attest [flags]   (-h for the flags of each)")
 	os.Exit(2)
 }
 
