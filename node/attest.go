@@ -30,11 +30,11 @@ import (
 type attestor struct {
 	store   *raft.Store
 	batches chan *pendingResult
-	key    []byte // nonce MAC key, the same on every member
-	member string
-	ttl    time.Duration
-	now    func() time.Time
-	log    *slog.Logger
+	key     []byte // nonce MAC key, the same on every member
+	member  string
+	ttl     time.Duration
+	now     func() time.Time
+	log     *slog.Logger
 }
 
 var _ api.Attestor = (*attestor)(nil)

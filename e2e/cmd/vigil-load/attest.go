@@ -136,7 +136,7 @@ func runAttest(args []string) error {
 // attestOnce runs one device's challenge-quote-attest round against
 // members chosen by w, and reports whether the evidence passed.
 func attestOnce(ctx context.Context, c *harness.Cluster, t *attest.SimTPM, name string, w int) bool {
-	ch, err := c.Client(w % c.Size()).Challenge(ctx, name)
+	ch, err := c.Client(w%c.Size()).Challenge(ctx, name)
 	if err != nil {
 		return false
 	}
