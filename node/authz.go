@@ -74,6 +74,7 @@ func (n *Node) startAuthz(ctx context.Context) (*authzPart, error) {
 		EvalTimeout: cfg.EvalTimeout, Logger: n.cfg.Logger, RequireCaller: n.proxyTLS != nil,
 	})
 	p.server.Register(p.grpc)
+	n.registerAttestGRPC(p.grpc) // gateways' evidence, same port and caller rule (attestgrpc.go)
 	return p, nil
 }
 
