@@ -102,6 +102,7 @@ A device needs a class with "identity: agent". The leader issues it; any member 
 func newBridgeCmd() *cobra.Command {
 	var b spire.Bridge
 	var devicesFile string
+	var att bridgeAttestFlags
 	cmd := &cobra.Command{
 		Use:   "bridge --admin-socket PATH --devices-file FILE --out DIR",
 		Short: "On a gateway: keep its devices' SVIDs in files, from its SPIRE agent's Delegated Identity API",
@@ -118,6 +119,12 @@ identity is taken away (quarantined, removed from the topology, or not this
 gateway's) has no directory, and loses it as soon as the agent stops serving
 its SVID. Carrying the files to the devices is up to the gateway.
 
+With --evidence-cmd it also keeps the devices attested: for each device, every
+--attest-every (jittered), it asks the member at --vigil for a nonce over mutual
+TLS with the gateway's SVID (from --workload-socket), runs the command with the
+device name and the nonce appended, and submits the evidence JSON it prints. A
+gateway may attest only its own devices.
+
 The bridge needs no Vigil API token: a gateway must never hold one. Write the
 devices file when the gateway is provisioned (vigil gateway get NAME shows its
 device count; vigil topology get -o json lists them). Runs until interrupted.`,
@@ -130,7 +137,16 @@ device count; vigil topology get -o json lists them). Runs until interrupted.`,
 			b.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 			ctx, stop := signalContext()
 			defer stop()
-			return b.Run(ctx)
+			errc := make(chan error, 2)
+			go func() { errc <- b.Run(ctx) }()
+			go func() { errc <- att.run(ctx, b.Devices, b.Logger) }()
+			err := <-errc
+			if err == nil {
+				return <-errc
+			}
+			stop()
+			<-errc
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -138,6 +154,7 @@ device count; vigil topology get -o json lists them). Runs until interrupted.`,
 	f.StringVar(&devicesFile, "devices-file", "", "the gateway's devices, one name per line")
 	f.StringVar(&b.Dir, "out", "", "directory for the devices' SVID files (created 0700)")
 	f.DurationVar(&b.Resync, "resync", 30*time.Second, "how often the devices file is re-read")
+	att.register(cmd)
 	for _, name := range []string{"admin-socket", "devices-file", "out"} {
 		cmd.MarkFlagRequired(name)
 	}
