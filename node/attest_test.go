@@ -123,3 +123,36 @@ func TestAttestationThroughTheAPI(t *testing.T) {
 		t.Fatalf("state = %+v", st)
 	}
 }
+
+// TestFailedEvidenceQuarantinesWhenTheClassSaysSo: with onFailure:
+// quarantine, evidence that fails puts the device in quarantine at once,
+// by vigil/attest, with the reason.
+func TestFailedEvidenceQuarantinesWhenTheClassSaysSo(t *testing.T) {
+	_, cl, _ := runNode(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	doc := strings.Replace(attestDoc, "      formats: [tpm2-quote]\n", "      formats: [tpm2-quote]\n      onFailure: quarantine\n", 1)
+	if _, err := cl.ApplyTopology(ctx, []byte(doc)); err != nil {
+		t.Fatal(err)
+	}
+	tpm, _ := attest.NewSimTPM(false)
+	pemAK, _ := tpm.AKPublicPEM()
+	if _, err := cl.Enroll(ctx, "slc-1", api.EnrollRequest{TPMAK: string(pemAK)}); err != nil {
+		t.Fatal(err)
+	}
+	tpm.MeasureFirmware(strings.Repeat("9", 64))
+	ch, _ := cl.Challenge(ctx, "slc-1")
+	nonce, _ := hex.DecodeString(ch.Nonce)
+	ev, _ := tpm.Evidence(nonce, []int{16})
+	raw, _ := json.Marshal(ev)
+	if resp, err := cl.Attest(ctx, "slc-1", raw); err != nil || !resp.Attestation.Failed() {
+		t.Fatalf("attest: %+v, %v", resp.Attestation, err)
+	}
+	s, err := cl.Subject(ctx, topology.KindDevice, "slc-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := s.State.Quarantine; q == nil || q.By != "vigil/attest" || !strings.Contains(q.Reason, "not a reference value") {
+		t.Fatalf("quarantine = %+v, want one by vigil/attest naming the firmware", q)
+	}
+}
