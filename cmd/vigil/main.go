@@ -59,7 +59,7 @@ a --config file.`,
 		},
 	}
 	root.AddCommand(newServeCmd(), newDevCmd(), newTopologyCmd(), newSubjectCmd("device"), newSubjectCmd("gateway"),
-		newClusterCmd(), newPolicyCmd(), newAuditCmd(), newEnvoyCmd(), newGRPCCmd(), newXDSCmd(), newProxyCmd(), newSPIRECmd(), newVersionCmd())
+		newClusterCmd(), newPolicyCmd(), newAuditCmd(), newEnvoyCmd(), newGRPCCmd(), newXDSCmd(), newProxyCmd(), newSPIRECmd(), newAttestCmd(), newVersionCmd())
 	return root
 }
 
