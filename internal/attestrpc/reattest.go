@@ -18,8 +18,8 @@ import (
 // Reattester keeps a gateway's devices attested: for each device it asks a
 // member for a nonce, runs EvidenceCmd to get the device's evidence for it,
 // and submits the evidence, again every Every (spread with jitter, so that a
-// city's devices do not attest in the same second). Set Every below the
-// devices' class maxAge: a device whose attestation runs out is denied.
+// city's devices do not attest in the same second), and before the
+// attestation the member recorded runs out (its class's maxAge).
 type Reattester struct {
 	Client *Client
 	// EvidenceCmd is run as EvidenceCmd[0] with EvidenceCmd[1:] followed
@@ -107,45 +107,66 @@ func (r *Reattester) pass(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if err := r.AttestOnce(ctx, d); err != nil {
+		expires, err := r.attest(ctx, d)
+		if err != nil {
 			r.Logger.Warn("reattester: attestation did not pass", "device", d, "err", err)
 			r.next[d] = r.now().Add(r.retryAfter())
 			continue
 		}
-		// 80 to 100% of the interval, so that devices drift apart.
-		r.next[d] = r.now().Add(r.Every - time.Duration(rand.Int64N(int64(r.Every)/5+1)))
+		r.next[d] = r.nextAfter(r.now(), expires)
 	}
+}
+
+// nextAfter is when a device attested now, whose attestation expires at
+// expires, attests again: after 80 to 100% of Every, and in any case when
+// 70 to 90% of its validity has passed, so that it re-attests before its
+// class's maxAge runs out, and devices drift apart.
+func (r *Reattester) nextAfter(now, expires time.Time) time.Time {
+	next := now.Add(r.Every - time.Duration(rand.Int64N(int64(r.Every)/5+1)))
+	if left := expires.Sub(now); left > 0 {
+		early := now.Add(left*7/10 + time.Duration(rand.Int64N(int64(left)/5+1)))
+		if early.Before(next) {
+			next = early
+		}
+	}
+	return next
 }
 
 // AttestOnce attests one device now: challenge, evidence, submission. It
 // returns an error unless the evidence passed.
 func (r *Reattester) AttestOnce(ctx context.Context, device string) error {
+	_, err := r.attest(ctx, device)
+	return err
+}
+
+// attest is AttestOnce, returning when the attestation expires.
+func (r *Reattester) attest(ctx context.Context, device string) (time.Time, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	ch, err := r.Client.Challenge(cctx, device)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("challenge: %w", err)
+		return time.Time{}, fmt.Errorf("challenge: %w", err)
 	}
 	evidence, err := r.evidence(ctx, device, ch.Nonce)
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
 	cctx, cancel = context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	resp, err := r.Client.Attest(cctx, device, evidence)
 	if err != nil {
-		return fmt.Errorf("attest: %w", err)
+		return time.Time{}, fmt.Errorf("attest: %w", err)
 	}
 	if a := resp.Attestation; a == nil || a.Failed() {
 		var why []string
 		if a != nil {
 			why = a.Reasons
 		}
-		return fmt.Errorf("evidence failed: %v", why)
+		return time.Time{}, fmt.Errorf("evidence failed: %v", why)
 	}
 	r.Logger.Info("device attested", "device", device, "firmware", resp.Attestation.FirmwareVersion,
 		"expires", resp.Attestation.ExpiresAt.Format(time.RFC3339))
-	return nil
+	return resp.Attestation.ExpiresAt, nil
 }
 
 // evidence runs the evidence command for device and nonce.
