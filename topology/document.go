@@ -67,6 +67,10 @@ type AttestationPolicy struct {
 	PCRs []int `yaml:"pcrs,omitempty" json:"pcrs,omitempty"`
 	// DICERoots are PEM certificates a DICE chain must end in.
 	DICERoots []string `yaml:"diceRoots,omitempty" json:"diceRoots,omitempty"`
+	// EKRoots are PEM certificates (TPM manufacturers' CAs) a device's TPM
+	// endorsement key certificate must chain to for enrollment by EK
+	// certificate and credential activation (docs/attestation-ek.md).
+	EKRoots []string `yaml:"ekRoots,omitempty" json:"ekRoots,omitempty"`
 	// OnFailure is what failed evidence does: OnFailureDeny (the default)
 	// or OnFailureQuarantine.
 	OnFailure string        `yaml:"onFailure,omitempty" json:"onFailure,omitempty"`

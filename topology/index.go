@@ -37,6 +37,9 @@ type ClassAttestation struct {
 	PCRs []int
 	// DICERoots parsed from the document's PEM.
 	DICERoots []*x509.Certificate
+	// EKRoots parsed from the document's PEM: the CAs EK certificates
+	// must chain to; none means the class refuses EK enrollment.
+	EKRoots []*x509.Certificate
 	// Quarantine is set for onFailure: quarantine.
 	Quarantine bool
 	Firmware   []FirmwareRef
@@ -286,19 +289,8 @@ func (b *builder) attestationPolicy(path string, a *AttestationPolicy) ClassAtte
 	}
 	slices.Sort(ca.PCRs)
 	ca.PCRs = slices.Compact(ca.PCRs)
-	for j, pemText := range a.DICERoots {
-		blk, rest := pem.Decode([]byte(pemText))
-		if blk == nil || blk.Type != "CERTIFICATE" || len(strings.TrimSpace(string(rest))) != 0 {
-			b.errorf(fmt.Sprintf("%s.diceRoots[%d]", path, j), "must be exactly one PEM CERTIFICATE block")
-			continue
-		}
-		cert, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			b.errorf(fmt.Sprintf("%s.diceRoots[%d]", path, j), "not an X.509 certificate: %v", err)
-			continue
-		}
-		ca.DICERoots = append(ca.DICERoots, cert)
-	}
+	ca.DICERoots = b.pemCertificates(path+".diceRoots", a.DICERoots)
+	ca.EKRoots = b.pemCertificates(path+".ekRoots", a.EKRoots)
 	if slices.Contains(a.Formats, AttestDICE) && len(a.DICERoots) == 0 {
 		b.errorf(path+".diceRoots", "format dice needs at least one root")
 	}
@@ -308,6 +300,26 @@ func (b *builder) attestationPolicy(path string, a *AttestationPolicy) ClassAtte
 		b.errorf(path+".onFailure", "unknown action %q (want %q, the default, or %q)", a.OnFailure, OnFailureDeny, OnFailureQuarantine)
 	}
 	return ca
+}
+
+// pemCertificates parses a list of PEM certificates (a class's roots),
+// reporting each bad one at path[j].
+func (b *builder) pemCertificates(path string, list []string) []*x509.Certificate {
+	var out []*x509.Certificate
+	for j, pemText := range list {
+		blk, rest := pem.Decode([]byte(pemText))
+		if blk == nil || blk.Type != "CERTIFICATE" || len(strings.TrimSpace(string(rest))) != 0 {
+			b.errorf(fmt.Sprintf("%s[%d]", path, j), "must be exactly one PEM CERTIFICATE block")
+			continue
+		}
+		cert, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			b.errorf(fmt.Sprintf("%s[%d]", path, j), "not an X.509 certificate: %v", err)
+			continue
+		}
+		out = append(out, cert)
+	}
+	return out
 }
 
 func (b *builder) classes() {

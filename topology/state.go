@@ -74,7 +74,19 @@ type Enrollment struct {
 	Fingerprint string    `json:"fingerprint"`
 	By          string    `json:"by"`
 	At          time.Time `json:"at"`
+	// Method is how the keys were vouched for: empty when an operator gave
+	// them (POST /v1/devices/{name}/enroll), EnrollEKCredential when the
+	// TPM AK was proven resident in a TPM whose EK certificate chains to
+	// the class's ekRoots (docs/attestation-ek.md).
+	Method string `json:"method,omitempty"`
+	// EKCertFingerprint, with EnrollEKCredential, is the hex SHA-256 of
+	// the DER of that EK certificate.
+	EKCertFingerprint string `json:"ekCertFingerprint,omitempty"`
 }
+
+// EnrollEKCredential is Enrollment.Method for an AK enrolled by EK
+// certificate and TPM credential activation.
+const EnrollEKCredential = "ek-credential"
 
 // SubjectState is the runtime state of one device or gateway. A nil field
 // means "none". Values are immutable once stored.

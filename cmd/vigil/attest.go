@@ -82,11 +82,28 @@ quarantines it, with onFailure: quarantine). Exits 0 only when it passed.`,
 
 	var enFlags clientFlags
 	var akFile, eatFile string
+	var ek ekEnrollFlags
 	enroll := &cobra.Command{
-		Use:   "enroll NAME (--tpm-ak ak.pem | --eat-key key.pem)",
+		Use:   "enroll NAME (--tpm-ak ak.pem | --eat-key key.pem | --ek-cert ek.crt --ak-public ak.pub --credential-out cred.bin | --activate ID --secret secret.bin)",
 		Short: "Record a device's attestation keys (replacing earlier ones; who did it is recorded)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Record a device's attestation keys, replacing earlier ones; who did it is
+recorded. Either give the keys (--tpm-ak, a PKIX PEM as 'tpm2_createak -f pem'
+writes it; --eat-key, the key that signs the device's EAT tokens), or have the
+TPM prove its AK by EK certificate and credential activation.
+
+` + enrollEKHelp,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			step, err := ek.step()
+			if err != nil {
+				return err
+			}
+			if step != 0 {
+				if akFile != "" || eatFile != "" {
+					return fmt.Errorf("--tpm-ak and --eat-key cannot be combined with enrollment by EK certificate")
+				}
+				return runEnrollEK(cmd, args[0], step, &ek, &enFlags)
+			}
 			var req api.EnrollRequest
 			for _, f := range []struct {
 				path string
@@ -102,7 +119,7 @@ quarantines it, with onFailure: quarantine). Exits 0 only when it passed.`,
 				*f.dst = string(b)
 			}
 			if req.TPMAK == "" && req.EATKey == "" {
-				return fmt.Errorf("give --tpm-ak (a PEM public key as tpm2_createak -f pem writes it) or --eat-key")
+				return fmt.Errorf("give --tpm-ak (a PEM public key as tpm2_createak -f pem writes it), --eat-key, or --ek-cert and --ak-public (see --help)")
 			}
 			cl, err := enFlags.client()
 			if err != nil {
@@ -120,6 +137,7 @@ quarantines it, with onFailure: quarantine). Exits 0 only when it passed.`,
 	enFlags.register(enroll, true)
 	enroll.Flags().StringVar(&akFile, "tpm-ak", "", "the TPM attestation key's public key (PEM, PKIX)")
 	enroll.Flags().StringVar(&eatFile, "eat-key", "", "the public key that signs the device's EAT tokens (PEM, PKIX)")
+	ek.register(enroll)
 	return []*cobra.Command{challenge, attestCmd, enroll}
 }
 

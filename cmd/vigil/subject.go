@@ -133,7 +133,14 @@ func printSubject(w io.Writer, s *api.Subject) {
 	row("Attestation", attest)
 	if st := s.State; st != nil && st.Enrollment != nil {
 		e := st.Enrollment
-		row("Enrolled key", fmt.Sprintf("sha256 %s, by %s at %s", e.Fingerprint, e.By, e.At.Format(time.RFC3339)))
+		how := ""
+		if e.Method != "" {
+			how = ", " + e.Method
+			if e.EKCertFingerprint != "" {
+				how += " (EK certificate sha256 " + e.EKCertFingerprint + ")"
+			}
+		}
+		row("Enrolled key", fmt.Sprintf("sha256 %s, by %s at %s%s", e.Fingerprint, e.By, e.At.Format(time.RFC3339), how))
 	}
 	row("Revision", fmt.Sprint(s.Revision))
 }
