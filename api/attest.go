@@ -3,10 +3,12 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"time"
 
+	"github.com/vigil-iot/vigil/raft"
 	"github.com/vigil-iot/vigil/topology"
 )
 
@@ -107,4 +109,69 @@ func (c *Client) Enroll(ctx context.Context, device string, req EnrollRequest) (
 		return out, err
 	}
 	return out, c.do(ctx, http.MethodPost, "/v1/devices/"+url.PathEscape(device)+"/enroll", "application/json", body, &out)
+}
+
+// Verified results travel from the member that verified them to the leader
+// in batches (members only, the peer token):
+//
+//	POST /v1/internal/attestation-results   {"batch": [[ops of one result], …]}
+//	→ {"results": [{"revision": N} | {"code": …, "message": …}, …]}
+//
+// An operator may never write attestations; members verify evidence
+// themselves and trust each other's verdicts (they share the cluster key).
+
+// ResultsRequest is a batch of verified results, each the operations of
+// one attestation (the attestation with its nonce, and maybe a quarantine).
+type ResultsRequest struct {
+	Batch [][]raft.StateOp `json:"batch"`
+}
+
+// ResultsResponse answers each result of a ResultsRequest, in order.
+type ResultsResponse struct {
+	Results []ResultAnswer `json:"results"`
+}
+
+// ResultAnswer is one result's revision, or why it was refused.
+type ResultAnswer struct {
+	Revision topology.Revision `json:"revision,omitempty"`
+	Code     string            `json:"code,omitempty"`
+	Message  string            `json:"message,omitempty"`
+}
+
+// ResultRecorder records verified results on the leader (node/).
+type ResultRecorder interface {
+	RecordResults(ctx context.Context, batch [][]raft.StateOp) ([]ResultAnswer, error)
+}
+
+func (s *Server) recordResults(w http.ResponseWriter, r *http.Request, body []byte) error {
+	if actorOf(r) != PeerActor {
+		return &Error{Status: http.StatusForbidden, Code: CodeForbidden,
+			Message: "only cluster members (the peer token) may record verified attestation results"}
+	}
+	rec, ok := s.cfg.Attestor.(ResultRecorder)
+	if !ok {
+		return notFound("this member does not record attestation results")
+	}
+	var req ResultsRequest
+	if err := decodeStrict(body, &req); err != nil {
+		return err
+	}
+	answers, err := rec.RecordResults(r.Context(), req.Batch)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, ResultsResponse{Results: answers})
+	return nil
+}
+
+// RecordResults sends verified results to the leader's member (peer token).
+func (c *Client) RecordResults(ctx context.Context, batch [][]raft.StateOp) ([]ResultAnswer, error) {
+	var out ResultsResponse
+	if err := c.send(ctx, http.MethodPost, "/v1/internal/attestation-results", ResultsRequest{Batch: batch}, &out); err != nil {
+		return nil, err
+	}
+	if len(out.Results) != len(batch) {
+		return nil, fmt.Errorf("the leader answered %d results for %d", len(out.Results), len(batch))
+	}
+	return out.Results, nil
 }

@@ -109,6 +109,7 @@ func NewServer(cfg ServerConfig) *Server {
 	s.route("POST /v1/devices/{name}/challenge", s.challenge)
 	s.route("POST /v1/devices/{name}/attestations", s.write(s.attest))
 	s.route("POST /v1/devices/{name}/enroll", s.write(s.enroll))
+	s.route("POST /v1/internal/attestation-results", s.write(s.recordResults))
 	s.route("POST /v1/devices/{name}/enroll/ek", s.write(s.enrollEK))
 	s.route("POST /v1/devices/{name}/enroll/ek/activate", s.write(s.activateEK))
 	s.route("GET /v1/cluster/status", s.clusterStatus)

@@ -30,11 +30,13 @@ import (
 type attestor struct {
 	store   *raft.Store
 	batches chan *pendingResult
-	key     []byte // nonce MAC key, the same on every member
-	member  string
-	ttl     time.Duration
-	now     func() time.Time
-	log     *slog.Logger
+	// leader is a client of the member at addr with the peer token.
+	leader func(addr string) *api.Client
+	key    []byte // nonce MAC key, the same on every member
+	member string
+	ttl    time.Duration
+	now    func() time.Time
+	log    *slog.Logger
 }
 
 var _ api.Attestor = (*attestor)(nil)
@@ -43,7 +45,8 @@ func newAttestor(n *Node) *attestor {
 	m := hmac.New(sha256.New, []byte(n.peer))
 	m.Write([]byte("vigil attestation nonce key v1"))
 	return &attestor{store: n.store, key: m.Sum(nil), member: n.cfg.ID, ttl: attest.DefaultNonceTTL, now: time.Now, log: n.cfg.Logger,
-		batches: make(chan *pendingResult, 4096)}
+		batches: make(chan *pendingResult, 4096),
+		leader:  func(addr string) *api.Client { return n.conn.Client(addr, n.peer) }}
 }
 
 // Results are batched into the log: a re-attestation storm (a city's
@@ -115,23 +118,105 @@ func (a *attestor) run(ctx context.Context) error {
 func (a *attestor) propose(ctx context.Context, batch []*pendingResult) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	ops := make([][]raft.StateOp, len(batch))
+	for i, p := range batch {
+		ops[i] = p.ops
+	}
+	var answers []batchAnswer
+	if a.store.IsLeader() {
+		answers = a.applyBatch(ctx, ops)
+	} else {
+		answers = a.forward(ctx, ops)
+	}
+	for i, p := range batch {
+		p.done <- answers[i]
+	}
+}
+
+// applyBatch proposes the results as one entry; when the log refuses it (a
+// nonce used twice), each on its own, for its own answer.
+func (a *attestor) applyBatch(ctx context.Context, batch [][]raft.StateOp) []batchAnswer {
+	out := make([]batchAnswer, len(batch))
 	if len(batch) > 1 {
 		var ops []raft.StateOp
-		for _, p := range batch {
-			ops = append(ops, p.ops...)
+		for _, b := range batch {
+			ops = append(ops, b...)
 		}
 		rev, err := a.store.UpdateState(ctx, ops)
 		if !errors.Is(err, raft.ErrRejected) {
-			for _, p := range batch {
-				p.done <- batchAnswer{rev, err}
+			for i := range out {
+				out[i] = batchAnswer{rev, err}
 			}
-			return
+			return out
 		}
 	}
-	for _, p := range batch {
-		rev, err := a.store.UpdateState(ctx, p.ops)
-		p.done <- batchAnswer{rev, err}
+	for i, b := range batch {
+		rev, err := a.store.UpdateState(ctx, b)
+		out[i] = batchAnswer{rev, err}
 	}
+	return out
+}
+
+// forward sends results this follower verified to the leader's member, in
+// one request.
+func (a *attestor) forward(ctx context.Context, batch [][]raft.StateOp) []batchAnswer {
+	out := make([]batchAnswer, len(batch))
+	fail := func(err error) []batchAnswer {
+		for i := range out {
+			out[i] = batchAnswer{err: err}
+		}
+		return out
+	}
+	id, addr := a.store.Leader()
+	m, ok := a.store.Member(id)
+	if id == "" || !ok || m.APIAddr == "" || a.leader == nil {
+		return fail(&raft.NotLeaderError{LeaderID: id, LeaderAddr: addr})
+	}
+	answers, err := a.leader(m.APIAddr).RecordResults(ctx, batch)
+	if err != nil {
+		return fail(err)
+	}
+	for i, ans := range answers {
+		switch {
+		case ans.Code == "":
+			out[i] = batchAnswer{rev: ans.Revision}
+		case ans.Code == api.CodeRejected:
+			out[i] = batchAnswer{err: fmt.Errorf("%w: %s", raft.ErrRejected, ans.Message)}
+		default:
+			out[i] = batchAnswer{err: &api.Error{Status: http.StatusServiceUnavailable, Code: ans.Code, Message: ans.Message}}
+		}
+	}
+	return out
+}
+
+// RecordResults records results that another member verified (the leader's
+// side of forward). Only the operations of an attestation result may come
+// this way.
+func (a *attestor) RecordResults(ctx context.Context, batch [][]raft.StateOp) ([]api.ResultAnswer, error) {
+	if !a.store.IsLeader() {
+		id, addr := a.store.Leader()
+		return nil, &raft.NotLeaderError{LeaderID: id, LeaderAddr: addr}
+	}
+	for i, ops := range batch {
+		for _, op := range ops {
+			if op.Op != raft.OpSetAttestation && op.Op != raft.OpQuarantine {
+				return nil, apiErr(http.StatusBadRequest, api.CodeBadRequest, "batch[%d]: %s is not part of an attestation result", i, op.Op)
+			}
+		}
+	}
+	answers := a.applyBatch(ctx, batch)
+	out := make([]api.ResultAnswer, len(answers))
+	for i, ans := range answers {
+		switch {
+		case ans.err == nil:
+			out[i] = api.ResultAnswer{Revision: ans.rev}
+		case errors.Is(ans.err, raft.ErrRejected):
+			out[i] = api.ResultAnswer{Code: api.CodeRejected, Message: ans.err.Error()}
+		default:
+			out[i] = api.ResultAnswer{Code: api.CodeInternal, Message: ans.err.Error()}
+		}
+	}
+	return out, nil
 }
 
 func apiErr(status int, code, format string, args ...any) error {
@@ -164,14 +249,15 @@ func (a *attestor) Challenge(device string) (api.ChallengeResponse, error) {
 	return api.ChallengeResponse{Nonce: hex.EncodeToString(nonce), Expires: exp}, nil
 }
 
-// Attest verifies evidence for device and records the result. It runs on
-// the leader (elsewhere the API forwards it there), so that the result and
-// the nonce's single use are one entry of the log.
+// Attest verifies evidence for device, on this member, and records the
+// result: the result and the nonce's single use are one entry of the log,
+// proposed by the leader (a follower sends it there in a batch). The
+// verification reads this member's replica, which may lag the log by a few
+// milliseconds: a follower records only passes, and leaves evidence that
+// fails to the leader (the API forwards it there), so that a lagging
+// replica never records a failure the latest state would not. The nonce's
+// single use is decided by the log whatever member verified.
 func (a *attestor) Attest(ctx context.Context, device string, raw []byte) (api.AttestResponse, error) {
-	if !a.store.IsLeader() {
-		id, addr := a.store.Leader()
-		return api.AttestResponse{}, &raft.NotLeaderError{LeaderID: id, LeaderAddr: addr}
-	}
 	snap := a.store.Current()
 	_, class, err := a.device(snap, device)
 	if err != nil {
@@ -197,6 +283,13 @@ func (a *attestor) Attest(ctx context.Context, device string, raw []byte) (api.A
 		return api.AttestResponse{}, err
 	}
 	res := attest.Verify(raw, ev, enrolled, attest.PolicyOf(class), nonce, now)
+	if !res.Passed() && !a.store.IsLeader() {
+		// This replica may lag the log (an enrollment committed an instant
+		// ago): only the leader, with the latest state, records a failure.
+		// Nothing was recorded, so the nonce is still unused.
+		id, addr := a.store.Leader()
+		return api.AttestResponse{}, &raft.NotLeaderError{LeaderID: id, LeaderAddr: addr}
+	}
 	att := &topology.Attestation{
 		Status: res.Status, Method: res.Format, FirmwareVersion: res.FirmwareVersion, FirmwareSHA256: res.FirmwareSHA256,
 		VerifiedAt: now, ExpiresAt: now.Add(class.MaxAge), Verifier: a.member, EvidenceDigest: res.EvidenceDigest, Reasons: res.Reasons,

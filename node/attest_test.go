@@ -16,6 +16,7 @@ import (
 
 	"github.com/vigil-iot/vigil/api"
 	"github.com/vigil-iot/vigil/attest"
+	"github.com/vigil-iot/vigil/raft"
 	"github.com/vigil-iot/vigil/topology"
 )
 
@@ -154,5 +155,24 @@ func TestFailedEvidenceQuarantinesWhenTheClassSaysSo(t *testing.T) {
 	}
 	if q := s.State.Quarantine; q == nil || q.By != "vigil/attest" || !strings.Contains(q.Reason, "not a reference value") {
 		t.Fatalf("quarantine = %+v, want one by vigil/attest naming the firmware", q)
+	}
+}
+
+// TestOperatorsCannotRecordResults: verified results travel between
+// members with the peer token only; an operator's token is refused.
+func TestOperatorsCannotRecordResults(t *testing.T) {
+	_, cl, _ := runNode(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cl.ApplyTopology(ctx, []byte(attestDoc)); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	_, err := cl.RecordResults(ctx, [][]raft.StateOp{{{Subject: topology.DeviceSubject("slc-1"), Op: raft.OpSetAttestation,
+		Attestation: &topology.Attestation{Status: topology.AttestationPassed, Method: "tpm2-quote", FirmwareVersion: "2.4.1",
+			VerifiedAt: now, ExpiresAt: now.Add(time.Hour)}}}})
+	var apiErr *api.Error
+	if !errors.As(err, &apiErr) || apiErr.Code != api.CodeForbidden {
+		t.Fatalf("an operator records a result: %v, want forbidden", err)
 	}
 }
