@@ -53,6 +53,7 @@ fuzz:
 	$(GO) test ./attest -run '^$$' -fuzz FuzzTPM2BinaryEventLog -fuzztime $(FUZZTIME)
 	$(GO) test ./attest -run '^$$' -fuzz FuzzDICE -fuzztime $(FUZZTIME)
 	$(GO) test ./attest -run '^$$' -fuzz FuzzEAT -fuzztime $(FUZZTIME)
+	$(GO) test ./attest -run '^$$' -fuzz FuzzEKEnrollmentParsers -fuzztime $(FUZZTIME)
 
 # Benchmarks and load tools print their figures and the hardware; see BENCHMARKS.md.
 bench:
