@@ -26,6 +26,7 @@ var allowed = map[string][]string{
 	"internal/attestrpc":    {"api", "attest"},
 	"internal/spiffetest":   {},
 	"internal/testwait":     {},
+	"internal/swtpmtest":    {},
 	"spire":                 {"topology"},
 	"spire/spiretest":       {},
 	"authz/authztest":       {"topology", "topology/topologytest"},

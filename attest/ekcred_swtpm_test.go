@@ -30,6 +30,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vigil-iot/vigil/internal/swtpmtest"
 )
 
 // ekManufacturedSwtpm runs swtpm_setup with a local CA in a temporary
@@ -67,24 +69,7 @@ func ekManufacturedSwtpm(t *testing.T) *tpm2Swtpm {
 		log, _ := os.ReadFile(filepath.Join(dir, "setup.log"))
 		t.Fatalf("swtpm_setup: %v\n%s\n%s", err, out, log)
 	}
-	for attempt := 1; ; attempt++ {
-		port := tpm2FreePorts(t)
-		if tpm2TrySwtpm(t, state, port, attempt < 4) {
-			return &tpm2Swtpm{dir: dir, port: port}
-		}
-	}
-}
-
-// runErr is run for a command that may fail.
-func (sw *tpm2Swtpm) runErr(args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), tpm2ToolTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.Dir = sw.dir
-	cmd.Env = append(os.Environ(), fmt.Sprintf("TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port=%d", sw.port))
-	cmd.WaitDelay = 5 * time.Second
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	return tpm2StartSwtpm(t, swtpmtest.Dir(dir))
 }
 
 // activate runs tpm2_activatecredential for the AK in akCtx under the EK
@@ -95,21 +80,21 @@ func (sw *tpm2Swtpm) activate(t *testing.T, ek string, ekPub *TPMPublic, akCtx, 
 	t.Helper()
 	defer sw.flush(t)
 	out := "activated-" + filepath.Base(cred)
-	os.Remove(filepath.Join(sw.dir, out))
+	os.Remove(filepath.Join(sw.Dir, out))
 	args := []string{"tpm2_activatecredential", "-c", akCtx, "-C", ek, "-i", cred, "-o", out}
 	if ekPub.Attributes&TPMAUserWithAuth == 0 {
 		alg := "sha256"
 		if ekPub.NameAlg == tpmAlgSHA384 {
 			alg = "sha384"
 		}
-		sw.run(t, "tpm2_startauthsession", "--policy-session", "-g", alg, "-S", "session.ctx")
-		sw.run(t, "tpm2_policysecret", "-S", "session.ctx", "-c", "e")
+		sw.Tool(t, "tpm2_startauthsession", "--policy-session", "-g", alg, "-S", "session.ctx")
+		sw.Tool(t, "tpm2_policysecret", "-S", "session.ctx", "-c", "e")
 		args = append(args, "-P", "session:session.ctx")
 	}
-	if msg, err := sw.runErr(args...); err != nil {
+	if msg, err := sw.Run(args...); err != nil {
 		return nil, fmt.Errorf("%v: %s", err, msg)
 	}
-	return os.ReadFile(filepath.Join(sw.dir, out))
+	return os.ReadFile(filepath.Join(sw.Dir, out))
 }
 
 // ekTestCA is a stand-in TPM manufacturer CA.
@@ -160,8 +145,8 @@ func TestEKCredentialActivationWithSwtpm(t *testing.T) {
 	tpm2NeedTools(t, "swtpm", "swtpm_setup", "swtpm_localca", "tpm2_nvread", "tpm2_readpublic", "tpm2_createek", "tpm2_createak",
 		"tpm2_createprimary", "tpm2_activatecredential", "tpm2_startauthsession", "tpm2_policysecret", "tpm2_flushcontext")
 	sw := ekManufacturedSwtpm(t)
-	root := ekReadPEMCert(t, filepath.Join(sw.dir, "ca", "swtpm-localca-rootca-cert.pem"))
-	issuer := ekReadPEMCert(t, filepath.Join(sw.dir, "ca", "issuercert.pem"))
+	root := ekReadPEMCert(t, filepath.Join(sw.Dir, "ca", "swtpm-localca-rootca-cert.pem"))
+	issuer := ekReadPEMCert(t, filepath.Join(sw.Dir, "ca", "issuercert.pem"))
 	roots := NewCertPool([]*x509.Certificate{root})
 	now := time.Now()
 	update := os.Getenv(tpm2UpdateEnv) == "1"
@@ -171,7 +156,7 @@ func TestEKCredentialActivationWithSwtpm(t *testing.T) {
 	}
 
 	// The P-256 EK of the TCG template, made on demand, certified here.
-	sw.run(t, "tpm2_createek", "-c", "ek-ecc.ctx", "-G", "ecc", "-u", "ek-ecc.pub")
+	sw.Tool(t, "tpm2_createek", "-c", "ek-ecc.ctx", "-G", "ecc", "-u", "ek-ecc.pub")
 	sw.flush(t)
 	ek256Pub, err := ParseTPMPublic(sw.read(t, "ek-ecc.pub"))
 	if err != nil {
@@ -196,9 +181,9 @@ func TestEKCredentialActivationWithSwtpm(t *testing.T) {
 		{name: "ecc", handle: "ek-ecc.ctx", cert: ek256Cert.Raw, roots: NewCertPool([]*x509.Certificate{testCA})},
 	}
 	for i, nv := range map[int]string{0: "0x01c00002", 1: "0x01c00016"} {
-		sw.run(t, "tpm2_nvread", nv, "-o", "ek-"+eks[i].name+".der")
+		sw.Tool(t, "tpm2_nvread", nv, "-o", "ek-"+eks[i].name+".der")
 		eks[i].cert = sw.read(t, "ek-"+eks[i].name+".der")
-		sw.run(t, "tpm2_readpublic", "-c", eks[i].handle, "-o", "ek-"+eks[i].name+".pub")
+		sw.Tool(t, "tpm2_readpublic", "-c", eks[i].handle, "-o", "ek-"+eks[i].name+".pub")
 		fixtures["ek-"+eks[i].name+".der"] = eks[i].cert
 		fixtures["ek-"+eks[i].name+".pub"] = sw.read(t, "ek-"+eks[i].name+".pub")
 	}
@@ -231,10 +216,10 @@ func TestEKCredentialActivationWithSwtpm(t *testing.T) {
 			names := map[string][]byte{}
 			for _, ak := range []struct{ name, alg, scheme string }{{"ecc", "ecc", "ecdsa"}, {"rsa", "rsa", "rsassa"}} {
 				base := "ak-" + ak.name + "-under-" + ekc.name
-				sw.run(t, "tpm2_createak", "-C", ekc.handle, "-c", base+".ctx", "-G", ak.alg, "-g", "sha256", "-s", ak.scheme,
+				sw.Tool(t, "tpm2_createak", "-C", ekc.handle, "-c", base+".ctx", "-G", ak.alg, "-g", "sha256", "-s", ak.scheme,
 					"-u", base+".pub", "-n", base+".name")
 				sw.flush(t)
-				sw.run(t, "tpm2_readpublic", "-c", base+".ctx", "-f", "pem", "-o", base+".pem")
+				sw.Tool(t, "tpm2_readpublic", "-c", base+".ctx", "-f", "pem", "-o", base+".pem")
 				sw.flush(t)
 				akPub, err := ParseTPMPublic(sw.read(t, base+".pub"))
 				if err != nil {
@@ -259,7 +244,7 @@ func TestEKCredentialActivationWithSwtpm(t *testing.T) {
 					t.Fatal(err)
 				}
 				credFile := base + ".cred"
-				if err := os.WriteFile(filepath.Join(sw.dir, credFile), cred.TPM2ToolsFile(), 0o600); err != nil {
+				if err := os.WriteFile(filepath.Join(sw.Dir, credFile), cred.TPM2ToolsFile(), 0o600); err != nil {
 					t.Fatal(err)
 				}
 				got, err := sw.activate(t, ekc.handle, ekPub, base+".ctx", credFile)
@@ -294,7 +279,7 @@ func TestEKCredentialActivationWithSwtpm(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := os.WriteFile(filepath.Join(sw.dir, "wrong.cred"), cred.TPM2ToolsFile(), 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(sw.Dir, "wrong.cred"), cred.TPM2ToolsFile(), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			got, err := sw.activate(t, ekc.handle, ekPub, "ak-rsa-under-"+ekc.name+".ctx", "wrong.cred")
@@ -306,18 +291,18 @@ func TestEKCredentialActivationWithSwtpm(t *testing.T) {
 
 	if update {
 		// A key that signs anything: not restricted, so no AK.
-		sw.run(t, "tpm2_createprimary", "-C", "o", "-G", "ecc", "-g", "sha256", "-c", "unrestricted.ctx",
+		sw.Tool(t, "tpm2_createprimary", "-C", "o", "-G", "ecc", "-g", "sha256", "-c", "unrestricted.ctx",
 			"-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign")
-		sw.run(t, "tpm2_readpublic", "-c", "unrestricted.ctx", "-o", "unrestricted.pub")
+		sw.Tool(t, "tpm2_readpublic", "-c", "unrestricted.ctx", "-o", "unrestricted.pub")
 		sw.flush(t)
 		fixtures["unrestricted.pub"] = sw.read(t, "unrestricted.pub")
 		// tpm2-tools' own credential file, for its format
 		if _, err := exec.LookPath("tpm2_makecredential"); err == nil {
 			secret := bytes.Repeat([]byte{0x5a}, 32)
-			if err := os.WriteFile(filepath.Join(sw.dir, "tools.secret"), secret, 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(sw.Dir, "tools.secret"), secret, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			sw.run(t, "tpm2_makecredential", "-T", "none", "-u", "ek-rsa.pub", "-s", "tools.secret",
+			sw.Tool(t, "tpm2_makecredential", "-T", "none", "-u", "ek-rsa.pub", "-s", "tools.secret",
 				"-n", hex.EncodeToString(fixtures["ak-ecc.name"]), "-o", "tools.cred")
 			fixtures["tpm2-tools.cred"] = sw.read(t, "tools.cred")
 		}

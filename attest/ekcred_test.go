@@ -2,7 +2,6 @@ package attest
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -18,12 +17,12 @@ import (
 	"errors"
 	"math/big"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vigil-iot/vigil/internal/swtpmtest"
 	"github.com/vigil-iot/vigil/topology"
 )
 
@@ -476,14 +475,10 @@ func TestMakeCredentialAgainstTPM2ToolsOffline(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), tpm2ToolTimeout)
-		cmd := exec.CommandContext(ctx, "tpm2_makecredential", "-T", "none", "-G", kind.alg, "-u", "ek.pem", "-s", "secret",
+		out, err := swtpmtest.RunIn(dir, "tpm2_makecredential", "-T", "none", "-G", kind.alg, "-u", "ek.pem", "-s", "secret",
 			"-n", hex.EncodeToString(ak.Name()), "-o", "cred")
-		cmd.Dir = dir
-		out, err := cmd.CombinedOutput()
-		cancel()
 		if err != nil {
-			t.Fatalf("%s: tpm2_makecredential: %v\n%s", kind.kind, err, out)
+			t.Fatalf("%s: %v\n%s", kind.kind, err, out)
 		}
 		file, err := os.ReadFile(filepath.Join(dir, "cred"))
 		if err != nil {

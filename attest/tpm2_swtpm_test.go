@@ -22,145 +22,44 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/vigil-iot/vigil/internal/swtpmtest"
 	"github.com/vigil-iot/vigil/topology"
 )
 
-const tpm2ToolTimeout = 60 * time.Second
+// tpm2ToolTimeout bounds one tpm2-tools command.
+const tpm2ToolTimeout = swtpmtest.ToolTimeout
 
+// tpm2NeedTools skips the test when one of tools is not on PATH.
 func tpm2NeedTools(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not on PATH: install the Debian packages swtpm and tpm2-tools (.ci/run does)", tool)
-		}
-	}
+	swtpmtest.Require(t, tools...)
 }
 
 // tpm2Swtpm is a running swtpm and the directory tpm2-tools work in.
-type tpm2Swtpm struct {
-	dir  string
-	port int
-}
+type tpm2Swtpm struct{ *swtpmtest.TPM }
 
-// tpm2FreePorts finds a free loopback port p with p+1 free too.
-func tpm2FreePorts(t *testing.T) int {
+// tpm2StartSwtpm starts swtpm (with startup-clear) for the test.
+func tpm2StartSwtpm(t *testing.T, opts ...swtpmtest.Option) *tpm2Swtpm {
 	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := l.Addr().(*net.TCPAddr).Port
-		l2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+1))
-		l.Close()
-		if err == nil {
-			l2.Close()
-			return p
-		}
-	}
-	t.Fatal("no two consecutive free loopback ports")
-	return 0
-}
-
-// tpm2StartSwtpm starts swtpm on loopback ports (data P, control P+1) with
-// its state in a temporary directory; it is killed (by its PID) when the
-// test ends.
-func tpm2StartSwtpm(t *testing.T) *tpm2Swtpm {
-	t.Helper()
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state")
-	if err := os.Mkdir(state, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for attempt := 1; ; attempt++ {
-		port := tpm2FreePorts(t)
-		if tpm2TrySwtpm(t, state, port, attempt < 4) {
-			return &tpm2Swtpm{dir: dir, port: port}
-		}
-	}
-}
-
-// tpm2TrySwtpm starts swtpm on port and waits until it listens; it reports
-// false when swtpm exited at once (the port was taken meanwhile) and retry.
-func tpm2TrySwtpm(t *testing.T, state string, port int, retry bool) bool {
-	t.Helper()
-	var out bytes.Buffer
-	cmd := exec.Command("swtpm", "socket", "--tpm2",
-		"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
-		"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
-		"--tpmstate", "dir="+state, "--flags", "startup-clear")
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting swtpm: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		cmd.Process.Kill() // this swtpm, by its PID
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			t.Errorf("swtpm (pid %d) did not exit", cmd.Process.Pid)
-		}
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		select {
-		case err := <-exited:
-			if retry {
-				t.Logf("swtpm on port %d exited (%v): %s; trying other ports", port, err, out.String())
-				return false
-			}
-			t.Fatalf("swtpm exited: %v: %s", err, out.String())
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err == nil {
-			c.Close()
-			t.Cleanup(stop)
-			return true
-		}
-		if time.Now().After(deadline) {
-			stop()
-			t.Fatalf("swtpm does not listen on port %d after 10 s: %s", port, out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// run runs a tpm2-tools command against the swtpm, bounded by a timeout.
-func (sw *tpm2Swtpm) run(t *testing.T, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), tpm2ToolTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.Dir = sw.dir
-	cmd.Env = append(os.Environ(), fmt.Sprintf("TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port=%d", sw.port))
-	cmd.WaitDelay = 5 * time.Second
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	return &tpm2Swtpm{swtpmtest.Start(t, opts...)}
 }
 
 // flush flushes transient objects and sessions: without a resource manager
 // the TPM's few slots fill up (0x902).
 func (sw *tpm2Swtpm) flush(t *testing.T) {
-	sw.run(t, "tpm2_flushcontext", "-t")
-	sw.run(t, "tpm2_flushcontext", "-s")
+	t.Helper()
+	sw.Tool(t, "tpm2_flushcontext", "-t")
+	sw.Tool(t, "tpm2_flushcontext", "-s")
 }
 
 func (sw *tpm2Swtpm) read(t *testing.T, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(sw.dir, name))
+	b, err := os.ReadFile(filepath.Join(sw.Dir, name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,9 +158,9 @@ func TestTPM2Swtpm(t *testing.T) {
 	sw := tpm2StartSwtpm(t)
 	firmware := tpm2Hex("vigil swtpm firmware 7.1.0")
 
-	sw.run(t, "tpm2_createek", "-c", "ek.ctx", "-G", "ecc", "-u", "ek.pub")
+	sw.Tool(t, "tpm2_createek", "-c", "ek.ctx", "-G", "ecc", "-u", "ek.pub")
 	sw.flush(t)
-	sw.run(t, "tpm2_pcrextend", "16:sha256="+firmware)
+	sw.Tool(t, "tpm2_pcrextend", "16:sha256="+firmware)
 
 	for _, kind := range []struct{ name, alg, scheme string }{
 		{"ecdsa", "ecc", "ecdsa"},
@@ -270,15 +169,15 @@ func TestTPM2Swtpm(t *testing.T) {
 	} {
 		t.Run(kind.name, func(t *testing.T) {
 			ak := "ak-" + kind.name
-			sw.run(t, "tpm2_createak", "-C", "ek.ctx", "-c", ak+".ctx", "-G", kind.alg, "-g", "sha256", "-s", kind.scheme,
+			sw.Tool(t, "tpm2_createak", "-C", "ek.ctx", "-c", ak+".ctx", "-G", kind.alg, "-g", "sha256", "-s", kind.scheme,
 				"-u", ak+".pem", "-f", "pem", "-n", ak+".name", "-p", "ak-secret")
 			sw.flush(t)
 			nonce := make([]byte, NonceSize)
 			rand.Read(nonce)
-			sw.run(t, "tpm2_quote", "-c", ak+".ctx", "-p", "ak-secret", "-l", "sha256:16", "-q", hex.EncodeToString(nonce),
+			sw.Tool(t, "tpm2_quote", "-c", ak+".ctx", "-p", "ak-secret", "-l", "sha256:16", "-q", hex.EncodeToString(nonce),
 				"-m", ak+".quote", "-s", ak+".sig", "-g", "sha256", "--scheme", kind.scheme)
 			sw.flush(t)
-			sw.run(t, "tpm2_pcrread", "sha256:16", "-o", ak+".pcr16")
+			sw.Tool(t, "tpm2_pcrread", "sha256:16", "-o", ak+".pcr16")
 			real := tpm2RealEvidence{
 				ak: sw.read(t, ak+".pem"), quote: sw.read(t, ak+".quote"), sig: sw.read(t, ak+".sig"),
 				pcr16: sw.read(t, ak+".pcr16"), nonce: nonce, firmware: firmware,
@@ -360,16 +259,11 @@ func TestTPM2SimAgainstTPM2Tools(t *testing.T) {
 	dir := t.TempDir()
 	run := func(args ...string) string {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), tpm2ToolTimeout)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-		cmd.Dir = dir
-		cmd.WaitDelay = 5 * time.Second
-		out, err := cmd.CombinedOutput()
+		out, err := swtpmtest.RunIn(dir, args...)
 		if err != nil {
-			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+			t.Fatalf("%v\n%s", err, out)
 		}
-		return string(out)
+		return out
 	}
 	write := func(name string, b []byte) {
 		t.Helper()
@@ -405,15 +299,11 @@ func TestTPM2SimAgainstTPM2Tools(t *testing.T) {
 			run("tpm2_checkquote", "-u", "ak.pem", "-m", "quote.msg", "-s", "quote.sig", "-g", "sha256", "-q", hex.EncodeToString(nonce))
 
 			// ... and a wrong nonce is refused by tpm2-tools too
-			ctx, cancel := context.WithTimeout(context.Background(), tpm2ToolTimeout)
-			cmd := exec.CommandContext(ctx, "tpm2_checkquote", "-u", "ak.pem", "-m", "quote.msg", "-s", "quote.sig", "-g", "sha256", "-q", hex.EncodeToString(tpm2Nonce(t)))
-			cmd.Dir = dir
-			if out, err := cmd.CombinedOutput(); err == nil {
+			if out, err := swtpmtest.RunIn(dir, "tpm2_checkquote", "-u", "ak.pem", "-m", "quote.msg", "-s", "quote.sig", "-g", "sha256", "-q", hex.EncodeToString(tpm2Nonce(t))); err == nil {
 				t.Errorf("%s: tpm2_checkquote accepted another nonce: %s", kind.name, out)
-			} else if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			} else if errors.Is(err, context.DeadlineExceeded) {
 				t.Errorf("tpm2_checkquote timed out")
 			}
-			cancel()
 		}
 
 		out := run("tpm2_eventlog", "binlog")

@@ -2,15 +2,12 @@ package e2e_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,16 +18,16 @@ import (
 
 	"github.com/vigil-iot/vigil/api"
 	"github.com/vigil-iot/vigil/e2e/harness"
+	"github.com/vigil-iot/vigil/internal/swtpmtest"
 	"github.com/vigil-iot/vigil/topology"
 )
 
 // The attestation test's topology: one class of meters that must present a
 // TPM 2.0 quote every attestMaxAge, two firmware releases in the field.
 const (
-	attestMaxAge    = "8s"
-	attestTD        = "attest.example"
-	attestToolLimit = time.Minute // one tpm2-tools command
-	attestTopology  = `apiVersion: vigil/v1
+	attestMaxAge   = "8s"
+	attestTD       = "attest.example"
+	attestTopology = `apiVersion: vigil/v1
 trustDomain: ` + attestTD + `
 zones:
   - name: site
@@ -72,109 +69,31 @@ func attestSHA(s string) string {
 // device's files are written to.
 type attestTPM struct {
 	name string // for messages
-	dir  string
-	port int
+	*swtpmtest.TPM
 }
 
-// tcti is how tpm2-tools reach it; spec how `vigil attest tpm --tpm` does.
-func (s *attestTPM) tcti() string { return fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", s.port) }
-func (s *attestTPM) spec() string { return s.tcti() }
+// spec is how `vigil attest tpm --tpm` reaches it.
+func (s *attestTPM) spec() string { return s.TCTI() }
 
 // startAttestSwtpm starts swtpm on two loopback ports it picked (data P,
 // control P+1), state in its own directory; it is killed by its PID when
 // the test ends.
 func startAttestSwtpm(t *testing.T, name string) *attestTPM {
 	t.Helper()
-	dir := t.TempDir()
-	state := filepath.Join(dir, "tpm-state")
-	if err := os.Mkdir(state, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for attempt := 1; attempt <= 5; attempt++ {
-		port := attestFreePortPair(t)
-		var out bytes.Buffer
-		cmd := exec.Command("swtpm", "socket", "--tpm2",
-			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
-			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
-			"--tpmstate", "dir="+state, "--flags", "not-need-init,startup-clear")
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("%s: starting swtpm: %v", name, err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-		stop := func() {
-			cmd.Process.Kill() // this swtpm, by its PID
-			select {
-			case <-exited:
-			case <-time.After(10 * time.Second):
-				t.Errorf("%s: swtpm (pid %d) did not exit within 10s of SIGKILL", name, cmd.Process.Pid)
-			}
-		}
-		listening := false
-		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-			select {
-			case <-exited:
-				deadline = time.Time{}
-				continue
-			default:
-			}
-			if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err == nil {
-				c.Close()
-				listening = true
-				break
-			}
-		}
-		if listening {
-			t.Cleanup(stop)
-			t.Logf("%s: swtpm pid %d on 127.0.0.1:%d", name, cmd.Process.Pid, port)
-			return &attestTPM{name: name, dir: dir, port: port}
-		}
-		stop()
-		t.Logf("%s: swtpm on port %d did not listen (attempt %d): %s", name, port, attempt, out.String())
-	}
-	t.Fatalf("%s: swtpm did not start on a loopback port in 5 attempts", name)
-	return nil
-}
-
-// attestFreePortPair finds a free loopback port p with p+1 free too.
-func attestFreePortPair(t *testing.T) int {
-	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := l.Addr().(*net.TCPAddr).Port
-		l2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+1))
-		l.Close()
-		if err == nil {
-			l2.Close()
-			return p
-		}
-	}
-	t.Fatal("no two consecutive free loopback ports")
-	return 0
+	tpm := swtpmtest.Start(t, swtpmtest.Flags("not-need-init,startup-clear"))
+	t.Logf("%s: swtpm pid %d on 127.0.0.1:%d", name, tpm.PID, tpm.Port)
+	return &attestTPM{name: name, TPM: tpm}
 }
 
 // tool runs a tpm2-tools command against this TPM, bounded, in its
 // directory; step names what the test was doing.
 func (s *attestTPM) tool(t *testing.T, step string, args ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), attestToolLimit)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.Dir = s.dir
-	cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI="+s.tcti())
-	cmd.WaitDelay = 5 * time.Second
-	out, err := cmd.CombinedOutput()
-	if ctx.Err() != nil {
-		t.Fatalf("%s (%s): %s did not finish within %v\n%s", step, s.name, strings.Join(args, " "), attestToolLimit, out)
-	}
+	out, err := s.Run(args...)
 	if err != nil {
-		t.Fatalf("%s (%s): %s: %v\n%s", step, s.name, strings.Join(args, " "), err, out)
+		t.Fatalf("%s (%s): %v\n%s", step, s.name, err, out)
 	}
-	return string(out)
+	return out
 }
 
 // flush flushes the transient objects and sessions tpm2-tools left loaded:
@@ -185,7 +104,7 @@ func (s *attestTPM) flush(t *testing.T, step string) {
 	s.tool(t, step+": flush sessions", "tpm2_flushcontext", "-s")
 }
 
-func (s *attestTPM) path(name string) string { return filepath.Join(s.dir, name) }
+func (s *attestTPM) path(name string) string { return filepath.Join(s.Dir, name) }
 
 func (s *attestTPM) write(t *testing.T, name string, b []byte) string {
 	t.Helper()
@@ -295,11 +214,7 @@ func awaitDecision(t *testing.T, c *harness.Cluster, clients []authv3.Authorizat
 // using `vigil attest tpm` (go-tpm) instead of tpm2-tools passes; and once
 // maxAge has passed the first device is denied again.
 func TestAttestWithAnIndependentTPM(t *testing.T) {
-	for _, tool := range []string{"swtpm", "tpm2_createek", "tpm2_createak", "tpm2_flushcontext", "tpm2_pcrextend", "tpm2_quote", "tpm2_pcrread"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not on PATH: this test needs a real TPM 2.0 implementation and its tools, the Debian packages swtpm and tpm2-tools (.ci/run installs them)", tool)
-		}
-	}
+	swtpmtest.Require(t, "swtpm", "tpm2_createek", "tpm2_createak", "tpm2_flushcontext", "tpm2_pcrextend", "tpm2_quote", "tpm2_pcrread")
 	maxAge, err := topology.ParseMaxAge(attestMaxAge)
 	if err != nil || maxAge != 8*time.Second {
 		t.Fatalf("topology.ParseMaxAge(%q) = %v, %v; want 8s", attestMaxAge, maxAge, err)

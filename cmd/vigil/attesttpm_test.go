@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,6 +21,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/vigil-iot/vigil/attest"
+	"github.com/vigil-iot/vigil/internal/swtpmtest"
 	"github.com/vigil-iot/vigil/topology"
 )
 
@@ -262,62 +262,11 @@ func TestAttestTPMFlags(t *testing.T) {
 }
 
 // atStartSwtpm starts swtpm on loopback with --flags flags (none when
-// empty) and returns its --tpm
-// spec; it is killed by its PID when the test ends.
+// empty) and returns its --tpm spec; it is killed by its PID when the test
+// ends.
 func atStartSwtpm(t *testing.T, flags string) string {
 	t.Helper()
-	if _, err := exec.LookPath("swtpm"); err != nil {
-		t.Skip("swtpm is not on PATH: install the Debian package swtpm (.ci/run does)")
-	}
-	state := t.TempDir()
-	for attempt := 0; attempt < 5; attempt++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		var out bytes.Buffer
-		args := []string{"socket", "--tpm2",
-			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
-			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
-			"--tpmstate", "dir=" + state}
-		if flags != "" {
-			args = append(args, "--flags", flags)
-		}
-		cmd := exec.Command("swtpm", args...)
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("starting swtpm: %v", err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-		stop := func() {
-			cmd.Process.Kill()
-			select {
-			case <-exited:
-			case <-time.After(10 * time.Second):
-				t.Errorf("swtpm (pid %d) did not exit", cmd.Process.Pid)
-			}
-		}
-		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-			select {
-			case <-exited:
-				t.Logf("swtpm on port %d exited: %s; trying another port", port, out.String())
-				deadline = time.Time{}
-				continue
-			default:
-			}
-			if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err == nil {
-				c.Close()
-				t.Cleanup(stop)
-				return fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", port)
-			}
-		}
-		stop()
-	}
-	t.Fatal("swtpm did not start on a loopback port after 5 attempts")
-	return ""
+	return swtpmtest.Start(t, swtpmtest.Flags(flags)).TCTI()
 }
 
 // atTransientHandles counts the transient objects loaded in the TPM.
