@@ -12,7 +12,7 @@ import (
 const module = "github.com/vigil-iot/vigil"
 
 // allowed lists, for each package of the module, the other packages of the
-// module it may import (ARCHITECTURE.md, "Packages and the dependency rule").
+// module it may import (docs/architecture.md, "Packages and the dependency rule").
 var allowed = map[string][]string{
 	"topology":              {},
 	"topology/topologytest": {"topology"},

@@ -1,5 +1,5 @@
 // Package vigil is the root of the Vigil module. It holds no code: the
 // control plane lives in its packages (topology, raft, api, node) and the
 // binary in cmd/vigil. Tests here keep the dependency rule of
-// ARCHITECTURE.md true.
+// docs/architecture.md true.
 package vigil

@@ -99,7 +99,7 @@ func BenchmarkCheckUncached(b *testing.B) {
 }
 
 // BenchmarkPolicyEval is policy evaluation alone (inputs built beforehand),
-// with its p99, the figure ARCHITECTURE.md sets a target for; allowed and
+// with its p99, the figure docs/architecture.md sets a target for; allowed and
 // denied requests take different paths through the policy.
 func BenchmarkPolicyEval(b *testing.B) {
 	for _, bs := range benchSpecs {

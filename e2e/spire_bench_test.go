@@ -32,7 +32,7 @@ func BenchmarkSPIREQuarantine(b *testing.B) {
 	}
 	defer sc.Close()
 	ctx := context.Background()
-	// 100 devices per gateway, as in ARCHITECTURE.md's targets.
+	// 100 devices per gateway, as in docs/architecture.md's targets.
 	doc := topologytest.Generate(topologytest.Spec{Zones: 10, GatewaysPerZone: max(1, *benchDevices/1000), Devices: *benchDevices, NoAttestation: true})
 	leader, err := c.Leader()
 	if err != nil {

@@ -29,7 +29,7 @@ func BenchmarkReconcileRealServer(b *testing.B) {
 	}
 	for _, n := range []int{10_000, 100_000} {
 		b.Run(fmt.Sprintf("devices=%d/parallel=%d", n, *benchParallel), func(b *testing.B) {
-			// 100 devices per gateway, the ratio of ARCHITECTURE.md's
+			// 100 devices per gateway, the ratio of docs/architecture.md's
 			// targets (1,000,000 devices, 10,000 gateways). The server's
 			// cost per created entry grows with the entries under the
 			// same parent (its similar-entry lookup).

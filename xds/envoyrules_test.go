@@ -18,7 +18,7 @@ import (
 
 // Rules about how Envoy behaves that Validate() cannot see, checked on the
 // translation of every golden case. Each names the Envoy behaviour it
-// guards against (see ../shared pitfalls and docs/envoy.md).
+// guards against (see docs/envoy.md).
 
 // eachEnvoyCase translates every golden case served to an Envoy (not a
 // proxyless gRPC client) and calls f with its resources.

@@ -260,7 +260,7 @@ func (r *xdsRun) run() error {
 	}
 	fmt.Printf("streams that ended early: %d of %d\n", failed, len(gws))
 
-	header("targets (ARCHITECTURE.md)")
+	header("targets (docs/architecture.md)")
 	fmt.Println("5,000 streams on one node: RSS <= 2 GiB")
 	fmt.Println("flow change -> every affected gateway has ACKed: p99 <= 1 s")
 	fmt.Println("quarantine -> RBAC ACKed by every affected gateway: p99 <= 250 ms")
