@@ -383,8 +383,14 @@ func (a *attestor) Enroll(ctx context.Context, device, actor string, req api.Enr
 	if req.TPMAK == "" && req.EATKey == "" {
 		return api.EnrollResponse{}, apiErr(http.StatusBadRequest, api.CodeBadRequest, "give a TPM AK (tpmAk) or an EAT key (eatKey)")
 	}
+	// What is recorded is the keys re-encoded, never the text as sent: PEM
+	// headers or other text around the block do not reach the log.
 	h := sha256.New()
-	for _, k := range []struct{ name, pem string }{{"tpmAk", req.TPMAK}, {"eatKey", req.EATKey}} {
+	en := &topology.Enrollment{By: actor, At: a.now().UTC()}
+	for _, k := range []struct {
+		name, pem string
+		dst       *string
+	}{{"tpmAk", req.TPMAK, &en.TPMAK}, {"eatKey", req.EATKey, &en.EATKey}} {
 		if k.pem == "" {
 			continue
 		}
@@ -394,8 +400,9 @@ func (a *attestor) Enroll(ctx context.Context, device, actor string, req api.Enr
 		}
 		der, _ := x509.MarshalPKIXPublicKey(pub)
 		h.Write(der)
+		*k.dst = string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
 	}
-	en := &topology.Enrollment{TPMAK: req.TPMAK, EATKey: req.EATKey, Fingerprint: hex.EncodeToString(h.Sum(nil)), By: actor, At: a.now().UTC()}
+	en.Fingerprint = hex.EncodeToString(h.Sum(nil))
 	rev, err := a.store.UpdateState(ctx, []raft.StateOp{{Subject: topology.DeviceSubject(device), Op: raft.OpEnroll, Enrollment: en}})
 	if err != nil {
 		return api.EnrollResponse{}, err

@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"os/exec"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/vigil-iot/vigil/attest"
@@ -33,11 +32,9 @@ type Reattester struct {
 	// CmdTimeout bounds one run of EvidenceCmd (default 30s).
 	CmdTimeout time.Duration
 	Logger     *slog.Logger
-	// now and sleep are replaced in tests.
-	now func() time.Time
 
-	mu   sync.Mutex
-	next map[string]time.Time
+	now  func() time.Time     // time.Now unless a test sets it
+	next map[string]time.Time // when each device attests next; owned by Run
 }
 
 // retryAfter is how long a device waits after a failed attempt.
