@@ -22,6 +22,8 @@ var allowed = map[string][]string{
 	"xds":                   {"topology", "internal/peerid"},
 	"xds/internal/re2size":  {},
 	"attest":                {"topology"},
+	"monitor":               {"topology"},
+	"monitor/siem":          {},
 	"internal/peerid":       {},
 	"internal/attestrpc":    {"api", "attest"},
 	"internal/spiffetest":   {},
@@ -30,7 +32,7 @@ var allowed = map[string][]string{
 	"spire":                 {"topology"},
 	"spire/spiretest":       {},
 	"authz/authztest":       {"topology", "topology/topologytest"},
-	"node":                  {"topology", "raft", "api", "authz", "xds", "spire", "attest", "internal/peerid", "internal/attestrpc"},
+	"node":                  {"topology", "raft", "api", "authz", "xds", "spire", "attest", "internal/peerid", "internal/attestrpc", "monitor", "monitor/siem"},
 	"examples":              {},
 	"cmd/vigil":             {"*"},
 }

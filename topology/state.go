@@ -17,6 +17,12 @@ type Signal struct {
 	Name   string `json:"name"`
 	Score  int    `json:"score"`
 	Detail string `json:"detail,omitempty"`
+	// Severity and At, for a monitor finding: how bad it was and when it
+	// was seen (Score is its contribution now, after decay).
+	Severity string    `json:"severity,omitempty"`
+	At       time.Time `json:"at,omitzero"`
+	// Finding is the finding's ID.
+	Finding string `json:"finding,omitempty"`
 }
 
 // Risk is a subject's current risk score, 0 (none) to 100.
