@@ -20,6 +20,7 @@ const (
 	cmdMember        commandType = 3 // record a member's addresses
 	cmdRemoveMember  commandType = 4 // forget a member
 	cmdCheckpoint    commandType = 5 // record a member's signed decision-log head
+	cmdIncident      commandType = 6 // open or update an incident
 )
 
 // commandVersions is the payload version each command type is written with.
@@ -31,6 +32,7 @@ var commandVersions = map[commandType]uint8{
 	cmdMember:        1,
 	cmdRemoveMember:  1,
 	cmdCheckpoint:    1,
+	cmdIncident:      1,
 }
 
 // headerLen is type (1) + version (1) + CRC-32C of the payload (4).

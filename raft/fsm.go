@@ -63,6 +63,7 @@ type fsm struct {
 	checkpoints map[string]checkpointLog // by member; never removed with the member
 	pending     map[string]*pendingDocument
 	nonces      *usedNonces // attestation nonces used and not yet expired
+	incidents   *incidents
 	lastIndex   uint64
 }
 
@@ -76,6 +77,7 @@ func newFSM(log *slog.Logger) *fsm {
 		checkpoints: make(map[string]checkpointLog),
 		pending:     make(map[string]*pendingDocument),
 		nonces:      newUsedNonces(),
+		incidents:   newIncidents(),
 	}
 }
 
@@ -120,6 +122,10 @@ func (f *fsm) Apply(l *hraft.Log) any {
 		var cp SignedCheckpoint
 		mustDecode(l, body, &cp)
 		return f.applyCheckpoint(cp)
+	case cmdIncident:
+		var c incidentCmd
+		mustDecode(l, body, &c)
+		return f.applyIncident(&c)
 	}
 	panic(fmt.Sprintf("vigil: raft log entry %d: command type %d has no handler", l.Index, t))
 }

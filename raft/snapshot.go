@@ -32,6 +32,8 @@ type snapshotImage struct {
 	Checkpoints []checkpointImage `json:"checkpoints,omitempty"`
 	// Nonces are the attestation nonces used and not yet expired.
 	Nonces []nonceUse `json:"nonces,omitempty"`
+	// Incidents are the monitor's incidents, in the order opened.
+	Incidents []*topology.Incident `json:"incidents,omitempty"`
 }
 
 type checkpointImage struct {
@@ -72,6 +74,7 @@ func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 		LastIndex:   f.lastIndex,
 		Members:     slices.SortedFunc(maps.Values(f.members), func(a, b Member) int { return strings.Compare(a.ID, b.ID) }),
 		Nonces:      f.nonces.image(),
+		Incidents:   f.incidents.image(),
 	}
 	if cur.HasDocument() {
 		img.Document = cur.Index().Document()
@@ -160,6 +163,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer f.mu.Unlock()
 	f.members, f.checkpoints, f.pending, f.lastIndex = members, checkpoints, pending, img.LastIndex
 	f.nonces = restoreNonces(img.Nonces)
+	f.incidents = restoreIncidents(img.Incidents)
 	f.hub.publish(Event{Snapshot: snap, Restored: true, Document: true})
 	return nil
 }
