@@ -73,8 +73,11 @@ type ServerConfig struct {
 	XDS XDS
 	// Attestor verifies evidence; nil serves no attestation endpoints.
 	Attestor Attestor
-	Logger   *slog.Logger
-	Now      func() time.Time
+	// Monitor is the member's monitor; nil serves no signal or evidence
+	// endpoints.
+	Monitor Monitor
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // Server serves the HTTP API of one member.
@@ -122,6 +125,7 @@ func NewServer(cfg ServerConfig) *Server {
 	s.route("DELETE /v1/cluster/members/{id}", s.write(s.removeMember))
 	s.route("POST /v1/audit/checkpoints", s.write(s.submitCheckpoint))
 	s.route("GET /v1/audit/checkpoints", s.getCheckpoints)
+	s.incidentRoutes()
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: "no such endpoint: " + r.Method + " " + r.URL.Path})
 	})

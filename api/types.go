@@ -33,6 +33,9 @@ const (
 	CodeNoLeader        = "no_leader"
 	CodeTimeout         = "timeout"
 	CodeInternal        = "internal"
+	// CodeIncidentExists: the subject already has an unresolved incident,
+	// whose ID is the message.
+	CodeIncidentExists = "incident_exists"
 )
 
 // TopologyResponse is the current document and the revisions it reflects.

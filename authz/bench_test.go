@@ -82,6 +82,55 @@ func BenchmarkCheck(b *testing.B) {
 	}
 }
 
+// BenchmarkCheckObserved is BenchmarkCheck with an observer: "chan" does
+// what a member's does, a non-blocking send of a copy into a bounded
+// channel that another goroutine drains; "noop" only copies, which is what
+// observing costs the Check itself.
+func BenchmarkCheckObserved(b *testing.B) {
+	for _, bs := range benchSpecs {
+		b.Run(bs.name+"/chan", func(b *testing.B) {
+			s, reqs := benchServer(b, bs.spec)
+			ch := make(chan Observation, 4096)
+			drained := make(chan int)
+			go func() {
+				n := 0
+				for range ch {
+					n++
+				}
+				drained <- n
+			}()
+			s.cfg.Observer = func(o *Observation) {
+				select {
+				case ch <- *o:
+				default:
+				}
+			}
+			ctx := context.Background()
+			i := 0
+			for b.Loop() {
+				s.Check(ctx, reqs[i%len(reqs)])
+				i++
+			}
+			close(ch)
+			b.ReportMetric(float64(<-drained)/float64(i), "observed/op")
+		})
+		b.Run(bs.name+"/noop", func(b *testing.B) {
+			s, reqs := benchServer(b, bs.spec)
+			var last Observation
+			s.cfg.Observer = func(o *Observation) { last = *o }
+			ctx := context.Background()
+			i := 0
+			for b.Loop() {
+				s.Check(ctx, reqs[i%len(reqs)])
+				i++
+			}
+			if last.DecisionID == "" {
+				b.Fatal("nothing observed")
+			}
+		})
+	}
+}
+
 // BenchmarkCheckUncached is BenchmarkCheck with every decision evaluated.
 func BenchmarkCheckUncached(b *testing.B) {
 	for _, bs := range benchSpecs {

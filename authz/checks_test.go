@@ -39,6 +39,8 @@ type caseState struct {
 	} `yaml:"attested"`
 	Quarantined      []string `yaml:"quarantined"`
 	ClearAttestation []string `yaml:"clear_attestation"`
+	// Risk gives devices (or gateways) a risk score.
+	Risk map[string]int `yaml:"risk"`
 }
 
 type checkCase struct {
@@ -67,6 +69,8 @@ type checkCase struct {
 		ResponseHeaders map[string]string `yaml:"response_headers"`
 		DeniedHeaders   map[string]string `yaml:"denied_headers"`
 		RemovedHeaders  []string          `yaml:"removed_headers"`
+		// Risk is the risk the decision log must record.
+		Risk int `yaml:"risk"`
 	} `yaml:"want"`
 }
 
@@ -137,6 +141,13 @@ func applyState(t testing.TB, ix *topology.Index, st *topology.State, cs caseSta
 			s = topology.GatewaySubject(name)
 		}
 		get(s).Quarantine = &topology.Quarantine{Reason: "test quarantine", By: "tester", Since: testNow}
+	}
+	for name, score := range cs.Risk {
+		s := topology.DeviceSubject(name)
+		if _, ok := ix.Device(name); !ok {
+			s = topology.GatewaySubject(name)
+		}
+		get(s).Risk = &topology.Risk{Score: score, UpdatedAt: testNow}
 	}
 	return st.With(updates)
 }
@@ -242,6 +253,9 @@ func checkResponse(t *testing.T, c *checkCase, resp *authv3.CheckResponse, d Dec
 	}
 	if c.Want.Gateway != "" && d.Gateway != c.Want.Gateway {
 		t.Errorf("decision gateway = %q, want %q", d.Gateway, c.Want.Gateway)
+	}
+	if d.Risk != c.Want.Risk {
+		t.Errorf("decision risk = %d, want %d", d.Risk, c.Want.Risk)
 	}
 	if d.PolicyHash != "" && d.PolicyHash != p.Hash {
 		t.Errorf("decision policy hash = %s, want %s", d.PolicyHash, p.Hash)

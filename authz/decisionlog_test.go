@@ -22,7 +22,7 @@ func sampleDecision(i int) *Decision {
 		ID: fmt.Sprintf("d-%d", i), Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Node: "n1", Revision: 7,
 		Subject: "spiffe://city.example/zone/north/device/slc-0042", Service: "telemetry",
 		Method: "POST", Path: "/api/v1/telemetry?a=1&b=<2>", Allowed: i%2 == 0, HTTPStatus: 200,
-		Reason: "allowed by policy", PolicyHash: "abc", LatencyUS: int64(i),
+		Reason: "allowed by policy", PolicyHash: "abc", LatencyUS: int64(i), Risk: i % 3 * 31,
 	}
 }
 
@@ -111,8 +111,13 @@ func TestDecisionLogRoundTrip(t *testing.T) {
 		}
 		var n int
 		fmt.Sscanf(got.ID, "d-%d", &n)
-		if want := sampleDecision(n); got != *want {
+		want := sampleDecision(n)
+		if got != *want {
 			t.Fatalf("line %d = %+v, want %+v", i+1, got, *want)
+		}
+		// The risk is recorded as a number, and left out when 0.
+		if has := strings.Contains(line, fmt.Sprintf(`,"risk":%d,`, want.Risk)); has != (want.Risk != 0) || (want.Risk == 0 && strings.Contains(line, `"risk"`)) {
+			t.Fatalf("line %d records risk %d as: %s", i+1, want.Risk, line)
 		}
 		seen[got.ID] = true
 	}

@@ -20,16 +20,22 @@ import (
 //	request   {method, path, host}
 //	subject   null | {kind, name, spiffe_id, zone, class, gateway, labels,
 //	                  quarantined, quarantine: {reason, by, since},
-//	                  risk, attestation_required,
+//	                  risk, restrict_at, attestation_required,
 //	                  attestation: null | {method, firmware_version,
 //	                     verified_at, expires_at, acceptable, problem}}
+//	          risk is the subject's score (0-100, 0 when none);
+//	          restrict_at its class's response.restrictAt (the default,
+//	          50, for gateways and services): at risk >= restrict_at only
+//	          essential flows may allow
 //	gateway   null | {name, spiffe_id, quarantined}   the gateway it came through
 //	service   null | {name, zone, protocol, spiffe_id, labels}
-//	flows     [{name, methods, paths: [{value, prefix, max_length}], rate_limit}]
+//	flows     [{name, methods, paths: [{value, prefix, max_length}],
+//	           rate_limit, essential}]
 //	          the flows from subject to service, in document order;
 //	          methods is ["*"] for any method, paths is [{value: "",
 //	          prefix: true}] for any path, and an exact path has
-//	          max_length = its own length (see flowTerm)
+//	          max_length = its own length (see flowTerm); essential is
+//	          the flow's essential flag
 type resolution struct {
 	// deny is set when the identity itself is unacceptable (a forwarded
 	// identity that does not check out); the policy is not consulted.
@@ -125,6 +131,76 @@ func (res *resolution) key(p *Policy) cacheKey {
 	return k
 }
 
+// risk is the subject's risk score, 0 when it has none.
+func (res *resolution) risk() int {
+	if res.subjState == nil || res.subjState.Risk == nil {
+		return 0
+	}
+	return res.subjState.Risk.Score
+}
+
+// response is the response policy of the subject: its class's, or the
+// defaults for a subject without a class.
+func (res *resolution) response() topology.ClassResponse {
+	if res.class != nil {
+		return res.class.Response
+	}
+	return topology.DefaultResponse()
+}
+
+// restricted reports whether the subject's risk restricts it to its
+// essential flows.
+func (res *resolution) restricted() bool {
+	return res.known && res.response().Restricts(res.risk())
+}
+
+// allowingFlow is the flow that allows the request as Vigil's default
+// policy picks it: the first that matches it, or while the subject is
+// restricted the first essential one (the first that matches when none
+// is, for a custom policy's allow). Nil when none matches.
+func (res *resolution) allowingFlow() *topology.Rule {
+	var first *topology.Rule
+	restricted := false
+	for _, f := range res.flows {
+		if !f.AllowsRequest(res.req.Method, res.req.Path) {
+			continue
+		}
+		if first == nil {
+			first, restricted = f, res.restricted()
+		}
+		if !restricted || f.Essential {
+			return f
+		}
+	}
+	return first
+}
+
+// denyCause is why a policy denied res, derived from what Vigil's default
+// policy reads and in the order it looks (policy/vigil.rego): CauseOther
+// when nothing explains it, as for a custom policy's own reasons.
+func (res *resolution) denyCause() Cause {
+	switch {
+	case !res.known:
+		return CauseUnknownIdentity
+	case res.svc == nil:
+		return CauseUnknownService
+	case res.subjState != nil && res.subjState.Quarantine != nil,
+		res.gwState != nil && res.gwState.Quarantine != nil:
+		return CauseQuarantined
+	case res.class != nil && res.class.MaxAge > 0 &&
+		(res.subjState == nil || res.subjState.Attestation == nil || res.attProblem != ""):
+		return CauseAttestation
+	}
+	f := res.allowingFlow()
+	switch {
+	case f == nil:
+		return CauseNoFlow
+	case !f.Essential && res.restricted():
+		return CauseRestricted
+	}
+	return CauseOther
+}
+
 func (res *resolution) gatewayName() string {
 	if res.gw == nil {
 		return ""
@@ -146,16 +222,22 @@ func (res *resolution) serviceName() string {
 //	request   {method, path, host}
 //	subject   null | {kind, name, spiffe_id, zone, class, gateway, labels,
 //	                  quarantined, quarantine: {reason, by, since},
-//	                  risk, attestation_required,
+//	                  risk, restrict_at, attestation_required,
 //	                  attestation: null | {method, firmware_version,
 //	                     verified_at, expires_at, acceptable, problem}}
+//	          risk is the subject's score (0-100, 0 when none);
+//	          restrict_at its class's response.restrictAt (the default,
+//	          50, for gateways and services): at risk >= restrict_at only
+//	          essential flows may allow
 //	gateway   null | {name, spiffe_id, quarantined}   the gateway it came through
 //	service   null | {name, zone, protocol, spiffe_id, labels}
-//	flows     [{name, methods, paths: [{value, prefix, max_length}], rate_limit}]
+//	flows     [{name, methods, paths: [{value, prefix, max_length}],
+//	           rate_limit, essential}]
 //	          the flows from subject to service, in document order;
 //	          methods is ["*"] for any method, paths is [{value: "",
 //	          prefix: true}] for any path, and an exact path has
-//	          max_length = its own length (see flowTerm)
+//	          max_length = its own length (see flowTerm); essential is
+//	          the flow's essential flag
 func (res *resolution) input(node string) ast.Value {
 	ix, r := res.snap.Index(), res.req
 	obj := ast.NewObject(
@@ -240,11 +322,8 @@ func (res *resolution) subjectValue() ast.Value {
 			item("since", ast.StringTerm(st.Quarantine.Since.UTC().Format(time.RFC3339Nano))),
 		))
 	}
-	risk := 0
-	if st != nil && st.Risk != nil {
-		risk = st.Risk.Score
-	}
-	obj.Insert(ast.StringTerm("risk"), ast.IntNumberTerm(risk))
+	obj.Insert(ast.StringTerm("risk"), ast.IntNumberTerm(res.risk()))
+	obj.Insert(ast.StringTerm("restrict_at"), ast.IntNumberTerm(res.response().RestrictAt))
 	obj.Insert(ast.StringTerm("attestation_required"), ast.BooleanTerm(required))
 	var att *topology.Attestation
 	if st != nil {
@@ -320,6 +399,7 @@ func flowTerm(f *topology.Rule) *ast.Term {
 		item("methods", ast.ArrayTerm(methods...)),
 		item("paths", ast.ArrayTerm(paths...)),
 		item("rate_limit", ast.StringTerm(f.RateLimit)),
+		item("essential", ast.BooleanTerm(f.Essential)),
 	)
 }
 

@@ -48,6 +48,12 @@ type Config struct {
 	// gateway cannot use the authorizer to probe other zones, or spend
 	// other devices' rate limits.
 	RequireCaller bool
+	// Observer, when set, is called after every decision, allowed or
+	// denied, synchronously on the Check's goroutine, with the decision as
+	// the monitor reads it. It must not block (a member pushes it into a
+	// bounded channel and drops what does not fit) and must copy the
+	// Observation if it keeps it: the pointer is reused once it returns.
+	Observer func(*Observation)
 }
 
 // Server is the ext_authz Check service of one member.
@@ -111,11 +117,28 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 }
 
 func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decision, now time.Time) *authv3.CheckResponse {
-	deny := func(reason string) *authv3.CheckResponse {
-		d.Reason = reason
+	var (
+		r     Request
+		res   resolution // res.snap stays nil until the request is resolved
+		cause = CauseOther
+		flow  *topology.Rule
+	)
+	snap := s.cfg.Snapshot()
+	if s.cfg.Observer != nil {
+		defer func() {
+			// Copied out of r and res rather than pointing at them, so
+			// that neither leaves decide's frame.
+			f := checkFacts{snap: snap, r: r, cause: cause, flow: flow}
+			if res.snap != nil && res.deny == "" {
+				f.resolved, f.known, f.sub, f.gw, f.svc = true, res.known, res.sub, res.gw, res.svc
+			}
+			s.observe(req, d, now, &f)
+		}()
+	}
+	deny := func(c Cause, reason string) *authv3.CheckResponse {
+		cause, d.Reason = c, reason
 		return Deny(Result{Reason: reason, HTTPStatus: d.HTTPStatus}, d.ID)
 	}
-	snap := s.cfg.Snapshot()
 	if snap != nil {
 		d.Revision = snap.Revision()
 	}
@@ -126,61 +149,69 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decisi
 		d.Caller = peerid.FromContext(ctx)
 		if snap != nil && snap.HasDocument() {
 			if why := callerIsProxy(snap.Index(), d.Caller); why != "" {
-				return deny(why)
+				return deny(CauseOther, why)
 			}
 		}
 	}
-	r, err := ParseRequest(req)
+	var err error
+	r, err = ParseRequest(req)
 	d.Method, d.Path, d.Subject = r.Method, r.Path, r.Principal
 	if err != nil {
-		return deny("malformed request: " + err.Error())
+		return deny(CauseMalformed, "malformed request: "+err.Error())
 	}
 	if r.Principal == "" {
-		d.HTTPStatus, d.Reason = 401, "no verified client identity (source.principal is empty)"
+		cause, d.HTTPStatus, d.Reason = CauseUnknownIdentity, 401, "no verified client identity (source.principal is empty)"
 		return Unauthenticated(d.Reason, d.ID)
 	}
 	if s.cfg.Ready != nil && !s.cfg.Ready() {
-		return deny("this member is still catching up with the cluster")
+		return deny(CauseOther, "this member is still catching up with the cluster")
 	}
 	if snap == nil || !snap.HasDocument() {
-		return deny("this member holds no topology yet")
+		return deny(CauseOther, "this member holds no topology yet")
 	}
-	res := resolve(snap, &r, now)
+	res = resolve(snap, &r, now)
 	d.Subject, d.Gateway, d.Service = res.subjectID, res.gatewayName(), res.serviceName()
 	if res.class != nil && res.class.MaxAge > 0 && res.subjState != nil && res.subjState.Attestation != nil {
 		d.Attestation = res.subjState.Attestation.EvidenceDigest
 	}
+	d.Risk = res.risk()
 	// An identity that does not check out is reported as such (the most
 	// precise reason); only then does it matter whether the asking proxy
 	// may ask about this subject at all.
 	if res.deny != "" {
-		return deny(res.deny)
+		return deny(CauseForwardRefused, res.deny)
 	}
 	if s.cfg.RequireCaller {
 		if why := callerMayAsk(snap.Index(), d.Caller, &res); why != "" {
-			return deny(why)
+			c := CauseOther
+			if !res.known {
+				c = CauseUnknownIdentity // why the asking gateway may not ask about it
+			}
+			return deny(c, why)
 		}
 	}
 	result, err := s.evaluate(ctx, req, &res, d)
 	if err != nil {
-		return deny("policy failed, so the request is denied: " + err.Error())
+		return deny(CauseOther, "policy failed, so the request is denied: "+err.Error())
 	}
 	// ParseResult has given the result its reason and a deny its status.
 	if !result.Allowed {
-		d.Reason, d.HTTPStatus = result.Reason, result.HTTPStatus
+		cause, d.Reason, d.HTTPStatus = res.denyCause(), result.Reason, result.HTTPStatus
 		return Deny(result, d.ID)
 	}
+	flow = res.allowingFlow()
 	// A device's request is counted once, at its gateway, where the
 	// principal is the device itself. The cloud edge's Check for the same
 	// request names the device in XFCC (r.Forwarded) and spends nothing:
 	// counting it again would halve the device's budget, and would let any
 	// edge drain the buckets of devices in every zone.
 	if r.Forwarded == "" {
-		if over := s.limiter.admit(res.device, res.class, matchingFlow(res.flows, &r), now); over != "" {
+		if over := s.limiter.admit(res.device, res.class, flow, now); over != "" {
 			d.HTTPStatus = 429
-			return deny(over)
+			return deny(CauseRateLimited, over)
 		}
 	}
+	cause = CauseNone
 	d.Allowed, d.HTTPStatus, d.Reason = true, 200, result.Reason
 	return Allow(result, d.ID)
 }
@@ -211,14 +242,4 @@ func (s *Server) evaluate(ctx context.Context, req *authv3.CheckRequest, res *re
 		s.cache.put(key, result)
 	}
 	return result, nil
-}
-
-// matchingFlow is the first flow that allows the request, for its rate.
-func matchingFlow(flows []*topology.Rule, r *Request) *topology.Rule {
-	for _, f := range flows {
-		if f.AllowsRequest(r.Method, r.Path) {
-			return f
-		}
-	}
-	return nil
 }

@@ -20,13 +20,16 @@ type Decision struct {
 	// Attestation is the evidence digest of the subject's attestation the
 	// decision relied on (when its class requires one).
 	Attestation string `json:"attestation,omitempty"`
-	Method      string `json:"method,omitempty"`
-	Path        string `json:"path,omitempty"`
-	Allowed     bool   `json:"allowed"`
-	HTTPStatus  int    `json:"http_status"`
-	Reason      string `json:"reason"`
-	PolicyHash  string `json:"policy_hash"`
-	LatencyUS   int64  `json:"latency_us"`
+	// Risk is the subject's risk score when the decision was made (0 to
+	// 100; left out when 0).
+	Risk       int    `json:"risk,omitempty"`
+	Method     string `json:"method,omitempty"`
+	Path       string `json:"path,omitempty"`
+	Allowed    bool   `json:"allowed"`
+	HTTPStatus int    `json:"http_status"`
+	Reason     string `json:"reason"`
+	PolicyHash string `json:"policy_hash"`
+	LatencyUS  int64  `json:"latency_us"`
 }
 
 // Result is what a policy decided, in the result forms of the OPA-Envoy

@@ -154,7 +154,11 @@ func (w *world) nonFlows(gw *topology.Gateway, r *report) {
 		for _, v := range variants {
 			p := base
 			p.what, p.method, p.path, p.host = v.what, orStr(v.method, p.method), orStr(v.path, p.path), orStr(v.host, p.host)
-			r.want(p, w.send(p), false)
+			h := w.send(p)
+			if !r.want(p, h, false) {
+				devID, _ := w.ix.SPIFFEID(topology.DeviceSubject(p.device))
+				w.checkLogged(p, h.gw, w.gateways[p.gateway], devID, "", r)
+			}
 		}
 		// A device sending its own XFCC naming another device: the gateway
 		// must replace it with the identity it verified.
@@ -271,6 +275,7 @@ func (w *world) checkForwarded(p probe, h hops, r *report) {
 	}
 	w.checkRateLimit(p, h, r)
 	gw := w.gateways[p.gateway]
+	w.checkLogged(p, h.gw, gw, devID, "", r)
 	if got := gw.Resources.Addresses(gw.Resources.Cluster(h.gw.Cluster)); len(h.svc.Endpoints) > 0 && !slices.Equal(got, h.svc.Endpoints) {
 		r.fail(p, fmt.Sprintf("gateway %s forwards to cluster %s at %v, want the service's endpoints %v", p.gateway, h.gw.Cluster, got, h.svc.Endpoints))
 	}
@@ -285,6 +290,56 @@ func (w *world) checkForwarded(p probe, h hops, r *report) {
 	edge := w.edges[h.svc.Zone]
 	if got := edge.Resources.Addresses(edge.Resources.Cluster(h.edge.Cluster)); !slices.Equal(got, h.svc.Backends) {
 		r.fail(p, fmt.Sprintf("%s forwards to cluster %s at %v, want the service's backends %v", h.edge.Proxy, h.edge.Cluster, got, h.svc.Backends))
+	}
+	w.checkLogged(p, h.edge, edge, gwID, devID, r)
+}
+
+// checkLogged checks what o's Envoy logs over gRPC ALS (issue 13): one
+// logger, to the bootstrap cluster Envoy gets its xDS from (where the
+// member's access log service listens), its stream naming the proxy's
+// node; the entry names the downstream peer and, at a cloud edge, the
+// device its gateway forwarded in XFCC (a gateway does not log XFCC); an
+// allowed request carries the authorizer's decision ID and its cluster, a
+// local reply its status.
+func (w *world) checkLogged(p probe, o *envoymodel.Outcome, proxy *envoymodel.Proxy, peer, forwarded string, r *report) {
+	var logs []envoymodel.AccessLog
+	for _, al := range o.AccessLogs {
+		if al.Cluster != "" {
+			logs = append(logs, al)
+		}
+	}
+	if len(logs) != 1 {
+		r.fail(p, fmt.Sprintf("%s logs the request over gRPC %d times, want once", o.Proxy, len(logs)))
+		return
+	}
+	al, e := logs[0], logs[0].Entry
+	var ads string
+	if svcs := proxy.Bootstrap.GetDynamicResources().GetAdsConfig().GetGrpcServices(); len(svcs) > 0 {
+		ads = svcs[0].GetEnvoyGrpc().GetClusterName()
+	}
+	node := proxy.Bootstrap.GetNode()
+	if al.Cluster != ads || al.Identifier.GetNode().GetId() != node.GetId() || al.Identifier.GetNode().GetCluster() != node.GetCluster() {
+		r.fail(p, fmt.Sprintf("%s logs to cluster %q as node %v, want the xDS cluster %q as %v", o.Proxy, al.Cluster, al.Identifier.GetNode(), ads, node))
+	}
+	var gotPeer string
+	if sans := e.GetCommonProperties().GetTlsProperties().GetPeerCertificateProperties().GetSubjectAltName(); len(sans) > 0 {
+		gotPeer = sans[0].GetUri()
+	}
+	xfcc, logsXFCC := e.GetRequest().GetRequestHeaders()["x-forwarded-client-cert"]
+	switch {
+	case gotPeer != peer:
+		r.fail(p, fmt.Sprintf("%s logs the peer %q, want %q", o.Proxy, gotPeer, peer))
+	case forwarded == "" && logsXFCC:
+		r.fail(p, fmt.Sprintf("%s logs x-forwarded-client-cert %q; its device is the peer", o.Proxy, xfcc))
+	case forwarded != "" && !strings.Contains(xfcc, "URI="+forwarded):
+		r.fail(p, fmt.Sprintf("%s logs x-forwarded-client-cert %q, want the forwarded device %s", o.Proxy, xfcc, forwarded))
+	}
+	if o.Forwarded {
+		if e.GetRequest().GetRequestHeaders()["x-vigil-decision-id"] == "" || e.GetCommonProperties().GetUpstreamCluster() != o.Cluster {
+			r.fail(p, fmt.Sprintf("%s logs an allowed request without its decision ID or cluster %s: %v", o.Proxy, o.Cluster, e))
+		}
+	} else if got := e.GetResponse().GetResponseCode().GetValue(); got != uint32(o.Status) {
+		r.fail(p, fmt.Sprintf("%s logs status %d, answered %d", o.Proxy, got, o.Status))
 	}
 }
 

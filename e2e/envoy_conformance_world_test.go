@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+
 	"github.com/vigil-iot/vigil/e2e/envoymodel"
 	"github.com/vigil-iot/vigil/e2e/harness"
 	"github.com/vigil-iot/vigil/internal/spiffetest"
@@ -80,6 +82,9 @@ type world struct {
 	gateways map[string]*envoymodel.Proxy
 	edges    map[string]*envoymodel.Proxy // by zone
 	proxyTLS bool                         // the member runs with --proxy-tls-*
+	// boots are the proxies' bootstraps (`vigil envoy bootstrap`), by
+	// proxy name: they do not change with the topology.
+	boots map[string]*bootstrapv3.Bootstrap
 }
 
 // edgeNode is the node.id of every zone's cloud edge.
@@ -115,27 +120,49 @@ func (w *world) load() {
 	}
 	w.gateways, w.edges = map[string]*envoymodel.Proxy{}, map[string]*envoymodel.Proxy{}
 	for _, gw := range w.ix.Gateways() {
-		w.gateways[gw.Name] = w.proxy("gateway "+gw.Name, "--node", gw.Name)
+		w.gateways[gw.Name] = w.proxy("gateway "+gw.Name, []string{"--node", gw.Name}, []string{"--node", gw.Name})
 	}
 	for _, svc := range w.ix.Services() {
 		if len(svc.Backends) > 0 && w.edges[svc.Zone] == nil {
-			w.edges[svc.Zone] = w.proxy(fmt.Sprintf("edge %s (zone %s)", edgeNode, svc.Zone), "--node", edgeNode, "--cluster", svc.Zone)
+			w.edges[svc.Zone] = w.proxy(fmt.Sprintf("edge %s (zone %s)", edgeNode, svc.Zone),
+				[]string{"--node", edgeNode, "--cluster", svc.Zone}, []string{"--node", edgeNode, "--edge-zone", svc.Zone})
 		}
 	}
 }
 
-func (w *world) proxy(name string, args ...string) *envoymodel.Proxy {
+// proxy models the Envoy that runs the bootstrap `vigil envoy bootstrap
+// bootArgs` prints and gets the resources of `vigil xds dump dumpArgs`;
+// its access logs must be ones Envoy accepts.
+func (w *world) proxy(name string, dumpArgs, bootArgs []string) *envoymodel.Proxy {
 	w.t.Helper()
-	out := mustCLI(w.t, w.env, append([]string{"xds", "dump"}, args...)...)
+	out := mustCLI(w.t, w.env, append([]string{"xds", "dump"}, dumpArgs...)...)
 	res, err := envoymodel.ParseDump([]byte(out.stdout))
 	if err != nil {
-		w.t.Fatalf("%s: vigil xds dump %s: %v", name, strings.Join(args, " "), err)
+		w.t.Fatalf("%s: vigil xds dump %s: %v", name, strings.Join(dumpArgs, " "), err)
 	}
 	if len(res.Listeners) == 0 {
-		w.t.Fatalf("%s: vigil xds dump %s sent no listener", name, strings.Join(args, " "))
+		w.t.Fatalf("%s: vigil xds dump %s sent no listener", name, strings.Join(dumpArgs, " "))
 	}
-	p := &envoymodel.Proxy{Name: name, Resources: res, Secrets: w.sds, AuthzTimeout: 5 * time.Second}
+	if w.boots == nil {
+		w.boots = map[string]*bootstrapv3.Bootstrap{}
+	}
+	boot := w.boots[name]
+	if boot == nil {
+		args := append([]string{"envoy", "bootstrap", "--xds-server", w.c.Member(0).XDSAddr}, bootArgs...)
+		if w.proxyTLS {
+			args = append(args, "--xds-tls")
+		}
+		out := mustCLI(w.t, w.env, args...)
+		if boot, err = envoymodel.ParseBootstrap([]byte(out.stdout)); err != nil {
+			w.t.Fatalf("%s: vigil %s: %v", name, strings.Join(args, " "), err)
+		}
+		w.boots[name] = boot
+	}
+	p := &envoymodel.Proxy{Name: name, Resources: res, Bootstrap: boot, Secrets: w.sds, AuthzTimeout: 5 * time.Second}
 	w.t.Cleanup(p.Close)
+	if err := p.CheckAccessLogs(); err != nil {
+		w.t.Fatalf("%s: %v", name, err)
+	}
 	return p
 }
 

@@ -395,7 +395,7 @@ func (o *observation) decision() {
 				map[string]string{"hits": strconv.Itoa(int(d.limited))})
 		}
 		return
-	case CauseNoFlow, CauseUnknownService, CauseOther:
+	case CauseNoFlow, CauseUnknownService:
 	default:
 		return // about the subject (quarantined, restricted, attestation), not where it went
 	}

@@ -31,12 +31,13 @@ type attestor struct {
 	store   *raft.Store
 	batches chan *pendingResult
 	// leader is a client of the member at addr with the peer token.
-	leader func(addr string) *api.Client
-	key    []byte // nonce MAC key, the same on every member
-	member string
-	ttl    time.Duration
-	now    func() time.Time
-	log    *slog.Logger
+	leader  func(addr string) *api.Client
+	key     []byte // nonce MAC key, the same on every member
+	member  string
+	monitor *monitorPart // nil: no monitor
+	ttl     time.Duration
+	now     func() time.Time
+	log     *slog.Logger
 }
 
 var _ api.Attestor = (*attestor)(nil)
@@ -308,6 +309,9 @@ func (a *attestor) Attest(ctx context.Context, device string, raw []byte) (api.A
 	rev, err := a.record(ctx, ops)
 	if errors.Is(err, raft.ErrRejected) && strings.Contains(err.Error(), "replayed") {
 		a.log.Warn("security: attestation replay refused", "device", device, "evidence", res.EvidenceDigest, "nonce_expires", expires)
+		if a.monitor != nil {
+			a.monitor.replayed(device, res.Format, res.EvidenceDigest, now)
+		}
 		return api.AttestResponse{}, apiErr(http.StatusConflict, api.CodeReplay, "nonce already used: this evidence is a replay")
 	}
 	if err != nil {
@@ -317,6 +321,9 @@ func (a *attestor) Attest(ctx context.Context, device string, raw []byte) (api.A
 		a.log.Info("attestation passed", "device", device, "format", res.Format, "firmware", res.FirmwareVersion, "revision", rev)
 	} else {
 		a.log.Warn("attestation failed", "device", device, "format", res.Format, "reasons", strings.Join(res.Reasons, "; "), "revision", rev)
+		if a.monitor != nil {
+			a.monitor.attestationFailed(device, res.Format, strings.Join(res.Reasons, "; "), now)
+		}
 	}
 	return api.AttestResponse{Revision: rev, Attestation: att}, nil
 }

@@ -174,6 +174,9 @@ func (n *Node) status() any {
 		st = map[string]any{"authz": n.authz.status()}
 	}
 	st["audit"] = n.audit.status()
+	if n.monitor != nil {
+		st["monitor"] = n.monitor.Status()
+	}
 	return st
 }
 

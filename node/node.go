@@ -56,6 +56,8 @@ type Config struct {
 	ProxyTLS ProxyTLS
 	// SPIRE configures the SPIRE integration (off without a socket).
 	SPIRE SPIREConfig
+	// Monitor configures continuous monitoring, risk and the playbook.
+	Monitor MonitorConfig
 	// CheckpointInterval is how often the member checkpoints its decision
 	// log's head into the replicated state (default 5s; also at shutdown).
 	CheckpointInterval time.Duration
@@ -118,6 +120,7 @@ type Node struct {
 	xds     *xdsPart
 	spire   *spirePart
 	attest  *attestor
+	monitor *monitorPart // nil with Monitor.Off
 	ready   atomic.Bool
 	// proxyTLS is nil when xDS and ext_authz do not authenticate.
 	proxyTLS proxyCreds
@@ -243,8 +246,23 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n.attest = newAttestor(n)
+	var mon api.Monitor
+	if !cfg.Monitor.Off {
+		if n.monitor, err = n.startMonitor(); err != nil {
+			n.authz.ln.Close()
+			n.xds.ln.Close()
+			ln.Close()
+			store.Close()
+			return nil, err
+		}
+		n.attest.monitor = n.monitor
+		n.xds.server.RegisterALS(n.xds.grpc, n.monitor.accessEntry)
+		mon = n.monitor
+	} else {
+		n.xds.server.RegisterALS(n.xds.grpc, nil)
+	}
 	apiServer := api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Connector: conn,
-		Ready: n.Ready, Node: n.status, XDS: n.xds, Attestor: n.attest, Logger: log})
+		Ready: n.Ready, Node: n.status, XDS: n.xds, Attestor: n.attest, Monitor: mon, Logger: log})
 	apiServer.HandleSPIRE(n.spire.api())
 	n.http = &http.Server{
 		Handler:           apiServer,
@@ -317,6 +335,9 @@ func (n *Node) Run(ctx context.Context) error {
 		n.attest.run,
 		n.audit.run,
 	}, append(append(n.authz.parts(), n.xds.parts()...), n.spire.parts()...)...)
+	if n.monitor != nil {
+		parts = append(parts, n.monitor.parts()...)
+	}
 	errc := make(chan error, len(parts))
 	for _, run := range parts {
 		go func() { errc <- run(ctx) }()

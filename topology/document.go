@@ -35,16 +35,58 @@ type Gateway struct {
 
 // DeviceClass holds what all devices of one kind share: how they get their
 // identity, how fresh their firmware attestation must be, which firmware is
-// acceptable, and their default request rate.
+// acceptable, what the monitor may do about them, and their default request
+// rate.
 type DeviceClass struct {
 	Name string `yaml:"name" json:"name"`
 	// Identity says how the class's devices get their SPIFFE identity:
 	// IdentityDelegated (the default, also when empty) or IdentityAgent.
 	Identity    string             `yaml:"identity,omitempty" json:"identity,omitempty"`
 	Attestation *AttestationPolicy `yaml:"attestation,omitempty" json:"attestation,omitempty"`
-	RateLimit   string             `yaml:"rateLimit,omitempty" json:"rateLimit,omitempty"`
-	Labels      Labels             `yaml:"labels,omitempty" json:"labels,omitempty"`
+	// Response is what the monitor may do about a risky device of the
+	// class; nil means the defaults (see ResponsePolicy).
+	Response  *ResponsePolicy `yaml:"response,omitempty" json:"response,omitempty"`
+	RateLimit string          `yaml:"rateLimit,omitempty" json:"rateLimit,omitempty"`
+	Labels    Labels          `yaml:"labels,omitempty" json:"labels,omitempty"`
 }
+
+// ResponsePolicy says how the monitor answers a device's risk (0-100).
+// Every field is optional; Class.Response holds the values in force, with
+// the defaults filled in.
+type ResponsePolicy struct {
+	// RestrictAt is the risk from which only the flows marked essential
+	// stay allowed (1 to 100, default DefaultRestrictAt). A pointer, so
+	// that a value given as 0 is reported rather than taken as unset.
+	RestrictAt *int `yaml:"restrictAt,omitempty" json:"restrictAt,omitempty"`
+	// QuarantineAt is the risk from which the playbook runs (RestrictAt to
+	// 100, default DefaultQuarantineAt).
+	QuarantineAt *int `yaml:"quarantineAt,omitempty" json:"quarantineAt,omitempty"`
+	// Mode is ResponseAuto (the default, also when empty) or
+	// ResponseApprove (an operator approves each quarantine).
+	Mode string `yaml:"mode,omitempty" json:"mode,omitempty"`
+	// Learning is how long after the class first appears findings only
+	// alert and never act: a duration such as "0s" (the default), "1h" or
+	// "7d".
+	Learning string `yaml:"learning,omitempty" json:"learning,omitempty"`
+	// NeverQuarantine names devices of this class that the automatic
+	// playbook never quarantines (an operator still can).
+	NeverQuarantine []string `yaml:"neverQuarantine,omitempty" json:"neverQuarantine,omitempty"`
+}
+
+// Response modes (ResponsePolicy.Mode).
+const (
+	// ResponseAuto: the playbook quarantines on its own at QuarantineAt.
+	ResponseAuto = "auto"
+	// ResponseApprove: the playbook restricts and waits for an operator
+	// to approve the quarantine.
+	ResponseApprove = "approve"
+)
+
+// Defaults of ResponsePolicy.
+const (
+	DefaultRestrictAt   = 50
+	DefaultQuarantineAt = 80
+)
 
 // How a device class gets its identities.
 const (
@@ -133,7 +175,10 @@ type Flow struct {
 	To        Selector   `yaml:"to" json:"to"`
 	HTTP      *HTTPMatch `yaml:"http,omitempty" json:"http,omitempty"`
 	RateLimit string     `yaml:"rateLimit,omitempty" json:"rateLimit,omitempty"`
-	Labels    Labels     `yaml:"labels,omitempty" json:"labels,omitempty"`
+	// Essential flows stay allowed while the subject's risk is at or above
+	// its class's restrictAt; every other flow is then denied.
+	Essential bool   `yaml:"essential,omitempty" json:"essential,omitempty"`
+	Labels    Labels `yaml:"labels,omitempty" json:"labels,omitempty"`
 }
 
 // Selector picks subjects; every field that is given must match.

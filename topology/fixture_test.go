@@ -16,10 +16,10 @@ const testSHA = "87576034ab229baee8834c07ea4de31c0167a5c14a6ae4e26d62fad1b48944a
 //
 //	zones:         0 north, 1 south, 2 cloud
 //	gateways:      0 gw-n (north), 1 gw-s (south)
-//	deviceClasses: 0 light (attested), 1 sensor
+//	deviceClasses: 0 light (attested), 1 sensor (with a response policy)
 //	devices:       0 light-1 (gw-n), 1 light-2 (gw-s), 2 sensor-1 (gw-n)
 //	services:      0 telemetry (http), 1 control (grpc), 2 mqtt (tcp)
-//	flows:         0 sensor-telemetry, 1 control-lights, 2 lights-mqtt
+//	flows:         0 sensor-telemetry (essential), 1 control-lights, 2 lights-mqtt
 func validDoc() *Document {
 	return &Document{
 		APIVersion:  APIVersion,
@@ -42,7 +42,10 @@ func validDoc() *Document {
 				},
 				RateLimit: "60/m",
 			},
-			{Name: "sensor", RateLimit: "30/m"},
+			{
+				Name: "sensor", RateLimit: "30/m",
+				Response: &ResponsePolicy{RestrictAt: intp(40), Mode: ResponseApprove, Learning: "1h", NeverQuarantine: []string{"sensor-1"}},
+			},
 		},
 		Devices: []Device{
 			{Name: "light-1", Class: "light", Gateway: "gw-n"},
@@ -62,6 +65,7 @@ func validDoc() *Document {
 				HTTP: &HTTPMatch{Methods: []string{"POST"}, Paths: []string{"/api/v1/telemetry"}},
 				// a flow's own budget, below the class default
 				RateLimit: "10/m",
+				Essential: true,
 			},
 			{
 				Name: "control-lights",

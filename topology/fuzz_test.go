@@ -38,6 +38,7 @@ func FuzzLoad(f *testing.F) {
 		`{"apiVersion": "vigil/v1", "trustDomain": "a", "zones": [{"name": "z", "labels": {"k": "1", "k": "2"}}]`,
 		"{\"apiVersion\": \"vigil/v1\",\n\"zones\": 3}",
 		"- just\n- a list\n",
+		"apiVersion: vigil/v1\ntrustDomain: a\nzones: [{name: z}]\ngateways: [{name: g, zone: z}]\ndeviceClasses:\n  - {name: c, response: {restrictAt: 30, quarantineAt: 30, mode: approve, learning: 7d, neverQuarantine: [d]}}\n  - {name: e, response: {restrictAt: 0, quarantineAt: 101, mode: x, learning: -1s, neverQuarantine: [d, d, f]}}\ndevices: [{name: d, class: c, gateway: g}, {name: f, class: e, gateway: g}]\nservices: [{name: s, zone: z, protocol: tcp}]\nflows: [{name: f, from: {classes: [c]}, to: {service: s}, essential: true}]\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -129,6 +130,22 @@ func checkIndex(t *testing.T, ix *Index) {
 		}
 		if back, ok := ix.BySPIFFEID(id); !ok || back != s {
 			t.Fatalf("BySPIFFEID(%q) = %v, %v; want %v", id, back, ok, s)
+		}
+	}
+
+	for _, dc := range ix.Document().DeviceClasses {
+		c, _ := ix.Class(dc.Name)
+		r := c.Response
+		if r.RestrictAt < 1 || r.RestrictAt > r.QuarantineAt || r.QuarantineAt > 100 {
+			t.Fatalf("class %s: risk thresholds %d and %d are not 1 ≤ restrictAt ≤ quarantineAt ≤ 100", c.Name, r.RestrictAt, r.QuarantineAt)
+		}
+		if r.Learning < 0 {
+			t.Fatalf("class %s: negative learning period %v", c.Name, r.Learning)
+		}
+		for n := range r.NeverQuarantine {
+			if d, ok := ix.Device(n); !ok || d.Class != c.Name {
+				t.Fatalf("class %s: neverQuarantine names %q, which is not a device of the class", c.Name, n)
+			}
 		}
 	}
 

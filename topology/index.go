@@ -27,7 +27,40 @@ type Class struct {
 	Rate Rate
 	// Attestation is the parsed attestation policy (zero when MaxAge is).
 	Attestation ClassAttestation
+	// Response is the parsed response policy, defaults filled in.
+	Response ClassResponse
 }
+
+// ClassResponse is a class's response policy (ResponsePolicy) with its
+// values parsed and the defaults filled in, so readers never parse it.
+type ClassResponse struct {
+	// RestrictAt is the risk from which only essential flows are allowed.
+	RestrictAt int
+	// QuarantineAt is the risk from which the playbook runs; never below
+	// RestrictAt.
+	QuarantineAt int
+	// Approve is set for mode: approve (an operator approves quarantines).
+	Approve bool
+	// Learning is how long after the class first appears its findings
+	// only alert; zero for none.
+	Learning time.Duration
+	// NeverQuarantine holds the devices of the class that the automatic
+	// playbook never quarantines; nil when there are none.
+	NeverQuarantine map[string]bool
+}
+
+// DefaultResponse is the response policy of a class that gives none, and
+// of subjects without a class (gateways, services).
+func DefaultResponse() ClassResponse {
+	return ClassResponse{RestrictAt: DefaultRestrictAt, QuarantineAt: DefaultQuarantineAt}
+}
+
+// Restricts reports whether a risk score restricts a subject to its
+// essential flows.
+func (r ClassResponse) Restricts(risk int) bool { return risk >= r.RestrictAt }
+
+// Quarantines reports whether a risk score reaches the playbook.
+func (r ClassResponse) Quarantines(risk int) bool { return risk >= r.QuarantineAt }
 
 // ClassAttestation is a class's attestation policy with its values parsed.
 type ClassAttestation struct {
@@ -156,6 +189,9 @@ type builder struct {
 	groups  map[group]bool
 	// edgePorts maps zone/port to the service its cloud edge fronts there.
 	edgePorts map[string]string
+	// deviceClass maps the document's device names to their classes (the
+	// first device of a name), for checks made before devices are indexed.
+	deviceClass map[string]string
 }
 
 func (b *builder) errorf(path, format string, args ...any) {
@@ -353,6 +389,7 @@ func (b *builder) classes() {
 				}
 			}
 		}
+		c.Response = b.responsePolicy(path+".response", dc.Name, dc.Response)
 		if dc.RateLimit != "" {
 			r, err := ParseRate(dc.RateLimit)
 			if err != nil {
@@ -362,6 +399,89 @@ func (b *builder) classes() {
 		}
 		name(b, path, "device class", dc.Name, b.ix.classes, c)
 	}
+}
+
+// responsePolicy parses what the monitor may do about the devices of
+// class, filling in the defaults.
+func (b *builder) responsePolicy(path, class string, p *ResponsePolicy) ClassResponse {
+	cr := DefaultResponse()
+	if p == nil {
+		return cr
+	}
+	riskOK := true
+	risk := func(field string, v *int, dst *int) {
+		if v == nil {
+			return
+		}
+		if *v < 1 || *v > 100 {
+			b.errorf(path+"."+field, "risk %d is out of range (1 to 100)", *v)
+			riskOK = false
+			return
+		}
+		*dst = *v
+	}
+	risk("restrictAt", p.RestrictAt, &cr.RestrictAt)
+	risk("quarantineAt", p.QuarantineAt, &cr.QuarantineAt)
+	if riskOK && cr.RestrictAt > cr.QuarantineAt {
+		if p.QuarantineAt == nil {
+			b.errorf(path+".restrictAt", "restrictAt %d is above quarantineAt %d (the default); give a quarantineAt of at least %d", cr.RestrictAt, cr.QuarantineAt, cr.RestrictAt)
+		} else if p.RestrictAt == nil {
+			b.errorf(path+".quarantineAt", "quarantineAt %d is below restrictAt %d (the default); give a restrictAt of at most %d", cr.QuarantineAt, cr.RestrictAt, cr.QuarantineAt)
+		} else {
+			b.errorf(path+".restrictAt", "restrictAt %d is above quarantineAt %d", cr.RestrictAt, cr.QuarantineAt)
+		}
+	}
+	switch p.Mode {
+	case "", ResponseAuto:
+	case ResponseApprove:
+		cr.Approve = true
+	default:
+		b.errorf(path+".mode", "unknown mode %q (want %q, the default, or %q)", p.Mode, ResponseAuto, ResponseApprove)
+	}
+	if p.Learning != "" {
+		d, err := ParseLearning(p.Learning)
+		if err != nil {
+			b.errorf(path+".learning", "%v", err)
+		}
+		cr.Learning = d
+	}
+	for j, n := range p.NeverQuarantine {
+		np := fmt.Sprintf("%s.neverQuarantine[%d]", path, j)
+		if slices.Index(p.NeverQuarantine, n) != j {
+			b.errorf(np, "device %q is listed twice", n)
+			continue
+		}
+		other, ok := b.classOfDevice(n)
+		switch {
+		case !ok:
+			b.unknown(np, "device", n)
+		case other != class:
+			b.errorf(np, "device %q is of class %q; only devices of class %q may be listed", n, other, class)
+		default:
+			if cr.NeverQuarantine == nil {
+				cr.NeverQuarantine = make(map[string]bool, len(p.NeverQuarantine))
+			}
+			cr.NeverQuarantine[n] = true
+		}
+	}
+	return cr
+}
+
+// classOfDevice is the class of the document's device named n (the first
+// of that name), read from the document: classes are checked before
+// devices are indexed, so that errors come in document order.
+func (b *builder) classOfDevice(n string) (string, bool) {
+	if b.deviceClass == nil {
+		b.deviceClass = make(map[string]string, len(b.ix.doc.Devices))
+		for i := range b.ix.doc.Devices {
+			d := &b.ix.doc.Devices[i]
+			if _, dup := b.deviceClass[d.Name]; !dup && IsName(d.Name) {
+				b.deviceClass[d.Name] = d.Class
+			}
+		}
+	}
+	c, ok := b.deviceClass[n]
+	return c, ok
 }
 
 func (b *builder) devices() {

@@ -59,6 +59,17 @@ func (ix *Index) ZoneOf(s Subject) (string, bool) {
 	return "", false
 }
 
+// ResponseOf is the response policy in force for a subject: its class's
+// for a device of the document, DefaultResponse() for anything else.
+func (ix *Index) ResponseOf(s Subject) ClassResponse {
+	if s.Kind == KindDevice {
+		if d, ok := ix.devices[s.Name]; ok {
+			return ix.classes[d.Class].Response
+		}
+	}
+	return DefaultResponse()
+}
+
 // SPIFFEID is the identity of a subject of this document.
 func (ix *Index) SPIFFEID(s Subject) (string, bool) {
 	zone, ok := ix.ZoneOf(s)

@@ -46,6 +46,21 @@ func TestSmartCityExample(t *testing.T) {
 			t.Errorf("class %s = %+v, %v; want attestation with firmware and a rate limit", c, class, ok)
 		}
 	}
+	// Cameras are quarantined only with an operator's approval; the other
+	// classes act on their own, never during a learning period (vigil dev
+	// shows an attack contained within minutes).
+	for c, approve := range map[string]bool{"streetlight": false, "air-quality": false, "traffic-camera": true} {
+		class, _ := ix.Class(c)
+		if r := class.Response; r.Approve != approve || r.Learning != 0 || r.RestrictAt > r.QuarantineAt {
+			t.Errorf("class %s: response %+v, want approve=%v and no learning period", c, r, approve)
+		}
+	}
+	// Telemetry, and only telemetry, stays allowed for a restricted device.
+	for _, r := range ix.Rules() {
+		if want := r.To.Service == "telemetry"; r.Essential != want {
+			t.Errorf("flow %s: essential = %v, want %v", r.Name, r.Essential, want)
+		}
+	}
 }
 
 func TestSmartCityIdentities(t *testing.T) {

@@ -1,10 +1,13 @@
 package topology
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestValidDocument guards the fixture every validation case starts from.
@@ -24,6 +27,9 @@ func TestValidDocument(t *testing.T) {
 func TestValidationRules(t *testing.T) {
 	long := func(n int) string { return strings.Repeat("a", n) }
 	one := func(path, msg string) []want { return []want{{path, msg}} }
+	respond := func(class int, p ResponsePolicy) func(d *Document) {
+		return func(d *Document) { d.DeviceClasses[class].Response = &p }
+	}
 	tests := []struct {
 		name   string
 		mutate func(d *Document)
@@ -124,6 +130,43 @@ func TestValidationRules(t *testing.T) {
 		{"class identity unknown", func(d *Document) { d.DeviceClasses[1].Identity = "spire" }, one("deviceClasses[1].identity", `unknown identity "spire" (want "delegated", the default, or "agent")`)},
 		{"class identity upper case", func(d *Document) { d.DeviceClasses[0].Identity = "Agent" }, one("deviceClasses[0].identity", `unknown identity "Agent"`)},
 		{"class identity blank", func(d *Document) { d.DeviceClasses[0].Identity = " " }, one("deviceClasses[0].identity", `unknown identity " "`)},
+
+		// response policies
+		{"restrictAt zero", respond(0, ResponsePolicy{RestrictAt: intp(0)}), one("deviceClasses[0].response.restrictAt", "risk 0 is out of range (1 to 100)")},
+		{"restrictAt over 100", respond(0, ResponsePolicy{RestrictAt: intp(101)}), one("deviceClasses[0].response.restrictAt", "risk 101 is out of range (1 to 100)")},
+		{"quarantineAt negative", respond(1, ResponsePolicy{QuarantineAt: intp(-5)}), one("deviceClasses[1].response.quarantineAt", "risk -5 is out of range")},
+		{"quarantineAt over 100", respond(1, ResponsePolicy{QuarantineAt: intp(1000)}), one("deviceClasses[1].response.quarantineAt", "risk 1000 is out of range")},
+		{"both out of range: no order error", respond(0, ResponsePolicy{RestrictAt: intp(0), QuarantineAt: intp(101)}), []want{
+			{"deviceClasses[0].response.restrictAt", "risk 0 is out of range"},
+			{"deviceClasses[0].response.quarantineAt", "risk 101 is out of range"},
+		}},
+		{"restrictAt above quarantineAt", respond(0, ResponsePolicy{RestrictAt: intp(90), QuarantineAt: intp(60)}), one("deviceClasses[0].response.restrictAt", "restrictAt 90 is above quarantineAt 60")},
+		{"restrictAt above the default quarantineAt", respond(0, ResponsePolicy{RestrictAt: intp(81)}), one("deviceClasses[0].response.restrictAt", "restrictAt 81 is above quarantineAt 80 (the default); give a quarantineAt of at least 81")},
+		{"quarantineAt below the default restrictAt", respond(0, ResponsePolicy{QuarantineAt: intp(49)}), one("deviceClasses[0].response.quarantineAt", "quarantineAt 49 is below restrictAt 50 (the default); give a restrictAt of at most 49")},
+		{"mode unknown", respond(0, ResponsePolicy{Mode: "manual"}), one("deviceClasses[0].response.mode", `unknown mode "manual" (want "auto", the default, or "approve")`)},
+		{"mode upper case", respond(1, ResponsePolicy{Mode: "Approve"}), one("deviceClasses[1].response.mode", `unknown mode "Approve"`)},
+		{"learning negative", respond(0, ResponsePolicy{Learning: "-1h"}), one("deviceClasses[0].response.learning", `duration "-1h" must be zero or positive`)},
+		{"learning not a duration", respond(0, ResponsePolicy{Learning: "a while"}), one("deviceClasses[0].response.learning", `duration "a while" must be zero or positive`)},
+		{"learning over ten years", respond(0, ResponsePolicy{Learning: "3651d"}), one("deviceClasses[0].response.learning", "at most 3650d")},
+		{"neverQuarantine unknown device", respond(0, ResponsePolicy{NeverQuarantine: []string{"light-1", "light-9"}}), one("deviceClasses[0].response.neverQuarantine[1]", `unknown device "light-9"`)},
+		{"neverQuarantine empty name", respond(0, ResponsePolicy{NeverQuarantine: []string{""}}), one("deviceClasses[0].response.neverQuarantine[0]", "is required")},
+		{"neverQuarantine device of another class", respond(0, ResponsePolicy{NeverQuarantine: []string{"sensor-1"}}), one("deviceClasses[0].response.neverQuarantine[0]", `device "sensor-1" is of class "sensor"; only devices of class "light" may be listed`)},
+		{"neverQuarantine gateway", respond(0, ResponsePolicy{NeverQuarantine: []string{"gw-n"}}), one("deviceClasses[0].response.neverQuarantine[0]", `unknown device "gw-n"`)},
+		{"neverQuarantine duplicate", respond(0, ResponsePolicy{NeverQuarantine: []string{"light-1", "light-2", "light-1"}}), one("deviceClasses[0].response.neverQuarantine[2]", `device "light-1" is listed twice`)},
+		{"every response error at once", respond(1, ResponsePolicy{RestrictAt: intp(95), QuarantineAt: intp(90), Mode: "off", Learning: "1w", NeverQuarantine: []string{"light-1", "nope"}}), []want{
+			{"deviceClasses[1].response.restrictAt", "restrictAt 95 is above quarantineAt 90"},
+			{"deviceClasses[1].response.mode", `unknown mode "off"`},
+			{"deviceClasses[1].response.learning", `duration "1w"`},
+			{"deviceClasses[1].response.neverQuarantine[0]", `device "light-1" is of class "light"; only devices of class "sensor"`},
+			{"deviceClasses[1].response.neverQuarantine[1]", `unknown device "nope"`},
+		}},
+		{"response errors come in document order", func(d *Document) {
+			d.DeviceClasses[0].Response = &ResponsePolicy{NeverQuarantine: []string{"light-9"}}
+			d.Devices[1].Class = "lamp"
+		}, []want{
+			{"deviceClasses[0].response.neverQuarantine[0]", `unknown device "light-9"`},
+			{"devices[1].class", `unknown device class "lamp"`},
+		}},
 
 		// services
 		{"service unknown zone", func(d *Document) { d.Services[0].Zone = "edge" }, one("services[0].zone", `unknown zone "edge"`)},
@@ -250,6 +293,24 @@ func TestValidationAccepts(t *testing.T) {
 			d.Flows = append(d.Flows, Flow{Name: "peer", From: Selector{Devices: []string{"light-1"}}, To: Selector{Devices: []string{"light-2"}}})
 		}},
 		{"header only", func(d *Document) { *d = Document{APIVersion: APIVersion, TrustDomain: "a_b.example-1"} }},
+		{"empty response", func(d *Document) { d.DeviceClasses[0].Response = &ResponsePolicy{} }},
+		{"restrictAt equal to quarantineAt", func(d *Document) {
+			d.DeviceClasses[0].Response = &ResponsePolicy{RestrictAt: intp(70), QuarantineAt: intp(70)}
+		}},
+		{"risk bounds", func(d *Document) {
+			d.DeviceClasses[0].Response = &ResponsePolicy{RestrictAt: intp(1), QuarantineAt: intp(100)}
+			d.DeviceClasses[1].Response = &ResponsePolicy{RestrictAt: intp(100), QuarantineAt: intp(100)}
+		}},
+		{"restrictAt below the default quarantineAt", func(d *Document) { d.DeviceClasses[0].Response = &ResponsePolicy{RestrictAt: intp(80)} }},
+		{"quarantineAt above the default restrictAt", func(d *Document) { d.DeviceClasses[0].Response = &ResponsePolicy{QuarantineAt: intp(50)} }},
+		{"mode auto", func(d *Document) { d.DeviceClasses[0].Response = &ResponsePolicy{Mode: ResponseAuto} }},
+		{"mode approve", func(d *Document) { d.DeviceClasses[0].Response = &ResponsePolicy{Mode: ResponseApprove} }},
+		{"learning zero", func(d *Document) { d.DeviceClasses[0].Response = &ResponsePolicy{Learning: "0s"} }},
+		{"learning in days", func(d *Document) { d.DeviceClasses[0].Response = &ResponsePolicy{Learning: "14d"} }},
+		{"neverQuarantine every device of the class", func(d *Document) {
+			d.DeviceClasses[0].Response = &ResponsePolicy{NeverQuarantine: []string{"light-2", "light-1"}}
+		}},
+		{"essential flows", func(d *Document) { d.Flows[0].Essential, d.Flows[1].Essential = true, true }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -409,5 +470,125 @@ func TestClassIdentityYAML(t *testing.T) {
 	}
 	if fe := verr.Errors[0]; fe.Path != "deviceClasses[1].identity" || fe.Line != 7 {
 		t.Errorf("error at %s line %d, want deviceClasses[1].identity line 7", fe.Path, fe.Line)
+	}
+}
+
+func intp(v int) *int { return &v }
+
+// TestClassResponse checks the parsed response policy: defaults for what
+// is not given, and ResponseOf for every kind of subject.
+func TestClassResponse(t *testing.T) {
+	d := validDoc()
+	d.DeviceClasses[0].Response = &ResponsePolicy{RestrictAt: intp(60), QuarantineAt: intp(90), Mode: ResponseApprove,
+		Learning: "2d", NeverQuarantine: []string{"light-2"}}
+	d.DeviceClasses[1].Response = &ResponsePolicy{Mode: ResponseAuto}
+	d.Flows[0].Essential = true
+	ix, err := NewIndex(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	light, _ := ix.Class("light")
+	want := ClassResponse{RestrictAt: 60, QuarantineAt: 90, Approve: true, Learning: 48 * time.Hour, NeverQuarantine: map[string]bool{"light-2": true}}
+	if !reflect.DeepEqual(light.Response, want) {
+		t.Errorf("light: Response = %+v, want %+v", light.Response, want)
+	}
+	if light.DeviceClass.Response != d.DeviceClasses[0].Response {
+		t.Error("the class's document response policy is not the document's")
+	}
+	sensor, _ := ix.Class("sensor")
+	if !reflect.DeepEqual(sensor.Response, DefaultResponse()) {
+		t.Errorf("sensor (mode auto only): Response = %+v, want the defaults %+v", sensor.Response, DefaultResponse())
+	}
+	if def := DefaultResponse(); def.RestrictAt != 50 || def.QuarantineAt != 80 || def.Approve || def.Learning != 0 || def.NeverQuarantine != nil {
+		t.Errorf("DefaultResponse() = %+v", def)
+	}
+	for _, tt := range []struct {
+		s    Subject
+		want ClassResponse
+	}{
+		{DeviceSubject("light-1"), want},
+		{DeviceSubject("sensor-1"), DefaultResponse()},
+		{GatewaySubject("gw-n"), DefaultResponse()},
+		{ServiceSubject("telemetry"), DefaultResponse()},
+		{DeviceSubject("nobody"), DefaultResponse()},
+	} {
+		if got := ix.ResponseOf(tt.s); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("ResponseOf(%v) = %+v, want %+v", tt.s, got, tt.want)
+		}
+	}
+	r := ix.ResponseOf(DeviceSubject("light-1"))
+	for _, tt := range []struct {
+		risk                   int
+		restricts, quarantines bool
+	}{{0, false, false}, {59, false, false}, {60, true, false}, {89, true, false}, {90, true, true}, {100, true, true}} {
+		if r.Restricts(tt.risk) != tt.restricts || r.Quarantines(tt.risk) != tt.quarantines {
+			t.Errorf("risk %d: Restricts = %v, Quarantines = %v; want %v, %v", tt.risk, r.Restricts(tt.risk), r.Quarantines(tt.risk), tt.restricts, tt.quarantines)
+		}
+	}
+	if rule, _ := ix.Flow("sensor-telemetry"); !rule.Essential {
+		t.Error("rule sensor-telemetry is not essential")
+	}
+	if rule, _ := ix.Flow("control-lights"); rule.Essential {
+		t.Error("rule control-lights is essential")
+	}
+}
+
+// TestClassResponseYAML reads a response block and essential flags from a
+// document, and reports a bad value with its line.
+func TestClassResponseYAML(t *testing.T) {
+	const src = `apiVersion: vigil/v1
+trustDomain: t.example
+zones: [{name: z}]
+gateways: [{name: gw, zone: z}]
+deviceClasses:
+  - name: cam
+    response:
+      restrictAt: 0
+      quarantineAt: 100
+      mode: approve
+      learning: 0s
+      neverQuarantine: [cam-1]
+  - name: lamp
+    response: {restrictAt: 40, quarantineAt: 40, learning: 1h}
+devices:
+  - {name: cam-1, class: cam, gateway: gw}
+  - {name: lamp-1, class: lamp, gateway: gw}
+services: [{name: s, zone: z, protocol: http, hosts: [s.t.example]}]
+flows:
+  - {name: f, from: {classes: [cam]}, to: {service: s}, essential: true}
+  - {name: g, from: {classes: [lamp]}, to: {service: s}}
+`
+	_, err := Load([]byte(src))
+	got := fieldErrors(t, err)
+	if len(got) != 1 || got[0].Path != "deviceClasses[0].response.restrictAt" || got[0].Line != 8 ||
+		!strings.Contains(got[0].Message, "risk 0 is out of range (1 to 100)") {
+		t.Fatalf("got%s\nwant deviceClasses[0].response.restrictAt at line 8", formatErrors(got))
+	}
+	ix := mustLoad(t, strings.Replace(src, "restrictAt: 0", "restrictAt: 1", 1))
+	cam, _ := ix.Class("cam")
+	if want := (ClassResponse{RestrictAt: 1, QuarantineAt: 100, Approve: true, NeverQuarantine: map[string]bool{"cam-1": true}}); !reflect.DeepEqual(cam.Response, want) {
+		t.Errorf("cam: %+v, want %+v", cam.Response, want)
+	}
+	lamp, _ := ix.Class("lamp")
+	if want := (ClassResponse{RestrictAt: 40, QuarantineAt: 40, Learning: time.Hour}); !reflect.DeepEqual(lamp.Response, want) {
+		t.Errorf("lamp: %+v, want %+v", lamp.Response, want)
+	}
+	if f, _ := ix.Flow("f"); !f.Essential {
+		t.Error("flow f is not essential")
+	}
+	if g, _ := ix.Flow("g"); g.Essential {
+		t.Error("flow g is essential")
+	}
+	// An explicit zero is kept in the JSON form, so it is refused there too.
+	doc, err := Decode([]byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := json.Marshal(doc)
+	if !strings.Contains(string(js), `"restrictAt":0`) {
+		t.Errorf("the JSON form drops restrictAt 0: %s", js)
+	}
+	if _, err := Load(js); err == nil {
+		t.Error("the JSON form with restrictAt 0 was accepted")
 	}
 }

@@ -58,7 +58,7 @@ func ParseMaxAge(s string) (time.Duration, error) {
 	if days, ok := strings.CutSuffix(s, "d"); ok {
 		var n int
 		n, err = strconv.Atoi(days)
-		if err == nil && n > 0 && n <= 3650 {
+		if err == nil && n > 0 && n <= maxDays {
 			return time.Duration(n) * 24 * time.Hour, nil
 		}
 		err = fmt.Errorf("bad day count")
@@ -69,6 +69,22 @@ func ParseMaxAge(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("duration %q must be positive, like 90s, 24h or 7d", s)
 	}
 	return d, nil
+}
+
+// maxDays bounds a duration given in days (ten years).
+const maxDays = 3650
+
+// ParseLearning reads a duration that may be zero: "0s", "90m", "24h" or
+// "7d", at most 3650 days (a class's response.learning).
+func ParseLearning(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		if n, err := strconv.Atoi(days); err == nil && n >= 0 && n <= maxDays {
+			return time.Duration(n) * 24 * time.Hour, nil
+		}
+	} else if d, err := time.ParseDuration(s); err == nil && d >= 0 && d <= maxDays*24*time.Hour {
+		return d, nil
+	}
+	return 0, fmt.Errorf("duration %q must be zero or positive, like 0s, 12h or 7d (at most %dd)", s, maxDays)
 }
 
 // IsName reports whether s is a lowercase DNS label: 1-63 characters of

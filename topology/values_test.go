@@ -113,6 +113,49 @@ func TestParseMaxAge(t *testing.T) {
 	}
 }
 
+func TestParseLearning(t *testing.T) {
+	tests := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"0s", 0, true},
+		{"0", 0, true},
+		{"0d", 0, true},
+		{"90m", 90 * time.Minute, true},
+		{"1h30m", 90 * time.Minute, true},
+		{"7d", 7 * 24 * time.Hour, true},
+		{"3650d", 3650 * 24 * time.Hour, true},
+		{"87600h", 3650 * 24 * time.Hour, true},
+		{"", 0, false},
+		{"-1s", 0, false},
+		{"-1d", 0, false},
+		{"3651d", 0, false},
+		{"87601h", 0, false},
+		{"soon", 0, false},
+		{"24", 0, false},
+		{"1.5d", 0, false},
+		{"7D", 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := ParseLearning(tt.in)
+			if !tt.ok {
+				if err == nil {
+					t.Fatalf("ParseLearning(%q) = %v, want an error", tt.in, got)
+				}
+				if !strings.Contains(err.Error(), "must be zero or positive, like 0s, 12h or 7d (at most 3650d)") {
+					t.Errorf("error %q does not explain the form", err)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Errorf("ParseLearning(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+			}
+		})
+	}
+}
+
 func TestIsName(t *testing.T) {
 	tests := []struct {
 		in   string

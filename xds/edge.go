@@ -98,6 +98,8 @@ func edgeListener(p *inboundPlan, opts Options) *listenerv3.Listener {
 			extAuthzFilter(opts, true),
 			routerFilter(),
 		},
+		// The device is the URI its gateway forwarded in XFCC.
+		AccessLog: accessLogs(true),
 	}
 	hardenHCM(hcm, opts)
 	alpn := []string{"h2", "http/1.1"}

@@ -6,8 +6,11 @@ import (
 	"strings"
 	"testing"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	grpclogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	authzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -246,5 +249,96 @@ func TestMergedRoutesTakeTheMostGenerousRate(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("no descriptor for the merged telemetry route in %s", prototext.Format(proto.Message(cfg)))
+	}
+}
+
+// TestAccessLogsGoToTheBootstrapsXDSCluster (issue 13): every connection
+// manager sent to an Envoy logs over gRPC ALS to the Vigil members. Envoy
+// accepts an ALS cluster only if it is static, defined in the bootstrap
+// ("Unknown gRPC client cluster" / "gRPC client cluster … is not static",
+// envoyproxy/envoy#2360, #17908), and only transport_api_version V3;
+// otherwise it NACKs the whole listener. The stdout log stays. The cloud
+// edge logs XFCC (its device is forwarded), a gateway does not (its device
+// is the peer certificate). The deny-all listener logs nothing over gRPC:
+// it must be accepted whatever bootstrap the unknown node runs.
+func TestAccessLogsGoToTheBootstrapsXDSCluster(t *testing.T) {
+	boot, err := Bootstrap(Node{ID: "gw-north-1", Cluster: "north"}, []string{"10.0.0.1:18000"}, Options{}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	static := map[string]bool{}
+	for _, c := range boot.GetStaticResources().GetClusters() {
+		static[c.GetName()] = true
+	}
+	checked := map[bool]int{} // listeners, by whether they forward XFCC
+	eachEnvoyCase(t, func(t *testing.T, res *Resources) {
+		for _, r := range res.Clusters {
+			if static[name(r)] {
+				t.Errorf("cluster %s is sent by CDS; it must only be in the bootstrap", name(r))
+			}
+		}
+		for _, r := range res.Listeners {
+			l := r.(*listenerv3.Listener)
+			hcm := hcmOf(t, l)
+			if hcm == nil {
+				continue
+			}
+			var stdout int
+			var als []*grpclogv3.HttpGrpcAccessLogConfig
+			for _, a := range hcm.GetAccessLog() {
+				if a.GetFilter() != nil {
+					t.Errorf("listener %s: access log %s has a filter; every request is logged", l.GetName(), a.GetName())
+				}
+				switch cfg := a.GetTypedConfig(); {
+				case cfg.MessageIs(&streamv3.StdoutAccessLog{}):
+					stdout++
+				case cfg.MessageIs(&grpclogv3.HttpGrpcAccessLogConfig{}):
+					c := &grpclogv3.HttpGrpcAccessLogConfig{}
+					if err := cfg.UnmarshalTo(c); err != nil {
+						t.Fatal(err)
+					}
+					if a.GetName() != "envoy.access_loggers.http_grpc" {
+						t.Errorf("listener %s: gRPC access log named %q", l.GetName(), a.GetName())
+					}
+					als = append(als, c)
+				default:
+					t.Errorf("listener %s: access log %s of type %s", l.GetName(), a.GetName(), cfg.GetTypeUrl())
+				}
+			}
+			if stdout != 1 || len(als) != 1 {
+				t.Errorf("listener %s: %d stdout and %d gRPC access logs, want one of each", l.GetName(), stdout, len(als))
+				continue
+			}
+			common := als[0].GetCommonConfig()
+			if cluster := common.GetGrpcService().GetEnvoyGrpc().GetClusterName(); cluster != XDSCluster || !static[cluster] {
+				t.Errorf("listener %s: ALS to cluster %q (a bootstrap cluster: %v), want the bootstrap's %s", l.GetName(), cluster, static[cluster], XDSCluster)
+			}
+			if common.GetTransportApiVersion() != corev3.ApiVersion_V3 || common.GetLogName() != ALSLogName {
+				t.Errorf("listener %s: ALS transport %v, log name %q", l.GetName(), common.GetTransportApiVersion(), common.GetLogName())
+			}
+			if common.GetBufferSizeBytes().GetValue() == 0 || common.GetBufferSizeBytes().GetValue() > MaxRequestBytes/4 {
+				t.Errorf("listener %s: ALS buffer %v: a message must stay far below the server's MaxRequestBytes", l.GetName(), common.GetBufferSizeBytes())
+			}
+			wantXFCC := hcm.GetForwardClientCertDetails() == hcmv3.HttpConnectionManager_FORWARD_ONLY
+			checked[wantXFCC]++
+			if got := slices.Contains(als[0].GetAdditionalRequestHeadersToLog(), xfccHeader); got != wantXFCC {
+				t.Errorf("listener %s (XFCC %v): logs %s: %v, want %v", l.GetName(), hcm.GetForwardClientCertDetails(), xfccHeader, got, wantXFCC)
+			}
+			if !slices.Contains(als[0].GetAdditionalRequestHeadersToLog(), decisionIDHeader) || !slices.Contains(als[0].GetAdditionalResponseHeadersToLog(), decisionIDHeader) {
+				t.Errorf("listener %s: the decision ID is not logged from the request and the reply", l.GetName())
+			}
+		}
+	})
+	if checked[true] == 0 || checked[false] == 0 {
+		t.Errorf("checked %d edge and %d gateway listeners; the golden cases must have both", checked[true], checked[false])
+	}
+	deny, err := DenyAll(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range hcmOf(t, deny.Listeners[0].(*listenerv3.Listener)).GetAccessLog() {
+		if a.GetTypedConfig().MessageIs(&grpclogv3.HttpGrpcAccessLogConfig{}) {
+			t.Error("the deny-all listener logs over gRPC: an unknown node's bootstrap may lack the cluster, and Envoy would NACK it")
+		}
 	}
 }

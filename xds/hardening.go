@@ -3,9 +3,7 @@ package xds
 import (
 	"time"
 
-	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -29,8 +27,8 @@ const (
 	initialConnectionWindowBytes = 1 << 20
 )
 
-// hardenHCM applies the limits to a connection manager, and logs every
-// request to standard output.
+// hardenHCM applies the limits to a connection manager. (Its access logs
+// are accessLogs'.)
 func hardenHCM(hcm *hcmv3.HttpConnectionManager, opts Options) {
 	hcm.RequestHeadersTimeout = durationpb.New(requestHeadersTimeout)
 	hcm.StreamIdleTimeout = durationpb.New(streamIdleTimeout)
@@ -44,10 +42,6 @@ func hardenHCM(hcm *hcmv3.HttpConnectionManager, opts Options) {
 		InitialStreamWindowSize:     wrapperspb.UInt32(initialStreamWindowBytes),
 		InitialConnectionWindowSize: wrapperspb.UInt32(initialConnectionWindowBytes),
 	}
-	hcm.AccessLog = []*accesslogv3.AccessLog{{
-		Name:       "envoy.access_loggers.stdout",
-		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(&streamv3.StdoutAccessLog{})},
-	}}
 }
 
 // keepalive makes a gRPC cluster (xDS, ext_authz) ping its connection, so

@@ -49,6 +49,8 @@ func gatewayListener(p *gatewayPlan, opts Options) *listenerv3.Listener {
 			extAuthzFilter(opts, false),
 			routerFilter(),
 		},
+		// The device is the peer certificate, which every entry carries.
+		AccessLog: accessLogs(false),
 	}
 	hardenHCM(hcm, opts)
 	devices := &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{

@@ -13,14 +13,14 @@ base := {
 		"subject": {
 			"kind": "device", "name": "aq-1", "spiffe_id": "spiffe://city.example/zone/north/device/aq-1",
 			"zone": "north", "class": "air-quality", "gateway": "gw-1", "labels": {},
-			"quarantined": false, "risk": 0, "attestation_required": true,
+			"quarantined": false, "risk": 0, "restrict_at": 50, "attestation_required": true,
 			"attestation": {"method": "tpm", "firmware_version": "1.8.3", "acceptable": true, "problem": ""},
 		},
 		"gateway": {"name": "gw-1", "spiffe_id": "spiffe://city.example/zone/north/gateway/gw-1", "quarantined": false},
 		"service": {"name": "telemetry", "zone": "cloud", "protocol": "http", "spiffe_id": "spiffe://city.example/zone/cloud/service/telemetry", "labels": {}},
 		"flows": [
-			{"name": "firmware", "methods": ["GET"], "paths": [{"value": "/firmware/", "prefix": true, "max_length": 1073741824}], "rate_limit": ""},
-			{"name": "sensor-telemetry", "methods": ["POST"], "paths": [{"value": "/api/v1/telemetry", "prefix": false, "max_length": 17}], "rate_limit": "10/m"},
+			{"name": "firmware", "methods": ["GET"], "paths": [{"value": "/firmware/", "prefix": true, "max_length": 1073741824}], "rate_limit": "", "essential": false},
+			{"name": "sensor-telemetry", "methods": ["POST"], "paths": [{"value": "/api/v1/telemetry", "prefix": false, "max_length": 17}], "rate_limit": "10/m", "essential": true},
 		],
 	},
 }
@@ -62,7 +62,7 @@ test_prefix_path_is_not_a_substring_match if {
 test_any_method_and_any_path if {
 	d := authz.decision with input as with_vigil({
 		"request": {"method": "PATCH", "path": "/whatever/x", "host": "telemetry.city.example"},
-		"flows": [{"name": "open", "methods": ["*"], "paths": [{"value": "", "prefix": true, "max_length": 1073741824}], "rate_limit": ""}],
+		"flows": [{"name": "open", "methods": ["*"], "paths": [{"value": "", "prefix": true, "max_length": 1073741824}], "rate_limit": "", "essential": false}],
 	})
 	d.allowed
 	d.reason == "allowed by flow \"open\""
@@ -126,4 +126,64 @@ test_quarantine_wins_over_every_other_reason if {
 		"flows": [],
 	})
 	contains(d.reason, "is quarantined")
+}
+
+# Risk: at restrict_at and above only essential flows allow.
+
+test_risk_below_restrict_at_allows_every_flow if {
+	d := authz.decision with input as object.union(with_request("GET", "/firmware/a.bin"), {"vigil": {"subject": object.union(base.vigil.subject, {"risk": 49})}})
+	d.allowed
+	d.reason == "allowed by flow \"firmware\""
+}
+
+test_restricted_subject_keeps_its_essential_flows if {
+	d := authz.decision with input as with_subject({"risk": 50})
+	d.allowed
+	d.reason == "allowed by flow \"sensor-telemetry\""
+}
+
+test_restricted_subject_loses_the_other_flows if {
+	d := authz.decision with input as object.union(with_request("GET", "/firmware/a.bin"), {"vigil": {"subject": object.union(base.vigil.subject, {"risk": 63})}})
+	not d.allowed
+	d.reason == "spiffe://city.example/zone/north/device/aq-1 is restricted by risk 63 (restrictAt 50): only essential flows are allowed"
+}
+
+test_restrict_at_is_the_subjects_own if {
+	d := authz.decision with input as object.union(with_request("GET", "/firmware/a.bin"), {"vigil": {"subject": object.union(base.vigil.subject, {"risk": 63, "restrict_at": 64})}})
+	d.allowed
+}
+
+test_the_first_essential_flow_allows_a_restricted_subject if {
+	d := authz.decision with input as with_vigil({
+		"subject": object.union(base.vigil.subject, {"risk": 90}),
+		"flows": [
+			{"name": "any-post", "methods": ["POST"], "paths": [{"value": "", "prefix": true, "max_length": 1073741824}], "rate_limit": "", "essential": false},
+			{"name": "telemetry-only", "methods": ["POST"], "paths": [{"value": "/api/v1/telemetry", "prefix": false, "max_length": 17}], "rate_limit": "", "essential": true},
+		],
+	})
+	d.allowed
+	d.reason == "allowed by flow \"telemetry-only\""
+}
+
+test_a_restricted_request_no_flow_allows_is_denied_as_such if {
+	d := authz.decision with input as object.union(with_request("DELETE", "/api/v1/telemetry"), {"vigil": {"subject": object.union(base.vigil.subject, {"risk": 70})}})
+	not d.allowed
+	contains(d.reason, "no flow allows DELETE /api/v1/telemetry")
+}
+
+test_quarantine_and_attestation_come_before_restriction if {
+	q := authz.decision with input as with_subject({"risk": 99, "quarantined": true, "quarantine": {"reason": "r"}})
+	contains(q.reason, "is quarantined: r")
+	a := authz.decision with input as object.union(with_request("GET", "/firmware/a.bin"), {"vigil": {"subject": object.union(base.vigil.subject, {"risk": 99, "attestation": null})}})
+	contains(a.reason, "has no attestation")
+	e := authz.decision with input as with_subject({"risk": 99, "attestation": null})
+	not e.allowed
+	contains(e.reason, "has no attestation")
+}
+
+test_an_input_without_restrict_at_restricts_nothing if {
+	unset := json.remove(object.union(with_request("GET", "/firmware/a.bin"), {"vigil": {"subject": {"risk": 100}}}), ["vigil/subject/restrict_at"])
+	not unset.vigil.subject.restrict_at
+	d := authz.decision with input as unset
+	d.allowed
 }

@@ -120,6 +120,13 @@ func printSubject(w io.Writer, s *api.Subject) {
 	row("Quarantined", quarantine)
 	if st := s.State; st != nil && st.Risk != nil {
 		row("Risk", fmt.Sprintf("%d (updated %s)", st.Risk.Score, st.Risk.UpdatedAt.Format(time.RFC3339)))
+		for _, sig := range st.Risk.Signals {
+			at := ""
+			if !sig.At.IsZero() {
+				at = " at " + sig.At.Format(time.RFC3339)
+			}
+			row("  finding", fmt.Sprintf("%s (%s) +%d%s: %s", sig.Name, sig.Severity, sig.Score, at, sig.Detail))
+		}
 	}
 	attest := "none"
 	if st := s.State; st != nil && st.Attestation != nil {

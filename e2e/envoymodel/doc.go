@@ -181,6 +181,17 @@
 // the cluster's SDS certificate and refuses a server certificate that
 // fails the cluster's validation context.
 //
+// Access logs (access_log of the connection manager; accesslog.go):
+// stdout and gRPC (http_grpc) loggers are checked as Envoy checks them
+// when it loads the listener: a gRPC logger needs transport_api_version
+// V3 and a static cluster of the Proxy's Bootstrap (ParseBootstrap), not
+// one from CDS. Each request that got an answer or was forwarded records,
+// per logger, the HTTPAccessLogEntry Envoy would send (Outcome.AccessLogs)
+// and, for gRPC, the stream identifier (the bootstrap's node).
+//   - source: source/extensions/access_loggers/grpc/ (http_config.cc,
+//     http_grpc_access_log_impl.cc, grpc_access_log_utils.cc,
+//     config_utils.cc); envoyproxy/envoy#2360, #17908 (static cluster).
+//
 // # Not modelled
 //
 // HTTP/1 and HTTP/2 codec validation, request bodies (with_request_body),
@@ -189,7 +200,8 @@
 // xff_num_trusted_hops variants, scoped routes and VHDS, weighted clusters,
 // CEL and matcher-tree RBAC, ext_authz over HTTP and its metadata
 // contexts, query-parameter matching and mutations, header value
-// formatters, load balancing, health checks and outlier detection, SNI
-// filter chain selection, CRLs and SPKI/hash pinning, certificate
-// expiry beyond what crypto/x509 checks, and enforcing rate limits.
+// formatters, access log filters and formats, load balancing, health
+// checks and outlier detection, SNI filter chain selection, CRLs and
+// SPKI/hash pinning, certificate expiry beyond what crypto/x509 checks,
+// and enforcing rate limits.
 package envoymodel

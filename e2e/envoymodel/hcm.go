@@ -31,7 +31,12 @@ type conn struct {
 // handshake, the connection manager's request header processing, route
 // selection, then the HTTP filters in order. Configuration the model does
 // not cover is an error, never a guess.
-func (p *Proxy) Handle(ctx context.Context, dc Downstream, req Request) (*Outcome, error) {
+//
+// Once the connection is up, the connection manager's access logs are
+// checked as Envoy checks them when it loads the listener (an error when
+// Envoy would refuse them), and what each records for the request is in
+// the outcome's AccessLogs.
+func (p *Proxy) Handle(ctx context.Context, dc Downstream, req Request) (_ *Outcome, err error) {
 	o := &Outcome{Proxy: p.Name}
 	l := p.Resources.Listener(dc.LocalPort)
 	if l == nil {
@@ -66,6 +71,10 @@ func (p *Proxy) Handle(ctx context.Context, dc Downstream, req Request) (*Outcom
 	if err != nil {
 		return nil, err
 	}
+	loggers, err := p.accessLoggers(l.GetName(), hcm)
+	if err != nil {
+		return nil, err
+	}
 	if hcm.GetForwardClientCertMatcher() != nil || hcm.GetTypedHeaderValidationConfig() != nil ||
 		len(hcm.GetEarlyHeaderMutationExtensions()) > 0 || len(hcm.GetOriginalIpDetectionExtensions()) > 0 || hcm.GetXffNumTrustedHops() > 0 {
 		return nil, unmodelled("listener %s: forward_client_cert_matcher, header validation, early header mutation or trusted XFF hops", l.GetName())
@@ -81,6 +90,12 @@ func (p *Proxy) Handle(ctx context.Context, dc Downstream, req Request) (*Outcom
 		}
 	}
 	h := hmap(req.headerMap())
+	start := p.now()
+	defer func() {
+		if err == nil {
+			p.logRequest(loggers, dc, c, h, start, o)
+		}
+	}()
 	if status, why := prepareHeaders(hcm, c, &h, o); status != 0 {
 		return o.end("hcm", status, why), nil
 	}

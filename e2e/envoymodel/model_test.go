@@ -11,8 +11,14 @@ import (
 	"sync"
 	"testing"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacconfigv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	grpclogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
@@ -235,5 +241,126 @@ func TestEnvoyConformanceModelRBACPerRouteReplaces(t *testing.T) {
 		Request{Method: "POST", Path: "/a", Authority: "svc.t.example"})
 	if !o.Forwarded {
 		t.Errorf("route-level RBACPerRoute{} should disable the virtual host's: %s", o.Trace())
+	}
+}
+
+// withAccessLogs replaces the access logs of p's listener.
+func withAccessLogs(t *testing.T, p *Proxy, logs ...*accesslogv3.AccessLog) {
+	t.Helper()
+	f := p.Resources.Listeners[0].FilterChains[0].Filters[0]
+	hcm := &hcmv3.HttpConnectionManager{}
+	if err := f.GetTypedConfig().UnmarshalTo(hcm); err != nil {
+		t.Fatal(err)
+	}
+	hcm.AccessLog = logs
+	a, err := anypb.New(hcm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+}
+
+func grpcAccessLog(t *testing.T, cluster string, version corev3.ApiVersion) *accesslogv3.AccessLog {
+	t.Helper()
+	a, err := anypb.New(&grpclogv3.HttpGrpcAccessLogConfig{
+		CommonConfig: &grpclogv3.CommonGrpcAccessLogConfig{
+			LogName:             "test",
+			GrpcService:         &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: cluster}}},
+			TransportApiVersion: version,
+		},
+		AdditionalRequestHeadersToLog: []string{"x-forwarded-client-cert", "x-absent"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &accesslogv3.AccessLog{Name: "envoy.access_loggers.http_grpc", ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: a}}
+}
+
+const modelBootstrap = `# a bootstrap as vigil envoy bootstrap prints it
+node: {id: proxy-1, cluster: z}
+static_resources:
+  clusters:
+    - name: als
+      type: STATIC
+      load_assignment: {cluster_name: als, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 18000}}}}]}]}
+overload_manager:
+  resource_monitors:
+    - name: envoy.resource_monitors.global_downstream_max_connections
+      typed_config:
+        '@type': type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
+        max_active_downstream_connections: 10
+`
+
+// TestEnvoyConformanceModelAccessLogs: a gRPC access log must name a
+// static (bootstrap) cluster with transport V3, as Envoy requires; each
+// request is then logged with the peer, the request as the filters left
+// it, and a local reply's status.
+func TestEnvoyConformanceModelAccessLogs(t *testing.T) {
+	boot, err := ParseBootstrap([]byte(modelBootstrap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := "spiffe://t.example/device/d1"
+	send := func(p *Proxy, sec *secrets, method string) (*Outcome, error) {
+		return p.Handle(context.Background(), Downstream{LocalPort: 8443, RemoteAddr: netip.MustParseAddrPort("10.0.0.9:5000"), PeerChain: sec.chain(t, dev)},
+			Request{Method: method, Path: "/a", Authority: "svc.t.example"})
+	}
+	for _, tc := range []struct {
+		name      string
+		boot      bool
+		log       *accesslogv3.AccessLog
+		wantError string
+	}{
+		{"static cluster", true, grpcAccessLog(t, "als", corev3.ApiVersion_V3), ""},
+		{"a CDS cluster", true, grpcAccessLog(t, "svc", corev3.ApiVersion_V3), "gRPC client cluster 'svc' is not static"},
+		{"no such cluster", true, grpcAccessLog(t, "nowhere", corev3.ApiVersion_V3), "Unknown gRPC client cluster 'nowhere'"},
+		{"transport AUTO", true, grpcAccessLog(t, "als", corev3.ApiVersion_AUTO), "V2 (and AUTO)"},
+		{"no bootstrap", false, grpcAccessLog(t, "als", corev3.ApiVersion_V3), "not modelled"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, _, sec := modelProxy(t, "")
+			if tc.boot {
+				p.Bootstrap = boot
+			}
+			stdout, _ := anypb.New(&streamv3.StdoutAccessLog{})
+			withAccessLogs(t, p, &accesslogv3.AccessLog{Name: "envoy.access_loggers.stdout", ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: stdout}}, tc.log)
+			if err := p.CheckAccessLogs(); tc.wantError != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantError) {
+					t.Fatalf("CheckAccessLogs: %v, want %q", err, tc.wantError)
+				}
+				if _, err := send(p, sec, "POST"); err == nil || !strings.Contains(err.Error(), tc.wantError) {
+					t.Fatalf("Handle: %v, want %q", err, tc.wantError)
+				}
+				return
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			o, err := send(p, sec, "POST")
+			if err != nil || !o.Forwarded || len(o.AccessLogs) != 2 {
+				t.Fatalf("%v: %s, logs %v", err, o.Trace(), o.AccessLogs)
+			}
+			al := o.AccessLogs[1]
+			e := al.Entry
+			if al.Cluster != "als" || al.Identifier.GetNode().GetId() != "proxy-1" || al.Identifier.GetLogName() != "test" || o.AccessLogs[0].Cluster != "" {
+				t.Errorf("logger %q to %q, identifier %v", al.Logger, al.Cluster, al.Identifier)
+			}
+			peer := e.GetCommonProperties().GetTlsProperties().GetPeerCertificateProperties().GetSubjectAltName()
+			if len(peer) != 1 || peer[0].GetUri() != dev || e.GetCommonProperties().GetUpstreamCluster() != "svc" ||
+				e.GetRequest().GetRequestMethod() != corev3.RequestMethod_POST || e.GetRequest().GetAuthority() != "svc.t.example" ||
+				e.GetRequest().GetPath() != "/a" || e.GetResponse().GetResponseCode() != nil {
+				t.Errorf("forwarded request's entry %v", e)
+			}
+			headers := e.GetRequest().GetRequestHeaders()
+			if _, ok := headers["x-absent"]; len(headers) != 1 || !strings.HasSuffix(headers["x-forwarded-client-cert"], ";URI="+dev) || ok {
+				t.Errorf("logged request headers %v, want the XFCC the connection manager set", headers)
+			}
+			o, err = send(p, sec, "GET") // the "deny" route: 403
+			if err != nil || o.Forwarded || len(o.AccessLogs) != 2 {
+				t.Fatalf("%v: %s", err, o.Trace())
+			}
+			if e := o.AccessLogs[1].Entry; e.GetResponse().GetResponseCode().GetValue() != 403 || e.GetCommonProperties().GetUpstreamCluster() != "" {
+				t.Errorf("local reply's entry %v", e)
+			}
+		})
 	}
 }

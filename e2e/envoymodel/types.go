@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 )
@@ -71,6 +72,11 @@ type Proxy struct {
 	// Name is used in outcomes and messages (e.g. "gateway gw-north-1").
 	Name      string
 	Resources *Resources
+	// Bootstrap is what the proxy started with (ParseBootstrap reads
+	// `vigil envoy bootstrap`): its static clusters are the only ones a
+	// gRPC access log may use, and its node identifies the access log
+	// streams. Without it a gRPC access log is not modelled (an error).
+	Bootstrap *bootstrapv3.Bootstrap
 	Secrets   SecretSource
 	// AuthzTimeout, when set, replaces the ext_authz grpc_service timeout
 	// (a model on a loaded test host must not fail closed on a slow
@@ -124,6 +130,9 @@ type Outcome struct {
 	Checks []Check
 	// RateLimits are the local rate limit buckets the request would spend.
 	RateLimits []RateLimitUse
+	// AccessLogs are what the connection manager's access loggers record
+	// for the request, in their order.
+	AccessLogs []AccessLog
 	// PeerCert and LocalCert are the TLS identities of the connection.
 	PeerCert, LocalCert *x509.Certificate
 	// Steps trace the model's path through Envoy's request processing.

@@ -18,13 +18,24 @@ package vigil.authz
 default decision := {"allowed": false, "reason": "no flow allows this request"}
 
 # The common case first: nothing is wrong with the subject and a flow
-# allows the request. Only when that fails are the reasons looked for, in
-# order.
+# allows the request. Then a subject whose risk restricts it (risk at or
+# above its class's restrictAt), which only its essential flows may allow.
+# Only when both fail are the reasons looked for, in order. The risk
+# comparisons are written out rather than made a rule: evaluating a rule
+# (and "not") costs more here than the comparison. An input without
+# restrict_at (written before it existed) restricts nothing.
 decision := {"allowed": true, "reason": sprintf("allowed by flow %q", [allowing[0]])} if {
 	input.vigil.subject.quarantined == false
 	not gateway_quarantined
 	attestation_ok
+	input.vigil.subject.risk < object.get(input.vigil.subject, "restrict_at", 101) # not restricted
 	count(allowing) > 0
+} else := {"allowed": true, "reason": sprintf("allowed by flow %q", [essential_allowing[0]])} if {
+	input.vigil.subject.risk >= input.vigil.subject.restrict_at # restricted
+	input.vigil.subject.quarantined == false
+	not gateway_quarantined
+	attestation_ok
+	count(essential_allowing) > 0
 } else := {"allowed": false, "reason": denial}
 
 gateway_quarantined if input.vigil.gateway.quarantined == true
@@ -33,7 +44,10 @@ attestation_ok if input.vigil.subject.attestation_required == false
 
 attestation_ok if input.vigil.subject.attestation.acceptable == true
 
-# denial is the first reason, in this order, to refuse the request.
+# denial is the first reason, in this order, to refuse the request. A
+# restricted subject is told so only when a flow that is not essential
+# would have allowed the request; a request no flow allows at all is
+# denied as such, restricted or not.
 denial := sprintf("unknown identity %q", [object.get(input.attributes.source, "principal", "")]) if {
 	input.vigil.subject == null
 } else := "unknown destination service" if {
@@ -48,6 +62,9 @@ denial := sprintf("unknown identity %q", [object.get(input.attributes.source, "p
 } else := sprintf("attestation of %s is not acceptable: %s", [input.vigil.subject.spiffe_id, input.vigil.subject.attestation.problem]) if {
 	input.vigil.subject.attestation_required
 	input.vigil.subject.attestation.acceptable == false
+} else := sprintf("%s is restricted by risk %d (restrictAt %d): only essential flows are allowed", [input.vigil.subject.spiffe_id, input.vigil.subject.risk, input.vigil.subject.restrict_at]) if {
+	input.vigil.subject.risk >= input.vigil.subject.restrict_at
+	count(allowing) > 0
 } else := sprintf("no flow allows %s to reach service %s", [input.vigil.subject.spiffe_id, input.vigil.service.name]) if {
 	count(input.vigil.flows) == 0
 } else := sprintf("no flow allows %s %s from %s to service %s", [input.vigil.request.method, input.vigil.request.path, input.vigil.subject.spiffe_id, input.vigil.service.name]) if {
@@ -60,6 +77,17 @@ denial := sprintf("unknown identity %q", [object.get(input.attributes.source, "p
 # length (an exact path is a prefix as long as itself; any path is "").
 allowing := [f.name |
 	some f in input.vigil.flows
+	some m in f.methods
+	{"*", input.vigil.request.method}[m]
+	some p in f.paths
+	startswith(input.vigil.request.path, p.value)
+	count(input.vigil.request.path) <= p.max_length
+]
+
+# essential_allowing is allowing, of the flows marked essential only.
+essential_allowing := [f.name |
+	some f in input.vigil.flows
+	f.essential == true
 	some m in f.methods
 	{"*", input.vigil.request.method}[m]
 	some p in f.paths

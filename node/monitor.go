@@ -1,0 +1,650 @@
+package node
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vigil-iot/vigil/api"
+	"github.com/vigil-iot/vigil/monitor"
+	"github.com/vigil-iot/vigil/raft"
+	"github.com/vigil-iot/vigil/topology"
+)
+
+// MonitorConfig configures the member's monitor (monitor/): what it
+// ingests, where its alerts go and how its playbook notifies owners.
+type MonitorConfig struct {
+	// Off runs no monitor: nothing is ingested, no risk is published.
+	Off bool
+	// Engine tunes the detectors (window, warm-up, half-life,
+	// suppression); zero values take monitor's defaults.
+	Engine monitor.Config
+	// OwnerWebhook receives the playbook's notification for subjects whose
+	// `owner` label is a name rather than an http(s) URL.
+	OwnerWebhook string
+	// EvidenceWindow is how far back the evidence bundle reaches (default
+	// 24h).
+	EvidenceWindow time.Duration
+	// CheckpointInterval is how often baselines are saved (default 30s,
+	// and at shutdown).
+	CheckpointInterval time.Duration
+}
+
+// Queue sizes: events wait here between a member's inputs and its
+// detectors or forwarders; when full they are dropped and counted, never
+// blocking a Check.
+const (
+	monitorQueue   = 1 << 16
+	forwardQueue   = 1 << 15
+	forwardBatch   = 2048
+	forwardWindow  = 5 * time.Millisecond
+	maxIngestBatch = 1 << 15
+	monitorBy      = "vigil/monitor"
+)
+
+// monitorPart is the member's monitor: it routes every event to the
+// subject's owner (itself or a peer), runs the engine for the subjects it
+// owns, publishes their risk and runs the playbook.
+type monitorPart struct {
+	n      *Node
+	cfg    MonitorConfig
+	eng    *monitor.Engine
+	in     chan monitor.Event
+	kick   chan struct{}
+	ring   atomic.Pointer[monitor.Ring]
+	access *accessLog
+	alerts alerter
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	peers   map[string]*forwarder
+	playing map[topology.Subject]bool
+
+	dropped, forwarded, forwardLost, misrouted, ingested atomic.Uint64
+	quarantines, incidents                               atomic.Uint64
+}
+
+// alerter takes findings and incidents for the SIEM (siem.go).
+type alerter interface {
+	finding(f topology.Finding, sub subjectInfo)
+	incident(inc topology.Incident, sub subjectInfo) string
+	status() any
+	run(ctx context.Context) error
+}
+
+func (n *Node) startMonitor() (*monitorPart, error) {
+	cfg := n.cfg.Monitor
+	cfg.EvidenceWindow = cmp.Or(cfg.EvidenceWindow, 24*time.Hour)
+	cfg.CheckpointInterval = cmp.Or(cfg.CheckpointInterval, 30*time.Second)
+	ecfg := cfg.Engine
+	ecfg.Member = n.cfg.ID
+	store := n.store
+	ecfg.Learning = func(class string) time.Duration {
+		if c, ok := store.Current().Index().Class(class); ok {
+			return c.Response.Learning
+		}
+		return 0
+	}
+	m := &monitorPart{n: n, cfg: cfg, eng: monitor.New(ecfg), in: make(chan monitor.Event, monitorQueue),
+		kick: make(chan struct{}, 1), log: n.cfg.Logger, peers: map[string]*forwarder{}, playing: map[topology.Subject]bool{}}
+	if err := m.eng.LoadFile(m.checkpointPath()); err != nil {
+		// Baselines are worth keeping but not worth refusing to start:
+		// the class baselines come back within minutes.
+		m.log.Error("monitor: baselines checkpoint not loaded; starting with empty baselines", "err", err)
+	}
+	var err error
+	if m.access, err = openAccessLog(filepath.Join(n.cfg.DataDir, "access.log"), m.log); err != nil {
+		return nil, err
+	}
+	if m.alerts, err = newAlerter(n); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(m.evidenceDir(), 0o700); err != nil {
+		return nil, fmt.Errorf("evidence dir: %w", err)
+	}
+	return m, nil
+}
+
+func (m *monitorPart) checkpointPath() string { return filepath.Join(m.n.cfg.DataDir, "monitor.ckpt") }
+func (m *monitorPart) evidenceDir() string    { return filepath.Join(m.n.cfg.DataDir, "evidence") }
+
+func (m *monitorPart) parts() []func(context.Context) error {
+	parts := []func(context.Context) error{m.route, m.watchRing, m.respondLoop, m.checkpoints, m.access.run}
+	if m.alerts != nil {
+		parts = append(parts, m.alerts.run)
+	}
+	return parts
+}
+
+// observe queues an event for the monitor; it never blocks.
+func (m *monitorPart) observe(ev monitor.Event) {
+	if m == nil {
+		return
+	}
+	select {
+	case m.in <- ev:
+	default:
+		m.dropped.Add(1)
+	}
+}
+
+// route sends each event to its subject's owner.
+func (m *monitorPart) route(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-m.in:
+			m.resolve(&ev)
+			ev.Clip()
+			owner := m.owner(ev.Subj())
+			if owner == "" || owner == m.n.cfg.ID {
+				m.judge(&ev)
+				continue
+			}
+			m.forwarder(ctx, owner).send(ev, m)
+		}
+	}
+}
+
+// resolve fills in what the member that saw the event knows from the
+// topology: the device's class and zone.
+func (m *monitorPart) resolve(ev *monitor.Event) {
+	if ev.Class != "" && ev.Zone != "" {
+		return
+	}
+	ix := m.n.store.Current().Index()
+	switch ev.SubKind {
+	case topology.KindDevice:
+		if d, ok := ix.Device(ev.Subject); ok {
+			ev.Class = d.Class
+			if ev.Gateway == "" {
+				ev.Gateway = d.Gateway
+			}
+		}
+	}
+	if ev.Zone == "" {
+		ev.Zone, _ = ix.ZoneOf(ev.Subj())
+	}
+}
+
+func (m *monitorPart) owner(s topology.Subject) string {
+	r := m.ring.Load()
+	if r == nil {
+		return ""
+	}
+	return r.Owner(s)
+}
+
+// judge runs the engine on an event of a subject this member owns.
+func (m *monitorPart) judge(ev *monitor.Event) {
+	m.ingested.Add(1)
+	found := m.eng.Observe(ev)
+	if len(found) == 0 {
+		return
+	}
+	info := m.info(ev.Subj())
+	for _, f := range found {
+		m.log.Info("monitor: finding", "subject", f.Subject, "detector", f.Detector, "severity", f.Severity,
+			"learning", f.Learning, "summary", f.Summary)
+		if m.alerts != nil {
+			m.alerts.finding(f, info)
+		}
+	}
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Ingest takes a batch forwarded by another member.
+func (m *monitorPart) Ingest(_ context.Context, body []byte) error {
+	var evs []monitor.Event
+	if err := json.Unmarshal(body, &evs); err != nil {
+		return fmt.Errorf("monitor events: %v", err)
+	}
+	if len(evs) > maxIngestBatch {
+		return fmt.Errorf("monitor events: a batch of %d is more than %d", len(evs), maxIngestBatch)
+	}
+	for i := range evs {
+		ev := &evs[i]
+		if ev.SubKind != topology.KindDevice && ev.SubKind != topology.KindGateway || ev.Kind == 0 || ev.Kind > monitor.EventUnknownIdentity {
+			continue
+		}
+		ev.Clip()
+		if o := m.owner(ev.Subj()); o != "" && o != m.n.cfg.ID {
+			m.misrouted.Add(1) // rings disagree for a moment: judge it here rather than lose it
+		}
+		m.judge(ev)
+	}
+	return nil
+}
+
+// Signal takes a gateway's signal.
+func (m *monitorPart) Signal(_ context.Context, sub topology.Subject, req api.SignalRequest, actor string) (api.SignalResponse, error) {
+	at := req.At
+	if at.IsZero() || at.After(time.Now().Add(time.Minute)) {
+		at = time.Now()
+	}
+	m.observe(monitor.Event{Kind: monitor.EventSignal, At: at.UnixNano(), SubKind: sub.Kind, Subject: sub.Name,
+		Gateway: req.Gateway, Name: req.Signal, Detail: req.Detail})
+	m.log.Info("monitor: signal", "subject", sub, "signal", req.Signal, "actor", actor)
+	return api.SignalResponse{Accepted: true, Owner: m.owner(sub)}, nil
+}
+
+// watchRing follows the cluster's membership: the ring of owners is the
+// Raft configuration's members. When it changes, subjects this member no
+// longer owns are forgotten and those it gained take their replicated
+// risk with them.
+func (m *monitorPart) watchRing(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		if st, err := m.n.store.Status(); err == nil && len(st.Members) > 0 {
+			ids := make([]string, 0, len(st.Members))
+			for _, mem := range st.Members {
+				ids = append(ids, mem.ID)
+			}
+			r := monitor.NewRing(ids)
+			if old := m.ring.Load(); !r.Equal(old) {
+				m.ring.Store(r)
+				m.log.Info("monitor: owners ring", "members", strings.Join(r.Members(), ","))
+				m.takeOver(r)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (m *monitorPart) takeOver(r *monitor.Ring) {
+	self := m.n.cfg.ID
+	m.eng.Retain(func(s topology.Subject) bool { return r.Owner(s) == self })
+	snap := m.n.store.Current()
+	ix := snap.Index()
+	snap.State().Range(func(s topology.Subject, st *topology.SubjectState) bool {
+		if st.Risk != nil && st.Risk.Score > 0 && r.Owner(s) == self {
+			class := ""
+			if d, ok := ix.Device(s.Name); ok && s.Kind == topology.KindDevice {
+				class = d.Class
+			}
+			m.eng.Seed(s, class, st.Risk)
+		}
+		return true
+	})
+}
+
+// checkpoints saves the baselines now and then, and at shutdown.
+func (m *monitorPart) checkpoints(ctx context.Context) error {
+	t := time.NewTicker(m.cfg.CheckpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if err := m.eng.SaveFile(m.checkpointPath()); err != nil {
+				m.log.Error("monitor: saving baselines at shutdown", "err", err)
+			}
+			return nil
+		case <-t.C:
+			if err := m.eng.SaveFile(m.checkpointPath()); err != nil {
+				m.log.Error("monitor: saving baselines", "err", err)
+			}
+		}
+	}
+}
+
+// forwarder batches events for one peer and posts them to its API.
+type forwarder struct {
+	id string
+	ch chan monitor.Event
+}
+
+func (m *monitorPart) forwarder(ctx context.Context, id string) *forwarder {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if f := m.peers[id]; f != nil {
+		return f
+	}
+	f := &forwarder{id: id, ch: make(chan monitor.Event, forwardQueue)}
+	m.peers[id] = f
+	go f.run(ctx, m)
+	return f
+}
+
+func (f *forwarder) send(ev monitor.Event, m *monitorPart) {
+	select {
+	case f.ch <- ev:
+	default:
+		m.dropped.Add(1)
+	}
+}
+
+func (f *forwarder) run(ctx context.Context, m *monitorPart) {
+	batch := make([]monitor.Event, 0, forwardBatch)
+	var failing time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-f.ch:
+			batch = append(batch[:0], ev)
+		}
+		timer := time.NewTimer(forwardWindow)
+	collect:
+		for len(batch) < forwardBatch {
+			select {
+			case ev := <-f.ch:
+				batch = append(batch, ev)
+			case <-timer.C:
+				break collect
+			}
+		}
+		timer.Stop()
+		if err := f.post(ctx, m, batch); err != nil {
+			// The owner is unreachable: judge here rather than lose the
+			// events (this member sees a part of the subject's traffic,
+			// which is better than none). Said once a minute.
+			if time.Since(failing) > time.Minute {
+				m.log.Warn("monitor: cannot forward events to their owner; judging them here", "owner", f.id, "err", err)
+				failing = time.Now()
+			}
+			m.forwardLost.Add(uint64(len(batch)))
+			for i := range batch {
+				m.judge(&batch[i])
+			}
+			continue
+		}
+		m.forwarded.Add(uint64(len(batch)))
+	}
+}
+
+func (f *forwarder) post(ctx context.Context, m *monitorPart, batch []monitor.Event) error {
+	mem, ok := m.n.store.Member(f.id)
+	if !ok || mem.APIAddr == "" {
+		return fmt.Errorf("member %s has no API address", f.id)
+	}
+	body, err := json.Marshal(batch)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return m.n.conn.Client(mem.APIAddr, m.n.peer).MonitorEvents(ctx, body)
+}
+
+// subjectInfo is what alerts and notifications say about a subject.
+type subjectInfo struct {
+	Subject  topology.Subject
+	SPIFFEID string
+	Zone     string
+	Class    string
+	Gateway  string
+	Owner    string // the owner label
+	Labels   topology.Labels
+	Response topology.ClassResponse
+}
+
+func (m *monitorPart) info(s topology.Subject) subjectInfo {
+	ix := m.n.store.Current().Index()
+	in := subjectInfo{Subject: s, Response: topology.DefaultResponse()}
+	in.SPIFFEID, _ = ix.SPIFFEID(s)
+	in.Zone, _ = ix.ZoneOf(s)
+	var labels []topology.Labels
+	switch s.Kind {
+	case topology.KindDevice:
+		if d, ok := ix.Device(s.Name); ok {
+			in.Class, in.Gateway, in.Labels = d.Class, d.Gateway, d.Labels
+			labels = append(labels, d.Labels)
+			if g, ok := ix.Gateway(d.Gateway); ok {
+				labels = append(labels, g.Labels)
+			}
+		}
+	case topology.KindGateway:
+		if g, ok := ix.Gateway(s.Name); ok {
+			in.Labels = g.Labels
+			labels = append(labels, g.Labels)
+		}
+	}
+	if c, ok := ix.Class(in.Class); ok {
+		in.Response = c.Response
+		labels = append(labels, c.Labels)
+	}
+	for _, l := range labels {
+		if o := l["owner"]; o != "" {
+			in.Owner = o
+			break
+		}
+	}
+	return in
+}
+
+// respondLoop publishes risk and starts playbooks when findings arrive,
+// and every second for decay.
+func (m *monitorPart) respondLoop(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-m.kick:
+		case <-t.C:
+		}
+		m.respond(ctx)
+	}
+}
+
+// play is a playbook to run for a subject whose risk reached quarantineAt.
+type play struct {
+	sub        topology.Subject
+	info       subjectInfo
+	risk       monitor.Risk
+	quarantine bool   // quarantined in the same write as its risk
+	skip       string // why the quarantine was not automatic
+	at         time.Time
+}
+
+func (m *monitorPart) respond(ctx context.Context) {
+	now := time.Now().UTC()
+	pend := m.eng.Pending(now)
+	if len(pend) == 0 {
+		return
+	}
+	snap := m.n.store.Current()
+	ix := snap.Index()
+	var wg sync.WaitGroup
+	for _, r := range pend {
+		if !ix.Exists(r.Subject) {
+			m.eng.Forget(r.Subject)
+			continue
+		}
+		ops := []raft.StateOp{{Subject: r.Subject, Op: raft.OpSetRisk,
+			Risk: &topology.Risk{Score: r.Score, Signals: r.Signals, UpdatedAt: now}}}
+		var p *play
+		info := m.info(r.Subject)
+		if r.Score >= info.Response.QuarantineAt && !snap.Quarantined(r.Subject) && m.startPlay(r.Subject) {
+			p = &play{sub: r.Subject, info: info, risk: r, at: now}
+			switch {
+			case info.Response.Approve:
+				p.skip = "class response mode is approve: waiting for `vigil incident approve`"
+			case info.Response.NeverQuarantine[r.Subject.Name] && r.Subject.Kind == topology.KindDevice:
+				p.skip = "the device is on its class's neverQuarantine list"
+			default:
+				p.quarantine = true
+				ops = append(ops, raft.StateOp{Subject: r.Subject, Op: raft.OpQuarantine, Quarantine: &topology.Quarantine{
+					Reason: clipReason(fmt.Sprintf("monitor: risk %d reached quarantineAt %d (%s)", r.Score, info.Response.QuarantineAt, detectorsOf(r.Signals))),
+					By:     monitorBy + "@" + m.n.cfg.ID, Since: now}})
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			_, err := m.n.attest.record(cctx, ops)
+			if err != nil {
+				if p != nil {
+					m.endPlay(p.sub)
+				}
+				if errors.Is(err, raft.ErrRejected) {
+					m.eng.Forget(r.Subject) // gone from the topology meanwhile
+				}
+				m.log.Warn("monitor: publishing risk failed; retrying", "subject", r.Subject, "risk", r.Score, "err", err)
+				return
+			}
+			m.eng.Published(r.Subject, r.Score, now)
+			if p != nil {
+				if p.quarantine {
+					m.quarantines.Add(1)
+					m.log.Warn("monitor: quarantined", "subject", r.Subject, "risk", r.Score, "findings", detectorsOf(r.Signals))
+				}
+				go m.playbook(context.WithoutCancel(ctx), p)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func detectorsOf(sigs []topology.Signal) string {
+	names := make([]string, 0, len(sigs))
+	for _, s := range sigs {
+		if !slices.Contains(names, s.Name) {
+			names = append(names, s.Name)
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
+func (m *monitorPart) startPlay(s topology.Subject) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.playing[s] {
+		return false
+	}
+	if _, open := m.n.store.OpenIncidentOf(s); open {
+		return false
+	}
+	m.playing[s] = true
+	return true
+}
+
+func (m *monitorPart) endPlay(s topology.Subject) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.playing, s)
+}
+
+func newIncidentID(at time.Time) string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return "inc-" + at.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b)
+}
+
+// playbook opens the incident and runs the rest of the response: evidence,
+// alert, owner notification, each recorded as an action with its outcome.
+func (m *monitorPart) playbook(ctx context.Context, p *play) {
+	defer m.endPlay(p.sub)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	by := monitorBy + "@" + m.n.cfg.ID
+	inc := topology.Incident{
+		ID: newIncidentID(p.at), Subject: p.sub, Status: topology.IncidentOpen, Mode: "auto",
+		Title:    fmt.Sprintf("%s %s: risk %d (%s)", p.sub.Kind, p.sub.Name, p.risk.Score, detectorsOf(p.risk.Signals)),
+		OpenedAt: p.at, OpenedBy: m.n.cfg.ID, Risk: p.risk.Score, Findings: m.eng.RiskOf(p.sub, p.at).Findings,
+		Timeline: []topology.RiskPoint{{At: p.at, Score: p.risk.Score}},
+	}
+	if len(inc.Findings) > 64 {
+		inc.Findings = inc.Findings[len(inc.Findings)-64:]
+	}
+	if p.info.Response.Approve {
+		inc.Mode = "approve"
+	}
+	restrict := topology.Action{At: p.at, Name: "restrict", Outcome: topology.ActionOK, By: by,
+		Detail: fmt.Sprintf("risk %d ≥ restrictAt %d: only essential flows are allowed", p.risk.Score, p.info.Response.RestrictAt)}
+	switch {
+	case p.quarantine:
+		inc.Actions = []topology.Action{{At: p.at, Name: "quarantine", Outcome: topology.ActionOK, By: by,
+			Detail: "authz denies everywhere; RBAC pushed to gateways; SPIRE entry deleted"}}
+	case p.info.Response.Approve:
+		inc.Status = topology.IncidentAwaiting
+		inc.Actions = []topology.Action{restrict, {At: p.at, Name: "quarantine", Outcome: topology.ActionWaiting, By: by, Detail: p.skip}}
+	default:
+		inc.Actions = []topology.Action{restrict, {At: p.at, Name: "quarantine", Outcome: topology.ActionSkipped, By: by, Detail: p.skip}}
+	}
+	self := m.n.conn.Client(m.n.apiAddr, m.n.peer)
+	if err := self.OpenIncident(ctx, inc); err != nil {
+		var ae *api.Error
+		if errors.As(err, &ae) && ae.Code == api.CodeIncidentExists {
+			m.log.Info("monitor: the subject already has an incident open", "subject", p.sub, "incident", ae.Message)
+			return
+		}
+		m.log.Error("monitor: opening an incident failed", "subject", p.sub, "err", err)
+		return
+	}
+	m.incidents.Add(1)
+	m.log.Warn("monitor: incident opened", "incident", inc.ID, "subject", p.sub, "status", inc.Status, "risk", p.risk.Score)
+	update := func(a topology.Action) {
+		if err := self.UpdateIncident(ctx, raft.IncidentUpdate{ID: inc.ID, At: a.At, Actions: []topology.Action{a}}); err != nil {
+			m.log.Error("monitor: recording an incident action failed", "incident", inc.ID, "action", a.Name, "err", err)
+		}
+	}
+	// Alert first: the SOC should hear of it before the slow evidence.
+	alert := topology.Action{At: time.Now().UTC(), Name: "alert", By: by, Outcome: topology.ActionSkipped, Detail: "no SIEM export configured"}
+	if m.alerts != nil {
+		alert.Outcome, alert.Detail = topology.ActionOK, m.alerts.incident(inc, p.info)
+	}
+	update(alert)
+	update(m.notifyOwner(ctx, inc, p.info, by))
+	update(m.seal(ctx, inc, p.info, by))
+}
+
+// Status describes the monitor for GET /v1/node.
+func (m *monitorPart) Status() any {
+	m.mu.Lock()
+	peers := slices.Sorted(maps.Keys(m.peers))
+	m.mu.Unlock()
+	out := map[string]any{
+		"engine": m.eng.Stats(), "queued": len(m.in), "dropped": m.dropped.Load(), "forwarded": m.forwarded.Load(),
+		"forwardFailed": m.forwardLost.Load(), "misrouted": m.misrouted.Load(), "judged": m.ingested.Load(),
+		"quarantines": m.quarantines.Load(), "incidentsOpened": m.incidents.Load(), "forwardingTo": peers,
+		"accessLog": m.access.status(),
+	}
+	if r := m.ring.Load(); r != nil {
+		out["ring"] = r.Members()
+	}
+	if m.alerts != nil {
+		out["siem"] = m.alerts.status()
+	}
+	return out
+}
+
+// Bundle opens the evidence bundle of an incident this member sealed.
+func (m *monitorPart) Bundle(id string) (io.ReadCloser, error) {
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return nil, fmt.Errorf("incident id %q is not valid", id)
+		}
+	}
+	f, err := os.Open(filepath.Join(m.evidenceDir(), id+".log"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("member %s holds no evidence bundle for incident %s", m.n.cfg.ID, id)
+	}
+	return f, err
+}

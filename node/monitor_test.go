@@ -1,0 +1,257 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/vigil-iot/vigil/api"
+	"github.com/vigil-iot/vigil/authz"
+	"github.com/vigil-iot/vigil/internal/testwait"
+	"github.com/vigil-iot/vigil/topology"
+)
+
+func monitorDoc(ownerURL string) string {
+	return `apiVersion: vigil/v1
+trustDomain: city.example
+zones: [{name: north}, {name: south}, {name: cloud}]
+gateways: [{name: gw-1, zone: north}, {name: gw-2, zone: south}]
+deviceClasses:
+  - name: sensor
+    response: {restrictAt: 50, quarantineAt: 80, neverQuarantine: [sen-keep]}
+  - name: camera
+    response: {mode: approve}
+devices:
+  - {name: sen-1, class: sensor, gateway: gw-1, labels: {owner: "` + ownerURL + `"}}
+  - {name: sen-2, class: sensor, gateway: gw-1}
+  - {name: sen-keep, class: sensor, gateway: gw-1}
+  - {name: cam-1, class: camera, gateway: gw-2}
+services:
+  - {name: telemetry, zone: cloud, protocol: http, hosts: [telemetry.city.example], endpoints: ["10.0.0.1:8443"]}
+  - {name: firmware, zone: cloud, protocol: http, hosts: [firmware.city.example], endpoints: ["10.0.0.1:8443"]}
+  - {name: south-db, zone: south, protocol: http, hosts: [db.south.city.example], endpoints: ["10.0.0.2:8443"]}
+flows:
+  - {name: t, from: {classes: [sensor]}, to: {service: telemetry}, http: {methods: [POST], paths: ["/t"]}, essential: true}
+  - {name: fw, from: {classes: [sensor]}, to: {service: firmware}, http: {methods: [GET], paths: ["/fw"]}}
+  - {name: cam, from: {classes: [camera]}, to: {service: telemetry}, http: {methods: [POST], paths: ["/t"]}}
+`
+}
+
+type checker struct {
+	t  *testing.T
+	cc *grpc.ClientConn
+}
+
+func newChecker(t *testing.T, addr string) *checker {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return &checker{t: t, cc: cc}
+}
+
+func (c *checker) check(zone, dev, method, host, path string) (bool, string) {
+	resp, err := authv3.NewAuthorizationClient(c.cc).Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source: &authv3.AttributeContext_Peer{Principal: "spiffe://city.example/zone/" + zone + "/device/" + dev},
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Method: method, Path: path, Host: host}},
+	}})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return resp.GetStatus().GetCode() == int32(codes.OK), resp.GetDeniedResponse().GetBody()
+}
+
+type hookRecorder struct {
+	mu   sync.Mutex
+	got  []OwnerNotification
+	fail bool
+}
+
+func (h *hookRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var n OwnerNotification
+	json.NewDecoder(r.Body).Decode(&n)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.got = append(h.got, n)
+}
+
+func incidentOf(t *testing.T, cl *api.Client, sub topology.Subject, ready func(topology.Incident) bool) topology.Incident {
+	t.Helper()
+	var found topology.Incident
+	testwait.For(t, 20*time.Second, "an incident for "+sub.String(), func() bool {
+		incs, err := cl.Incidents(context.Background(), "")
+		if err != nil {
+			return false
+		}
+		for _, inc := range incs {
+			if inc.Subject == sub && ready(inc) {
+				found = inc
+				return true
+			}
+		}
+		return false
+	})
+	return found
+}
+
+func actionOutcome(inc topology.Incident, name string) string {
+	for _, a := range inc.Actions {
+		if a.Name == name {
+			return a.Outcome
+		}
+	}
+	return ""
+}
+
+// TestAScanIsContained plays a sensor scanning destinations through the
+// real ext_authz service: the monitor finds it, restricts and then
+// quarantines it, opens an incident with its actions, notifies the owner
+// and seals an evidence bundle that `vigil audit verify` accepts. Benign
+// traffic of the other sensor raises nothing.
+func TestAScanIsContained(t *testing.T) {
+	hook := &hookRecorder{}
+	hs := httptest.NewServer(hook)
+	defer hs.Close()
+	n, cl, _ := runNode(t, nil)
+	ctx := context.Background()
+	if _, err := cl.ApplyTopology(ctx, []byte(monitorDoc(hs.URL+"/hook"))); err != nil {
+		t.Fatal(err)
+	}
+	c := newChecker(t, n.AuthzAddr())
+	if ok, body := c.check("north", "sen-2", "POST", "telemetry.city.example", "/t"); !ok {
+		t.Fatalf("benign request denied: %s", body)
+	}
+	start := time.Now()
+	for i := range 12 {
+		c.check("north", "sen-1", "GET", fmt.Sprintf("10.9.9.%d", i), "/admin")
+	}
+	testwait.For(t, 10*time.Second, "sen-1 quarantined", func() bool {
+		return n.Store().Current().Quarantined(topology.DeviceSubject("sen-1"))
+	})
+	t.Logf("scan → quarantined in %v", time.Since(start))
+	if ok, body := c.check("north", "sen-1", "POST", "telemetry.city.example", "/t"); ok || !strings.Contains(body, "quarantined") {
+		t.Fatalf("a quarantined sensor: allowed=%v %s", ok, body)
+	}
+	st := n.Store().Current().SubjectState(topology.DeviceSubject("sen-1"))
+	if st.Risk == nil || st.Risk.Score < 80 || len(st.Risk.Signals) == 0 || !strings.HasPrefix(st.Quarantine.By, "vigil/monitor@n1") {
+		t.Fatalf("state %+v risk %+v", st.Quarantine, st.Risk)
+	}
+	inc := incidentOf(t, cl, topology.DeviceSubject("sen-1"), func(inc topology.Incident) bool {
+		return actionOutcome(inc, "evidence") != "" && actionOutcome(inc, "notify-owner") != ""
+	})
+	if inc.Status != topology.IncidentOpen || inc.Mode != "auto" || actionOutcome(inc, "quarantine") != topology.ActionOK ||
+		actionOutcome(inc, "evidence") != topology.ActionOK || actionOutcome(inc, "notify-owner") != topology.ActionOK ||
+		actionOutcome(inc, "alert") != topology.ActionSkipped || len(inc.Findings) == 0 {
+		t.Fatalf("incident %+v", inc)
+	}
+	hook.mu.Lock()
+	if len(hook.got) != 1 || hook.got[0].Incident != inc.ID || hook.got[0].Subject.Name != "sen-1" {
+		t.Fatalf("owner notifications %+v", hook.got)
+	}
+	hook.mu.Unlock()
+	ex, err := cl.ExportIncident(ctx, inc.ID)
+	if err != nil || ex.Evidence == "" {
+		t.Fatalf("export: %v %q", err, ex.EvidenceError)
+	}
+	rep, err := authz.VerifyDecisionLog(strings.NewReader(ex.Evidence))
+	if err != nil {
+		t.Fatalf("the evidence bundle does not verify: %v\n%s", err, ex.Evidence)
+	}
+	if !strings.Contains(ex.Evidence, `"path":"/admin"`) || strings.Contains(ex.Evidence, "sen-2") {
+		t.Fatalf("the bundle does not hold the sensor's decisions, or holds another's:\n%s", ex.Evidence)
+	}
+	var evAction string
+	for _, a := range inc.Actions {
+		if a.Name == "evidence" {
+			evAction = a.Detail
+		}
+	}
+	if !strings.Contains(evAction, rep.Head) {
+		t.Fatalf("the incident records %q, the bundle's head is %s", evAction, rep.Head)
+	}
+	// A tampered bundle does not verify.
+	tampered := strings.Replace(ex.Evidence, `"/admin"`, `"/admiN"`, 1)
+	if _, err := authz.VerifyDecisionLog(strings.NewReader(tampered)); err == nil {
+		t.Fatal("a tampered bundle verified")
+	}
+	// The benign sensor is untouched.
+	if st := n.Store().Current().SubjectState(topology.DeviceSubject("sen-2")); st != nil && (st.Risk != nil || st.Quarantine != nil) {
+		t.Fatalf("benign sensor state %+v", st)
+	}
+	// The CLI's JSON shape: id, device, status, findings and actions.
+	raw, _ := json.Marshal(inc)
+	for _, k := range []string{`"id"`, `"status"`, `"findings"`, `"actions"`, `"subject"`} {
+		if !bytes.Contains(raw, []byte(k)) {
+			t.Fatalf("incident JSON lacks %s: %s", k, raw)
+		}
+	}
+}
+
+// TestRiskRestrictsToEssentialFlowsAndApproveWaits: a tamper signal on a
+// camera of an approve class restricts it and waits for an operator; the
+// approval quarantines. A sensor on neverQuarantine is restricted, never
+// quarantined; its essential flow stays allowed.
+func TestRiskRestrictsToEssentialFlowsAndApproveWaits(t *testing.T) {
+	n, cl, _ := runNode(t, nil)
+	ctx := context.Background()
+	if _, err := cl.ApplyTopology(ctx, []byte(monitorDoc("ops-team"))); err != nil {
+		t.Fatal(err)
+	}
+	c := newChecker(t, n.AuthzAddr())
+	if _, err := cl.Signal(ctx, topology.DeviceSubject("cam-1"), api.SignalRequest{Signal: "tamper", Detail: "enclosure opened"}); err != nil {
+		t.Fatal(err)
+	}
+	inc := incidentOf(t, cl, topology.DeviceSubject("cam-1"), func(topology.Incident) bool { return true })
+	if inc.Status != topology.IncidentAwaiting || actionOutcome(inc, "quarantine") != topology.ActionWaiting || actionOutcome(inc, "restrict") != topology.ActionOK {
+		t.Fatalf("approve-mode incident %+v", inc)
+	}
+	if n.Store().Current().Quarantined(topology.DeviceSubject("cam-1")) {
+		t.Fatal("an approve-mode camera was quarantined without approval")
+	}
+	if ok, body := c.check("south", "cam-1", "POST", "telemetry.city.example", "/t"); ok || !strings.Contains(body, "restricted by risk") {
+		t.Fatalf("a restricted camera's non-essential flow: allowed=%v %s", ok, body)
+	}
+	approved, err := cl.DecideIncident(ctx, inc.ID, "approve", "confirmed on site")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if approved.Status != topology.IncidentOpen || actionOutcome(*approved, "approve") != topology.ActionOK ||
+		!n.Store().Current().Quarantined(topology.DeviceSubject("cam-1")) {
+		t.Fatalf("after approval: %+v", approved)
+	}
+	if _, err := cl.DecideIncident(ctx, inc.ID, "resolve", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.DecideIncident(ctx, inc.ID, "approve", ""); err == nil || !strings.Contains(err.Error(), "only an incident awaiting approval") {
+		t.Fatalf("approving a resolved incident: %v", err)
+	}
+
+	// neverQuarantine: a replayed… tamper on sen-keep: restricted, not quarantined.
+	if _, err := cl.Signal(ctx, topology.DeviceSubject("sen-keep"), api.SignalRequest{Signal: "tamper"}); err != nil {
+		t.Fatal(err)
+	}
+	inc = incidentOf(t, cl, topology.DeviceSubject("sen-keep"), func(topology.Incident) bool { return true })
+	if actionOutcome(inc, "quarantine") != topology.ActionSkipped || n.Store().Current().Quarantined(topology.DeviceSubject("sen-keep")) {
+		t.Fatalf("neverQuarantine device: %+v", inc)
+	}
+	if ok, body := c.check("north", "sen-keep", "POST", "telemetry.city.example", "/t"); !ok {
+		t.Fatalf("an essential flow of a restricted device is denied: %s", body)
+	}
+	if ok, body := c.check("north", "sen-keep", "GET", "firmware.city.example", "/fw"); ok || !strings.Contains(body, "restricted") {
+		t.Fatalf("a non-essential flow of a restricted device: allowed=%v %s", ok, body)
+	}
+}
