@@ -462,7 +462,9 @@ func (o *observation) access() {
 		o.checkSize(ev.Bytes)
 	}
 	if b, ok := o.e.baseline(d, c, &d.volume, &c.volume, c.volumeN); ok && d.firing&(1<<detectorIndex(DetVolume)) == 0 {
-		if thr := b.above(kHigh, volumeFloor); float64(d.bytes) > thr {
+		// Bytes come in requests: a window of a few more requests than
+		// usual is not an outlier, so the floor grows with the mean.
+		if thr := b.above(kHigh, max(volumeFloor, 4*float64(b.Mean))); float64(d.bytes) > thr {
 			d.firing |= 1 << detectorIndex(DetVolume)
 			o.fire(DetVolume, topology.SeverityMedium, fmt.Sprintf("%d bytes in %s, baseline %.0f (threshold %.0f)", d.bytes, o.e.cfg.Window, b.Mean, thr),
 				map[string]string{"bytes": strconv.FormatUint(d.bytes, 10), "baseline": ftoa(float64(b.Mean)), "threshold": ftoa(thr)})

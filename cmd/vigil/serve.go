@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -58,7 +59,38 @@ func (m *memberFlags) register(cmd *cobra.Command) {
 	f.DurationVar(&m.cfg.ElectionTimeout, "raft-election-timeout", 500*time.Millisecond, "how long a candidate waits for votes")
 	registerSPIREFlags(f, &m.cfg.SPIRE)
 	registerSPIREEdgeFlags(f, &m.cfg.SPIRE.Options)
+	registerMonitorFlags(f, &m.cfg.Monitor)
 }
+
+// registerMonitorFlags adds the monitor's flags (continuous monitoring,
+// risk and the playbook).
+func registerMonitorFlags(f *pflag.FlagSet, c *node.MonitorConfig) {
+	var on bool
+	f.BoolVar(&on, "monitor", true, "run the monitor: baselines, findings, risk and the quarantine playbook (--monitor=false turns it off on this member)")
+	f.Lookup("monitor").Value = invertedBool{&c.Off}
+	f.StringVar(&c.OwnerWebhook, "owner-webhook", "", "URL the playbook posts its notification to for devices whose owner label is a name, not an http(s) URL")
+	f.DurationVar(&c.EvidenceWindow, "evidence-window", 24*time.Hour, "how far back an incident's evidence bundle reaches")
+}
+
+// invertedBool is a flag value that stores the opposite of what it is set to.
+type invertedBool struct{ off *bool }
+
+func (b invertedBool) String() string {
+	if b.off == nil {
+		return "true"
+	}
+	return strconv.FormatBool(!*b.off)
+}
+func (b invertedBool) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	*b.off = !v
+	return nil
+}
+func (b invertedBool) Type() string     { return "bool" }
+func (b invertedBool) IsBoolFlag() bool { return true }
 
 // registerSPIREEdgeFlags adds the flags that declare cloud edges to the
 // SPIRE integration (after registerSPIREFlags, which sets the defaults).
