@@ -21,6 +21,7 @@ import (
 
 	"github.com/vigil-iot/vigil/api"
 	"github.com/vigil-iot/vigil/monitor"
+	"github.com/vigil-iot/vigil/monitor/siem"
 	"github.com/vigil-iot/vigil/raft"
 	"github.com/vigil-iot/vigil/topology"
 )
@@ -42,6 +43,9 @@ type MonitorConfig struct {
 	// CheckpointInterval is how often baselines are saved (default 30s,
 	// and at shutdown).
 	CheckpointInterval time.Duration
+	// SIEM names where findings and incidents are exported (syslog with
+	// CEF, OCSF webhook, Alertmanager); none by default.
+	SIEM siem.Config
 }
 
 // Queue sizes: events wait here between a member's inputs and its

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -126,7 +127,8 @@ func TestAScanIsContained(t *testing.T) {
 	hook := &hookRecorder{}
 	hs := httptest.NewServer(hook)
 	defer hs.Close()
-	n, cl, _ := runNode(t, nil)
+	syslog := startSyslogReceiver(t)
+	n, cl, _ := runNode(t, func(c *Config) { c.Monitor.SIEM.Syslog = "tcp://" + syslog.addr })
 	ctx := context.Background()
 	if _, err := cl.ApplyTopology(ctx, []byte(monitorDoc(hs.URL+"/hook"))); err != nil {
 		t.Fatal(err)
@@ -155,7 +157,7 @@ func TestAScanIsContained(t *testing.T) {
 	})
 	if inc.Status != topology.IncidentOpen || inc.Mode != "auto" || actionOutcome(inc, "quarantine") != topology.ActionOK ||
 		actionOutcome(inc, "evidence") != topology.ActionOK || actionOutcome(inc, "notify-owner") != topology.ActionOK ||
-		actionOutcome(inc, "alert") != topology.ActionSkipped || len(inc.Findings) == 0 {
+		actionOutcome(inc, "alert") != topology.ActionOK || len(inc.Findings) == 0 {
 		t.Fatalf("incident %+v", inc)
 	}
 	hook.mu.Lock()
@@ -188,6 +190,11 @@ func TestAScanIsContained(t *testing.T) {
 	if _, err := authz.VerifyDecisionLog(strings.NewReader(tampered)); err == nil {
 		t.Fatal("a tampered bundle verified")
 	}
+	// The SOC heard of the findings and the incident, as CEF over syslog.
+	testwait.For(t, 10*time.Second, "the incident's syslog message", func() bool {
+		return strings.Contains(syslog.text(), "CEF:0|Vigil|Vigil|") && strings.Contains(syslog.text(), inc.ID) &&
+			strings.Contains(syslog.text(), "denied-burst")
+	})
 	// The benign sensor is untouched.
 	if st := n.Store().Current().SubjectState(topology.DeviceSubject("sen-2")); st != nil && (st.Risk != nil || st.Quarantine != nil) {
 		t.Fatalf("benign sensor state %+v", st)
@@ -254,4 +261,49 @@ func TestRiskRestrictsToEssentialFlowsAndApproveWaits(t *testing.T) {
 	if ok, body := c.check("north", "sen-keep", "GET", "firmware.city.example", "/fw"); ok || !strings.Contains(body, "restricted") {
 		t.Fatalf("a non-essential flow of a restricted device: allowed=%v %s", ok, body)
 	}
+}
+
+type syslogReceiver struct {
+	addr string
+	mu   sync.Mutex
+	buf  bytes.Buffer
+}
+
+func (r *syslogReceiver) text() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.buf.String()
+}
+
+// startSyslogReceiver accepts TCP syslog on loopback and keeps what
+// arrives.
+func startSyslogReceiver(t *testing.T) *syslogReceiver {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	r := &syslogReceiver{addr: ln.Addr().String()}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				b := make([]byte, 64<<10)
+				for {
+					n, err := c.Read(b)
+					r.mu.Lock()
+					r.buf.Write(b[:n])
+					r.mu.Unlock()
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return r
 }

@@ -70,6 +70,13 @@ func registerMonitorFlags(f *pflag.FlagSet, c *node.MonitorConfig) {
 	f.Lookup("monitor").Value = invertedBool{&c.Off}
 	f.StringVar(&c.OwnerWebhook, "owner-webhook", "", "URL the playbook posts its notification to for devices whose owner label is a name, not an http(s) URL")
 	f.DurationVar(&c.EvidenceWindow, "evidence-window", 24*time.Hour, "how far back an incident's evidence bundle reaches")
+	f.StringVar(&c.SIEM.Syslog, "siem-syslog", "", "export findings and incidents as RFC 5424 syslog with CEF payloads, octet-counted, to tcp://HOST:PORT or tls://HOST:PORT (durable outbox in <data-dir>/siem-outbox)")
+	f.StringVar(&c.SIEM.SyslogCA, "siem-syslog-ca", "", "PEM CA certificates that verify a tls:// syslog receiver (default: the system's roots)")
+	f.StringVar(&c.SIEM.SyslogCert, "siem-syslog-cert", "", "PEM client certificate for a tls:// syslog receiver that asks for one")
+	f.StringVar(&c.SIEM.SyslogKey, "siem-syslog-key", "", "PEM private key of --siem-syslog-cert")
+	f.StringVar(&c.SIEM.Webhook, "siem-webhook", "", "POST findings and incidents as OCSF JSON (Detection Finding 2004, Incident Finding 2005) to this URL")
+	f.StringVar(&c.SIEM.WebhookToken, "siem-webhook-token", "", "bearer token for --siem-webhook (prefer the env VIGIL_SIEM_WEBHOOK_TOKEN)")
+	f.StringVar(&c.SIEM.Alertmanager, "alertmanager-url", "", "send alerts to this Alertmanager's API v2 (e.g. http://alertmanager:9093)")
 }
 
 // invertedBool is a flag value that stores the opposite of what it is set to.
