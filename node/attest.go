@@ -190,9 +190,10 @@ func (a *attestor) forward(ctx context.Context, batch [][]raft.StateOp) []batchA
 	return out
 }
 
-// RecordResults records results that another member verified (the leader's
-// side of forward). Only the operations of an attestation result may come
-// this way.
+// RecordResults records results that another member produced (the
+// leader's side of forward): attestation results and the monitor's risk
+// and quarantines. Only those operations may come this way, and only from
+// members (the API checks the peer token).
 func (a *attestor) RecordResults(ctx context.Context, batch [][]raft.StateOp) ([]api.ResultAnswer, error) {
 	if !a.store.IsLeader() {
 		id, addr := a.store.Leader()
@@ -200,8 +201,8 @@ func (a *attestor) RecordResults(ctx context.Context, batch [][]raft.StateOp) ([
 	}
 	for i, ops := range batch {
 		for _, op := range ops {
-			if op.Op != raft.OpSetAttestation && op.Op != raft.OpQuarantine {
-				return nil, apiErr(http.StatusBadRequest, api.CodeBadRequest, "batch[%d]: %s is not part of an attestation result", i, op.Op)
+			if op.Op != raft.OpSetAttestation && op.Op != raft.OpQuarantine && op.Op != raft.OpSetRisk {
+				return nil, apiErr(http.StatusBadRequest, api.CodeBadRequest, "batch[%d]: %s is not part of an attestation result or a monitor's risk", i, op.Op)
 			}
 		}
 	}

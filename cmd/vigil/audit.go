@@ -46,7 +46,12 @@ first decision. Without --server and VIGIL_SERVER the check is offline.
 Exits non-zero at the first edited, removed, reordered, inserted, invalid or
 truncated line, and on any checkpoint the file does not match or whose
 signature does not verify. A chain restart after a writer crashed mid-line
-is reported but is not an error.`,
+is reported but is not an error.
+
+An incident's evidence bundle (vigil incident export) is recognised by its
+first line: its chain and its seal (signed with the sealing member's audit
+key) are checked, and with --server also that its head is the one the
+incident recorded and that the key is that member's.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			file := args[0]
@@ -56,6 +61,16 @@ is reported but is not an error.`,
 			}
 			defer f.Close()
 			out := cmd.OutOrStdout()
+			if first, _ := bufio.NewReader(f).ReadSlice('\n'); isBundle(first) {
+				data, err := os.ReadFile(file)
+				if err != nil {
+					return err
+				}
+				return verifyBundle(cmd.Context(), out, &c, data, file)
+			}
+			if _, err := f.Seek(0, io.SeekStart); err != nil {
+				return err
+			}
 			if c.server == "" {
 				rep, err := authz.VerifyDecisionLog(f)
 				if err != nil {
