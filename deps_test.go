@@ -26,6 +26,7 @@ var allowed = map[string][]string{
 	"monitor/siem":          {},
 	"internal/peerid":       {},
 	"internal/attestrpc":    {"api", "attest"},
+	"internal/fleetsim":     {"topology", "api", "attest"},
 	"internal/spiffetest":   {},
 	"internal/testwait":     {},
 	"internal/swtpmtest":    {},

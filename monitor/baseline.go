@@ -12,6 +12,10 @@ type ewma struct {
 
 // add folds x in with weight alpha (West's incremental form).
 func (w *ewma) add(x float64, alpha float64) {
+	if w.Mean == 0 && w.Var == 0 {
+		w.Mean = float32(x) // the first sample, not a pull from zero
+		return
+	}
 	m, v := float64(w.Mean), float64(w.Var)
 	d := x - m
 	m += alpha * d

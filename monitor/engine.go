@@ -173,6 +173,7 @@ type Engine struct {
 	devs  map[topology.Subject]*devState
 	class map[string]*classState
 	risks map[topology.Subject]*riskState
+	dirty map[topology.Subject]struct{} // subjects whose risk rose since the last Pending
 	seq   uint64
 	stats Stats
 }
@@ -193,7 +194,7 @@ func New(cfg Config) *Engine {
 	cfg.defaults()
 	return &Engine{cfg: cfg, winNs: int64(cfg.Window), epoch: suppressEpoch,
 		devs: make(map[topology.Subject]*devState), class: make(map[string]*classState),
-		risks: make(map[topology.Subject]*riskState)}
+		risks: make(map[topology.Subject]*riskState), dirty: make(map[topology.Subject]struct{})}
 }
 
 // Stats returns the engine's counters.
@@ -291,7 +292,10 @@ func (e *Engine) roll(d *devState, c *classState, at int64) {
 		gap := int(min(w-d.win-1, 64))
 		useDevice := d.windows >= uint32(e.cfg.Warmup)
 		rateLow, volLow := e.lower(d, c, useDevice)
-		if !d.anomaly {
+		// Neither a window that raised a finding nor one while a detector
+		// is still firing is learned: a sustained attack must not become
+		// the baseline.
+		if !d.anomaly && d.firing == 0 {
 			d.rate.add(float64(d.reqs), alphaDevice)
 			d.volume.add(float64(d.bytes), alphaDevice)
 			d.rate.addZeros(gap, alphaDevice)
@@ -394,6 +398,7 @@ func (o *observation) decision() {
 			o.fire(DetRateLimited, topology.SeverityLow, fmt.Sprintf("%d requests over the rate limit in %s", d.limited, o.e.cfg.Window),
 				map[string]string{"hits": strconv.Itoa(int(d.limited))})
 		}
+		o.burst() // a flood is a burst of denies too
 		return
 	case CauseNoFlow, CauseUnknownService:
 	default:
@@ -410,6 +415,13 @@ func (o *observation) decision() {
 		o.fire(DetCrossZone, topology.SeverityMedium, fmt.Sprintf("denied attempt at %s in another zone", orDash(ev.Service)),
 			map[string]string{"service": ev.Service, "path": ev.Path})
 	}
+	o.burst()
+}
+
+// burst judges the window's denied requests: many at several destinations
+// is a scan or lateral movement; many at all is a flood of refusals.
+func (o *observation) burst() {
+	d := o.d
 	if d.firing&(1<<detectorIndex(DetDeniedBurst)) == 0 {
 		targets := bits.OnesCount64(d.targets)
 		switch {

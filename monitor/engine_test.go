@@ -240,28 +240,28 @@ func TestRiskDecaysAndIsPublishedInSteps(t *testing.T) {
 	e := New(Config{Member: "m1", HalfLife: 10 * time.Minute})
 	ev := &Event{Kind: EventAttestation, At: t0.UnixNano(), SubKind: topology.KindDevice, Subject: "d", Class: "sensor", Name: "eat"}
 	e.Observe(ev)
-	p := e.Pending(t0)
+	p := e.Pending(t0, true)
 	if len(p) != 1 || p[0].Score != 60 {
 		t.Fatalf("pending %+v", p)
 	}
 	e.Published(dev("d"), 60, t0)
-	if p := e.Pending(t0.Add(time.Second)); len(p) != 0 {
+	if p := e.Pending(t0.Add(time.Second), true); len(p) != 0 {
 		t.Fatalf("nothing changed, yet pending %+v", p)
 	}
 	if r := e.RiskOf(dev("d"), t0.Add(10*time.Minute)); r.Score != 30 {
 		t.Fatalf("after one half-life risk is %d", r.Score)
 	}
-	p = e.Pending(t0.Add(10 * time.Minute))
+	p = e.Pending(t0.Add(10*time.Minute), true)
 	if len(p) != 1 || p[0].Score != 30 {
 		t.Fatalf("decayed: pending %+v", p)
 	}
 	e.Published(dev("d"), 30, t0.Add(10*time.Minute))
-	p = e.Pending(t0.Add(2 * time.Hour))
+	p = e.Pending(t0.Add(2*time.Hour), true)
 	if len(p) != 1 || p[0].Score != 0 {
 		t.Fatalf("after 12 half-lives: pending %+v", p)
 	}
 	e.Published(dev("d"), 0, t0.Add(2*time.Hour))
-	if p := e.Pending(t0.Add(2 * time.Hour)); len(p) != 0 || e.Stats().AtRisk != 0 {
+	if p := e.Pending(t0.Add(2*time.Hour), true); len(p) != 0 || e.Stats().AtRisk != 0 {
 		t.Fatalf("risk 0 published, still %+v", p)
 	}
 	// Findings add up, capped at 100.
@@ -308,7 +308,7 @@ func TestSeedTakesOverReplicatedRisk(t *testing.T) {
 	if r := e.RiskOf(dev("d"), t0.Add(10*time.Minute)); r.Score != 30 || r.Signals[0].Finding != "f-1" {
 		t.Fatalf("seeded risk %+v", r)
 	}
-	if p := e.Pending(t0); len(p) != 0 {
+	if p := e.Pending(t0, true); len(p) != 0 {
 		t.Fatalf("seeded risk is already published: %+v", p)
 	}
 	e.Forget(dev("d"))
@@ -443,5 +443,34 @@ func TestRingOwnersAgreeAndMoveLittle(t *testing.T) {
 	}
 	if NewRing(nil).Owner(dev("x")) != "" {
 		t.Fatal("empty ring has an owner")
+	}
+}
+
+func TestAFloodOfRefusalsIsABurst(t *testing.T) {
+	e := New(Config{Member: "m1"})
+	var found []topology.Finding
+	for i := range 40 {
+		ev := decision("d", t0.Add(time.Duration(i)*20*time.Millisecond), false)
+		ev.Cause = CauseRateLimited
+		found = append(found, e.Observe(ev)...)
+	}
+	if len(only(found, DetRateLimited)) != 1 || len(only(found, DetDeniedBurst)) != 1 || only(found, DetDeniedBurst)[0].Severity != topology.SeverityMedium {
+		t.Fatalf("a flood of rate-limited requests raised %+v", found)
+	}
+}
+
+func TestAFiringDetectorKeepsItsWindowsOutOfTheBaseline(t *testing.T) {
+	e := New(Config{Member: "m1"})
+	benign(e, 20, t0, 20*time.Minute, 9)
+	before := e.class["sensor"].rate
+	at := t0.Add(20 * time.Minute)
+	for w := range 6 { // a minute of flooding, one finding then firing
+		for i := range 200 {
+			e.Observe(decision("s-4", at.Add(time.Duration(w)*10*time.Second+time.Duration(i)*50*time.Millisecond), true))
+		}
+	}
+	e.Observe(decision("s-4", at.Add(2*time.Minute), true)) // closes the last flooded window
+	if after := e.class["sensor"].rate; after.Mean > 2*before.Mean+1 {
+		t.Fatalf("the flood was learned: class rate mean %.2f → %.2f", before.Mean, after.Mean)
 	}
 }

@@ -39,6 +39,7 @@ func (e *Engine) addRisk(sub topology.Subject, class string, f *topology.Finding
 		r.findings = slices.Delete(r.findings, weakest, weakest+1)
 	}
 	r.findings = append(r.findings, *f)
+	e.dirty[sub] = struct{}{}
 }
 
 // prune drops findings that no longer count.
@@ -89,14 +90,17 @@ const (
 )
 
 // Pending lists the subjects whose risk should be (re)published: those
-// that rose, and those that decayed far enough. The caller publishes them
-// and reports each success with Published.
-func (e *Engine) Pending(now time.Time) []Risk {
+// that rose, and, with all, those that decayed far enough. Without all
+// only the subjects with new findings since the last call are looked at,
+// so that calling it after every finding costs what the findings do, not
+// what every subject at risk does. The caller publishes them and reports
+// each success with Published.
+func (e *Engine) Pending(now time.Time, all bool) []Risk {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	n := now.UnixNano()
 	var out []Risk
-	for sub, r := range e.risks {
+	visit := func(sub topology.Subject, r *riskState) {
 		r.prune(e, n)
 		s, sigs := r.score(e, n)
 		switch {
@@ -105,13 +109,25 @@ func (e *Engine) Pending(now time.Time) []Risk {
 			if s == 0 {
 				delete(e.risks, sub) // nothing left to say
 			}
-			continue
+			return
 		case s == 0 || r.published-s >= decayStep && n-r.pubAt >= int64(decayEvery):
 		default:
-			continue
+			return
 		}
 		out = append(out, Risk{Subject: sub, Class: r.class, Score: s, Signals: sigs})
 	}
+	if all {
+		for sub, r := range e.risks {
+			visit(sub, r)
+		}
+	} else {
+		for sub := range e.dirty {
+			if r := e.risks[sub]; r != nil {
+				visit(sub, r)
+			}
+		}
+	}
+	clear(e.dirty)
 	slices.SortFunc(out, func(a, b Risk) int { return b.Score - a.Score })
 	return out
 }

@@ -47,6 +47,12 @@ import (
 // maxEvidenceLines bounds what one member contributes (the most recent).
 const maxEvidenceLines = 200_000
 
+// evidenceScans lets one scan of this member's logs run at a time: a
+// city-wide incident (hundreds of playbooks at once) must not turn into
+// hundreds of concurrent reads of a large decision log competing with
+// Checks for the CPU. Later scans wait their turn.
+var evidenceScans = make(chan struct{}, 1)
+
 // Evidence writes this member's log lines that name sub and are no older
 // than since, one {"source":…,"entry":…} object per line.
 func (m *monitorPart) Evidence(ctx context.Context, sub topology.Subject, since time.Time, w io.Writer) error {
@@ -55,6 +61,12 @@ func (m *monitorPart) Evidence(ctx context.Context, sub topology.Subject, since 
 		return fmt.Errorf("no %s", sub)
 	}
 	needle := []byte(strconv.Quote(id))
+	select {
+	case evidenceScans <- struct{}{}:
+		defer func() { <-evidenceScans }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	bw := bufio.NewWriterSize(w, 1<<16)
 	for _, src := range []struct{ name, path string }{
 		{"decision", m.n.authz.cfg.DecisionLog},

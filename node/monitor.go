@@ -184,6 +184,13 @@ func (m *monitorPart) resolve(ev *monitor.Event) {
 	if ev.Zone == "" {
 		ev.Zone, _ = ix.ZoneOf(ev.Subj())
 	}
+	// Cross-zone means toward another zone of devices (lateral), not the
+	// cloud zone every device talks to: a zone without gateways is not one.
+	if ev.CrossZone {
+		if svc, ok := ix.Service(ev.Service); !ok || len(ix.GatewaysIn(svc.Zone)) == 0 {
+			ev.CrossZone = false
+		}
+	}
 }
 
 func (m *monitorPart) owner(s topology.Subject) string {
@@ -203,7 +210,11 @@ func (m *monitorPart) judge(ev *monitor.Event) {
 	}
 	info := m.info(ev.Subj())
 	for _, f := range found {
-		m.log.Info("monitor: finding", "subject", f.Subject, "detector", f.Detector, "severity", f.Severity,
+		level := slog.LevelDebug // many a day in a city; the SIEM and incidents carry them
+		if f.Severity == topology.SeverityHigh || f.Severity == topology.SeverityCritical {
+			level = slog.LevelInfo
+		}
+		m.log.Log(context.Background(), level, "monitor: finding", "subject", f.Subject, "detector", f.Detector, "severity", f.Severity,
 			"learning", f.Learning, "summary", f.Summary)
 		if m.alerts != nil {
 			m.alerts.finding(f, info)
@@ -445,13 +456,15 @@ func (m *monitorPart) respondLoop(ctx context.Context) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
+		all := false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-m.kick:
 		case <-t.C:
+			all = true // decay: look at every subject at risk
 		}
-		m.respond(ctx)
+		m.respond(ctx, all)
 	}
 }
 
@@ -465,15 +478,20 @@ type play struct {
 	at         time.Time
 }
 
-func (m *monitorPart) respond(ctx context.Context) {
+// publishBatch bounds the risk updates proposed together.
+const publishBatch = 256
+
+func (m *monitorPart) respond(ctx context.Context, all bool) {
 	now := time.Now().UTC()
-	pend := m.eng.Pending(now)
+	pend := m.eng.Pending(now, all)
 	if len(pend) == 0 {
 		return
 	}
 	snap := m.n.store.Current()
 	ix := snap.Index()
 	var wg sync.WaitGroup
+	var plain []monitor.Risk
+	var plainOps []raft.StateOp
 	for _, r := range pend {
 		if !ix.Exists(r.Subject) {
 			m.eng.Forget(r.Subject)
@@ -497,33 +515,60 @@ func (m *monitorPart) respond(ctx context.Context) {
 					By:     monitorBy + "@" + m.n.cfg.ID, Since: now}})
 			}
 		}
+		if p == nil {
+			plain = append(plain, r)
+			plainOps = append(plainOps, ops...)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			_, err := m.n.attest.record(cctx, ops)
-			if err != nil {
-				if p != nil {
-					m.endPlay(p.sub)
-				}
-				if errors.Is(err, raft.ErrRejected) {
-					m.eng.Forget(r.Subject) // gone from the topology meanwhile
-				}
-				m.log.Warn("monitor: publishing risk failed; retrying", "subject", r.Subject, "risk", r.Score, "err", err)
-				return
-			}
-			m.eng.Published(r.Subject, r.Score, now)
-			if p != nil {
-				if p.quarantine {
-					m.quarantines.Add(1)
-					m.log.Warn("monitor: quarantined", "subject", r.Subject, "risk", r.Score, "findings", detectorsOf(r.Signals))
-				}
-				go m.playbook(context.WithoutCancel(ctx), p)
-			}
+			m.publish(ctx, []monitor.Risk{r}, ops, p, now)
+		}()
+	}
+	// Risk updates without a playbook go together, a few hundred per entry.
+	for len(plain) > 0 {
+		k := min(len(plain), publishBatch)
+		rs, ops := plain[:k], plainOps[:k]
+		plain, plainOps = plain[k:], plainOps[k:]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.publish(ctx, rs, ops, nil, now)
 		}()
 	}
 	wg.Wait()
+}
+
+// publish proposes the risk (and, for a playbook, the quarantine) of rs
+// and starts the playbook once it is committed.
+func (m *monitorPart) publish(ctx context.Context, rs []monitor.Risk, ops []raft.StateOp, p *play, now time.Time) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := m.n.attest.record(cctx, ops)
+	if err != nil {
+		if p != nil {
+			m.endPlay(p.sub)
+		}
+		if errors.Is(err, raft.ErrRejected) {
+			for _, r := range rs {
+				m.eng.Forget(r.Subject) // gone from the topology meanwhile
+			}
+		}
+		m.log.Warn("monitor: publishing risk failed; retrying", "subjects", len(rs), "first", rs[0].Subject, "risk", rs[0].Score, "err", err)
+		return
+	}
+	for _, r := range rs {
+		m.eng.Published(r.Subject, r.Score, now)
+	}
+	if p == nil {
+		return
+	}
+	if p.quarantine {
+		m.quarantines.Add(1)
+		m.log.Warn("monitor: quarantined", "subject", p.sub, "risk", p.risk.Score, "findings", detectorsOf(p.risk.Signals))
+	}
+	go m.playbook(context.WithoutCancel(ctx), p)
 }
 
 func detectorsOf(sigs []topology.Signal) string {

@@ -72,10 +72,24 @@ func (m *monitorPart) accessEntry(e *xds.AccessEntry) {
 	ev := monitor.Event{Kind: monitor.EventAccess, At: e.At.UnixNano(), SubKind: sub.Kind, Subject: sub.Name,
 		Method: e.Method, Path: e.Path, Status: e.Status, Bytes: int64(min(e.RequestBytes, 1<<62)),
 		RespBytes: int64(min(e.ResponseBytes, 1<<62)), Allowed: e.Status > 0 && e.Status < 400}
+	zone, _ := ix.ZoneOf(sub)
 	if svc, ok := ix.ServiceByHost(hostOnly(e.Authority)); ok {
 		ev.Service = svc.Name
+		ev.CrossZone = svc.Zone != zone
 	} else {
 		ev.Service = hostOnly(e.Authority)
+	}
+	// The gateway's Envoy answers some requests itself, before any Check:
+	// a route's local rate limit (429), the catch-all for destinations no
+	// route covers and RBAC (403). Their access-log entries carry no
+	// decision of the authorizer, and they are the requests a device makes
+	// where it should not: judge them as the denied attempts they are. A
+	// 403 that the authorizer decided was judged as its decision already.
+	if e.DecisionID == "" && (e.Status == 429 || e.Status == 403) {
+		ev.Kind, ev.Allowed, ev.Cause = monitor.EventDecision, false, monitor.CauseNoFlow
+		if e.Status == 429 {
+			ev.Cause = monitor.CauseRateLimited
+		}
 	}
 	m.observe(ev)
 }

@@ -41,7 +41,7 @@ func (s *syncBuffer) String() string {
 
 // runNode starts a one-member cluster on loopback and waits until it is
 // ready; it stops when the test ends.
-func runNode(t *testing.T, mutate func(*Config)) (*Node, *api.Client, *syncBuffer) {
+func runNode(t testing.TB, mutate func(*Config)) (*Node, *api.Client, *syncBuffer) {
 	t.Helper()
 	logs := &syncBuffer{}
 	cfg := DefaultConfig()

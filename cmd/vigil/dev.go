@@ -5,18 +5,22 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/vigil-iot/vigil/api"
 	"github.com/vigil-iot/vigil/examples"
+	"github.com/vigil-iot/vigil/internal/fleetsim"
 	"github.com/vigil-iot/vigil/node"
 	"github.com/vigil-iot/vigil/topology"
 )
 
 func newDevCmd() *cobra.Command {
 	var m memberFlags
-	var keep bool
+	var keep, sim bool
+	var attack string
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run Vigil on this machine with the smart-city example loaded",
@@ -25,7 +29,15 @@ and print what is listening and what to try next.
 
 Without --data-dir the member lives in a fresh temporary directory that is
 removed when it stops (unless --keep). With --data-dir an existing store is
-reused and the example is only applied if the store holds no topology yet.`,
+reused and the example is only applied if the store holds no topology yet.
+
+Once the example's devices have attested, a simulated fleet (vigil sim's)
+acts as the example's gateways: every device sends what its flows allow
+through the member's ext_authz and access log service, so the decision log,
+the monitor's baselines and the console have traffic to show (--sim=false for
+none). After a minute of it one device attacks (--attack, default
+exfiltration; --attack=false for none) and the output says what the monitor
+found, the quarantine and the incident.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := m.setLogger(); err != nil {
@@ -70,8 +82,22 @@ reused and the example is only applied if the store holds no topology yet.`,
 			}
 			fmt.Fprintln(out, "Decisions, as a gateway's Envoy would ask for them:")
 			showDecisions(ctx, out, n, snap)
+			simDone := make(chan struct{})
+			if sim {
+				go func() {
+					defer close(simDone)
+					runDevSim(ctx, out, n, attack)
+				}()
+			} else {
+				close(simDone)
+			}
 			fmt.Fprintln(out, "\nPress Ctrl-C to stop.")
-			return <-errc
+			err = <-errc
+			select {
+			case <-simDone:
+			case <-time.After(5 * time.Second):
+			}
+			return err
 		},
 	}
 	m.register(cmd)
@@ -81,7 +107,105 @@ reused and the example is only applied if the store holds no topology yet.`,
 	m.cfg.XDS.Addr = "127.0.0.1:18000"
 	cmd.Flags().Lookup("xds-addr").DefValue = m.cfg.XDS.Addr
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the temporary data dir when stopping")
+	cmd.Flags().BoolVar(&sim, "sim", true, "run a simulated fleet's traffic through the member (vigil sim)")
+	cmd.Flags().StringVar(&attack, "attack", fleetsim.ScenarioExfiltration,
+		"the attack the simulated fleet plays after a minute: "+strings.Join(fleetsim.Scenarios, ", ")+", or false for none")
 	return cmd
+}
+
+// runDevSim runs the simulated fleet against the dev member until ctx
+// ends: the example's devices (attested already) send their benign
+// traffic, and after the warm-up one of them plays attack.
+func runDevSim(ctx context.Context, w io.Writer, n *node.Node, attack string) {
+	tokens, err := os.ReadFile(n.TokenFile())
+	if err != nil {
+		fmt.Fprintln(w, "fleet simulator:", err)
+		return
+	}
+	tok, err := api.FirstToken(tokens)
+	if err != nil {
+		fmt.Fprintln(w, "fleet simulator:", err)
+		return
+	}
+	cfg := fleetsim.Config{Server: n.APIAddr(), Token: tok, AuthzAddrs: []string{n.AuthzAddr()},
+		XDSAddrs: []string{n.XDSAddr()}, KeepRunning: true, Seed: uint64(time.Now().UnixNano())}
+	switch strings.ToLower(attack) {
+	case "", "false", "none", "no", "off":
+	default:
+		cfg.Scenarios = []string{attack}
+	}
+	cfg.OnScenario = func(res fleetsim.ScenarioResult) { printDevAttack(w, res) }
+	cfg.Out = errorLines{w}
+	s, err := fleetsim.New(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(w, "fleet simulator:", err)
+		return
+	}
+	gws := map[string]bool{}
+	for _, d := range s.Fleet() {
+		gws[d.Gateway] = true
+	}
+	fmt.Fprintf(w, "\nSimulated fleet: %d devices behind %d gateways send what their flows allow through ext_authz and\n"+
+		"the access log service, as the gateways' Envoys would (go run ./cmd/vigil sim --help).\n", len(s.Fleet()), len(gws))
+	if len(cfg.Scenarios) > 0 {
+		fmt.Fprintf(w, "In about a minute one device attacks (%s); what the monitor does about it follows here.\n", cfg.Scenarios[0])
+	}
+	if _, err := s.Run(ctx); err != nil && ctx.Err() == nil {
+		fmt.Fprintln(w, "fleet simulator:", err)
+	}
+}
+
+// printDevAttack says what an attack did and how the member answered.
+func printDevAttack(w io.Writer, r fleetsim.ScenarioResult) {
+	fmt.Fprintf(w, "\nAttack (%s) by %s (%s behind %s)", r.Scenario, orDash(r.Target), r.Class, r.Gateway)
+	if r.Detail != "" {
+		fmt.Fprintf(w, ": %s", r.Detail)
+	}
+	fmt.Fprintln(w)
+	if r.Error != "" {
+		fmt.Fprintf(w, "  error: %s\n", r.Error)
+	}
+	for _, f := range r.Findings {
+		fmt.Fprintf(w, "  finding %s (%s, +%d): %s\n", f.Detector, f.Severity, f.Score, f.Summary)
+	}
+	switch r.Status {
+	case fleetsim.StatusQuarantined:
+		fmt.Fprintf(w, "  risk %d: quarantined %s after its first request (the monitor decided at %s)\n",
+			r.Risk, time.Duration(r.QuarantineMS)*time.Millisecond, time.Duration(r.DecidedMS)*time.Millisecond)
+	case fleetsim.StatusAwaiting:
+		fmt.Fprintf(w, "  risk %d: restricted; the quarantine awaits approval (go run ./cmd/vigil incident approve %s)\n", r.Risk, r.Incident)
+	default:
+		fmt.Fprintf(w, "  risk %d: %s\n", r.Risk, r.Status)
+	}
+	if r.Target == "" {
+		return
+	}
+	if r.Incident != "" {
+		fmt.Fprintf(w, "  incident %s. Look:\n    go run ./cmd/vigil incident list\n    go run ./cmd/vigil incident show %s\n", r.Incident, r.Incident)
+	} else {
+		fmt.Fprintln(w, "  Look:")
+	}
+	fmt.Fprintf(w, "    go run ./cmd/vigil device get %s\n    go run ./cmd/vigil device release %s   (the device is back; its risk starts again)\n", r.Target, r.Target)
+}
+
+// errorLines passes on the simulator's error lines only (it writes each
+// progress line at once).
+type errorLines struct{ w io.Writer }
+
+func (e errorLines) Write(p []byte) (int, error) {
+	for _, line := range strings.SplitAfter(string(p), "\n") {
+		if strings.HasPrefix(line, "error: ") {
+			fmt.Fprint(e.w, "fleet simulator "+line)
+		}
+	}
+	return len(p), nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // loadExample waits for the member to lead, then applies the smart-city
@@ -138,6 +262,8 @@ Try, in another terminal:
   go run ./cmd/vigil device quarantine %s --reason "tamper switch opened"
   go run ./cmd/vigil device release %s
   go run ./cmd/vigil cluster status
+  go run ./cmd/vigil incident list
+  go run ./cmd/vigil sim --attest=false --scenario scan   (another attack, by another device)
   go run ./cmd/vigil xds dump --node gw-north-1
   go run ./cmd/vigil topology validate -f examples/smart-city/topology.yaml
 

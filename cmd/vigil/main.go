@@ -59,7 +59,7 @@ a --config file.`,
 		},
 	}
 	root.AddCommand(newServeCmd(), newDevCmd(), newTopologyCmd(), newSubjectCmd("device"), newSubjectCmd("gateway"),
-		newClusterCmd(), newPolicyCmd(), newAuditCmd(), newEnvoyCmd(), newGRPCCmd(), newXDSCmd(), newProxyCmd(), newSPIRECmd(), newAttestCmd(), newIncidentCmd(), newVersionCmd())
+		newClusterCmd(), newPolicyCmd(), newAuditCmd(), newEnvoyCmd(), newGRPCCmd(), newXDSCmd(), newProxyCmd(), newSPIRECmd(), newAttestCmd(), newIncidentCmd(), newSimCmd(), newVersionCmd())
 	return root
 }
 

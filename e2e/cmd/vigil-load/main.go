@@ -48,6 +48,8 @@ func main() {
 		err = runFlood(os.Args[2:])
 	case "attest":
 		err = runAttest(os.Args[2:])
+	case "monitor":
+		err = runMonitor(os.Args[2:])
 	default:
 		usage()
 	}
@@ -58,7 +60,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology|authz|quarantine|xds|flood|attest [flags]   (-h for the flags of each)")
+	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology|authz|quarantine|xds|flood|attest|monitor [flags]   (-h for the flags of each)")
 	os.Exit(2)
 }
 
