@@ -86,7 +86,13 @@ func (r cliResult) String() string {
 // holds no VIGIL_* variable but those in env.
 func runCLI(t *testing.T, env []string, args ...string) cliResult {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	return runCLIFor(t, time.Minute, env, args...)
+}
+
+// runCLIFor is runCLI with another bound than a minute.
+func runCLIFor(t *testing.T, bound time.Duration, env []string, args ...string) cliResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, vigilBin, args...)
 	cmd.Env = harness.Env(env...)
@@ -98,7 +104,7 @@ func runCLI(t *testing.T, env []string, args ...string) cliResult {
 	var exit *exec.ExitError
 	switch {
 	case ctx.Err() != nil:
-		t.Fatalf("vigil %s did not finish within a minute\n%s", strings.Join(args, " "), res)
+		t.Fatalf("vigil %s did not finish within %v\n%s", strings.Join(args, " "), bound, res)
 	case errors.As(err, &exit):
 		res.code = exit.ExitCode()
 	case err != nil:

@@ -125,6 +125,8 @@ const (
 	burstTargets     = 4  // … at this many distinct destinations: a scan
 	repeatedDenies   = 30 // denies in a window at any destinations
 	limitedHits      = 5
+	floodHits        = 50
+	payloadBytes     = 64 << 10 // a request body this large toward a new destination is exfiltration-shaped
 	unknownBurst     = 5
 )
 
@@ -393,7 +395,13 @@ func (o *observation) decision() {
 	switch ev.Cause {
 	case CauseRateLimited:
 		d.limited++
-		if d.limited >= limitedHits && d.firing&(1<<detectorIndex(DetRateLimited)) == 0 {
+		// A few hits are a chatty device; a window full of them is a
+		// flood, whatever the baselines say (it needs none).
+		switch {
+		case d.limited == floodHits:
+			o.fire(DetRateLimited, topology.SeverityMedium, fmt.Sprintf("%d requests over the rate limit in %s: a flood", d.limited, o.e.cfg.Window),
+				map[string]string{"hits": strconv.Itoa(int(d.limited))})
+		case d.limited >= limitedHits && d.firing&(1<<detectorIndex(DetRateLimited)) == 0:
 			d.firing |= 1 << detectorIndex(DetRateLimited)
 			o.fire(DetRateLimited, topology.SeverityLow, fmt.Sprintf("%d requests over the rate limit in %s", d.limited, o.e.cfg.Window),
 				map[string]string{"hits": strconv.Itoa(int(d.limited))})
@@ -408,8 +416,15 @@ func (o *observation) decision() {
 	bl := bloom(d.seen[:])
 	if !bl.has(h) && !c.seen.has(h) {
 		bl.add(h)
-		o.fire(DetNewDestination, topology.SeverityMedium, fmt.Sprintf("denied request to %s %s %s, never used by the device or its class", orDash(ev.Service), ev.Method, ev.Path),
-			map[string]string{"service": ev.Service, "method": ev.Method, "path": ev.Path, "cause": ev.Cause})
+		sev, what := topology.SeverityMedium, ""
+		if ev.Bytes >= payloadBytes {
+			sev, what = topology.SeverityHigh, fmt.Sprintf(" carrying %d bytes", ev.Bytes)
+		}
+		o.fire(DetNewDestination, sev, fmt.Sprintf("denied request%s to %s %s %s, never used by the device or its class", what, orDash(ev.Service), ev.Method, ev.Path),
+			map[string]string{"service": ev.Service, "method": ev.Method, "path": ev.Path, "cause": ev.Cause, "bytes": strconv.FormatInt(ev.Bytes, 10)})
+	} else if ev.Bytes >= payloadBytes && !c.seen.has(h) && d.quietSv[detectorIndex(DetNewDestination)] < severityRank(topology.SeverityHigh) {
+		o.fire(DetNewDestination, topology.SeverityHigh, fmt.Sprintf("denied request carrying %d bytes to %s %s %s, a destination the class never used", ev.Bytes, orDash(ev.Service), ev.Method, ev.Path),
+			map[string]string{"service": ev.Service, "method": ev.Method, "path": ev.Path, "cause": ev.Cause, "bytes": strconv.FormatInt(ev.Bytes, 10)})
 	}
 	if ev.CrossZone {
 		o.fire(DetCrossZone, topology.SeverityMedium, fmt.Sprintf("denied attempt at %s in another zone", orDash(ev.Service)),

@@ -150,7 +150,7 @@ func TestExfiltrationToANewDestination(t *testing.T) {
 	if f := only(found, DetSize)[0]; f.Severity != topology.SeverityHigh {
 		t.Fatalf("a 5 MiB request from a 200-byte sensor is %s", f.Severity)
 	}
-	if r := e.RiskOf(dev("s-5"), at); r.Score != 95 || len(r.Signals) != 2 {
+	if r := e.RiskOf(dev("s-5"), at); r.Score != 100 || len(r.Signals) != 2 {
 		t.Fatalf("risk %+v", r)
 	}
 	// The same destination again is not new.

@@ -57,7 +57,7 @@ func (m *monitorPart) accessEntry(e *xds.AccessEntry) {
 	}
 	sub, known := ix.BySPIFFEID(id)
 	line, _ := json.Marshal(accessRecord{Time: e.At.UTC(), Node: e.Node, Peer: e.PeerURI, Forwarded: e.Forwarded,
-		Authority: e.Authority, Method: e.Method, Path: e.Path, Status: e.Status, RequestBytes: e.RequestBytes,
+		Authority: e.Authority, Method: e.Method, Path: e.Path, Status: e.Status, RequestBytes: e.RequestBytes, DeclaredBytes: e.DeclaredBytes,
 		ResponseBytes: e.ResponseBytes, DurationMS: e.Duration.Milliseconds(), Upstream: e.Upstream, DecisionID: e.DecisionID})
 	m.access.add(line)
 	if !known || sub.Kind != topology.KindDevice && sub.Kind != topology.KindGateway {
@@ -70,7 +70,7 @@ func (m *monitorPart) accessEntry(e *xds.AccessEntry) {
 		return
 	}
 	ev := monitor.Event{Kind: monitor.EventAccess, At: e.At.UnixNano(), SubKind: sub.Kind, Subject: sub.Name,
-		Method: e.Method, Path: e.Path, Status: e.Status, Bytes: int64(min(e.RequestBytes, 1<<62)),
+		Method: e.Method, Path: e.Path, Status: e.Status, Bytes: int64(min(max(e.RequestBytes, e.DeclaredBytes), 1<<62)),
 		RespBytes: int64(min(e.ResponseBytes, 1<<62)), Allowed: e.Status > 0 && e.Status < 400}
 	zone, _ := ix.ZoneOf(sub)
 	if svc, ok := ix.ServiceByHost(hostOnly(e.Authority)); ok {
@@ -105,6 +105,7 @@ type accessRecord struct {
 	Path          string    `json:"path,omitempty"`
 	Status        int       `json:"status"`
 	RequestBytes  uint64    `json:"request_bytes"`
+	DeclaredBytes uint64    `json:"declared_bytes,omitempty"`
 	ResponseBytes uint64    `json:"response_bytes"`
 	DurationMS    int64     `json:"duration_ms"`
 	Upstream      string    `json:"upstream,omitempty"`

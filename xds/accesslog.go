@@ -45,13 +45,18 @@ const (
 	// a gateway the device is the peer certificate, which every entry
 	// carries (tls_properties), so the header would only repeat it.
 	xfccHeader = "x-forwarded-client-cert"
+	// contentLengthHeader is the size a request declares: when the
+	// gateway answers before reading the body (no route, RBAC, rate
+	// limit, a denied Check) the body bytes are 0, and the declared size
+	// is what says a device tried to send a large payload somewhere.
+	contentLengthHeader = "content-length"
 )
 
 // accessLogs are a connection manager's access logs. forwarded says the
 // device identity arrives in XFCC (a cloud edge), whose header is then
 // logged too.
 func accessLogs(forwarded bool) []*accesslogv3.AccessLog {
-	request := []string{decisionIDHeader}
+	request := []string{decisionIDHeader, contentLengthHeader}
 	if forwarded {
 		request = append(request, xfccHeader)
 	}

@@ -56,6 +56,10 @@ type AccessEntry struct {
 	// ResponseBytes the response's it sent (response_headers_bytes +
 	// response_body_bytes). Framing and TLS overhead are not counted.
 	RequestBytes, ResponseBytes uint64
+	// DeclaredBytes is the request's content-length header, when logged
+	// and a number: what it meant to send, also when the gateway answered
+	// before reading the body.
+	DeclaredBytes uint64
 	// Duration is from the request's first byte to the response's last
 	// (the entry's duration, else time_to_last_downstream_tx_byte); 0 when
 	// Envoy sent neither.
@@ -305,6 +309,9 @@ func convertEntry(e *accesslogdatav3.HTTPAccessLogEntry, out *AccessEntry, node,
 	out.Status = int(resp.GetResponseCode().GetValue())
 	out.RequestBytes = addSat(req.GetRequestHeadersBytes(), req.GetRequestBodyBytes())
 	out.ResponseBytes = addSat(resp.GetResponseHeadersBytes(), resp.GetResponseBodyBytes())
+	if cl, ok := req.GetRequestHeaders()[contentLengthHeader]; ok && len(cl) <= 20 {
+		out.DeclaredBytes, _ = strconv.ParseUint(cl, 10, 64)
+	}
 	d := common.GetDuration()
 	if d == nil {
 		d = common.GetTimeToLastDownstreamTxByte()

@@ -142,6 +142,9 @@ func readCheck(resp *authv3.CheckResponse, o *outcome) {
 func accessEntry(r *request, o *outcome, gatewayID, requestID string, start time.Time, took time.Duration) *accesslogdatav3.HTTPAccessLogEntry {
 	reqHeaders := map[string]string{}
 	respHeaders := map[string]string{}
+	if r.body > 0 { // logged by the gateway's access log (content-length)
+		reqHeaders["content-length"] = strconv.FormatInt(r.body, 10)
+	}
 	if o.decisionID != "" {
 		respHeaders[DecisionIDHeader] = o.decisionID
 		if o.allowed {
