@@ -51,6 +51,13 @@ type Observation struct {
 	Bytes int64
 	// DecisionID is the decision's ID (x-vigil-decision-id).
 	DecisionID string
+	// Caller is the verified SPIFFE ID of the proxy that asked (with
+	// Config.RequireCaller, i.e. proxy TLS); empty without. Only it is
+	// authenticated: a principal is what the caller says.
+	Caller string
+	// Forwarded is set when the subject came in x-forwarded-client-cert
+	// (a cloud edge's Check for a request its gateway already asked about).
+	Forwarded bool
 }
 
 // Cause is why a Check was denied, in a form a detector can count.
@@ -123,6 +130,7 @@ func (s *Server) observe(req *authv3.CheckRequest, d *Decision, at time.Time, f 
 	*o = Observation{
 		At: at, Principal: d.Subject, Method: f.r.Method, Path: f.r.Path, Host: f.r.Host,
 		Allowed: d.Allowed, Cause: f.cause, Reason: d.Reason, DecisionID: d.ID, Bytes: requestBytes(req),
+		Caller: d.Caller, Forwarded: f.r.Forwarded != "",
 	}
 	if f.flow != nil && d.Allowed {
 		o.Flow = f.flow.Name

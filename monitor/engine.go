@@ -134,23 +134,23 @@ const (
 // window's counters, its baselines, detector state and a Bloom filter of
 // the destinations it used. About 200 bytes.
 type devState struct {
-	class   string
-	win     int64 // current window number
-	reqs    uint32
-	denies  uint32
-	limited uint16
-	unknown uint16
-	bytes   uint64
-	targets uint64               // bit set of denied destinations in the window
-	windows uint32               // windows learned from
-	firing  uint16               // detectors firing (hysteresis), by index
-	anomaly bool                 // this window raised a finding: it is not learned from
-	rate    ewma                 // requests per window
-	volume  ewma                 // bytes per window
-	size    ewma                 // bytes per request
-	quiet   [numDetectors]uint32 // suppressed until, seconds since the engine's epoch
-	quietSv [numDetectors]uint8  // severity rank the suppression is for
-	seen    [8]uint64            // destinations used (512-bit Bloom filter)
+	class      string
+	win        int64 // current window number
+	reqs       uint32
+	denies     uint32
+	limited    uint16
+	bytes      uint64
+	targets    uint64               // bit set of denied destinations in the window
+	unknownIDs uint64               // identities a gateway may not present, seen in the window (bit set)
+	windows    uint32               // windows learned from
+	firing     uint16               // detectors firing (hysteresis), by index
+	anomaly    bool                 // this window raised a finding: it is not learned from
+	rate       ewma                 // requests per window
+	volume     ewma                 // bytes per window
+	size       ewma                 // bytes per request
+	quiet      [numDetectors]uint32 // suppressed until, seconds since the engine's epoch
+	quietSv    [numDetectors]uint8  // severity rank the suppression is for
+	seen       [8]uint64            // destinations used (512-bit Bloom filter)
 }
 
 // classState is a class's peer-group baseline, learned from every window
@@ -263,14 +263,21 @@ func (e *Engine) Observe(ev *Event) []topology.Finding {
 	case EventSignal:
 		o.signal()
 	case EventUnknownIdentity:
-		d.unknown++
+		// Distinct identities count, not requests: one stray certificate
+		// retrying (a device just removed from the topology) is one.
+		bit := uint64(1) << (hashString(ev.Name) % 64)
+		if d.unknownIDs&bit != 0 {
+			break
+		}
+		d.unknownIDs |= bit
+		n := bits.OnesCount64(d.unknownIDs)
 		sev := topology.SeverityMedium
-		if d.unknown >= unknownBurst {
+		if n >= unknownBurst {
 			sev = topology.SeverityHigh
 		}
 		o.fire(DetUnknownID, sev, fmt.Sprintf("%d identit%s this topology does not allow at gateway %s this window, latest %s",
-			d.unknown, plural(int(d.unknown), "y", "ies"), sub.Name, ev.Name),
-			map[string]string{"identity": ev.Name, "count": strconv.Itoa(int(d.unknown)), "reason": ev.Detail})
+			n, plural(n, "y", "ies"), sub.Name, ev.Name),
+			map[string]string{"identity": ev.Name, "count": strconv.Itoa(n), "reason": ev.Detail})
 	}
 	return o.found
 }
@@ -310,6 +317,9 @@ func (e *Engine) roll(d *devState, c *classState, at int64) {
 			c.volumeN += uint64(1 + min(gap, 8))
 			d.windows += uint32(1 + gap)
 		}
+		if gap > 0 {
+			d.firing = 0 // idle windows since: below every lower threshold
+		}
 		if float64(d.reqs) < rateLow {
 			d.firing &^= 1 << detectorIndex(DetRateSpike)
 		}
@@ -324,7 +334,7 @@ func (e *Engine) roll(d *devState, c *classState, at int64) {
 		}
 	}
 	d.win = w
-	d.reqs, d.denies, d.limited, d.unknown, d.bytes, d.targets, d.anomaly = 0, 0, 0, 0, 0, 0, false
+	d.reqs, d.denies, d.limited, d.unknownIDs, d.bytes, d.targets, d.anomaly = 0, 0, 0, 0, 0, 0, false
 }
 
 // baseline picks the device's own baseline once it has enough windows,

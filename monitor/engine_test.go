@@ -128,12 +128,23 @@ func TestSuppressionLetsAWorseFindingThrough(t *testing.T) {
 	var sev []string
 	for i := range unknownBurst {
 		gw.At = t0.Add(time.Duration(i) * 100 * time.Millisecond).UnixNano()
+		gw.Name = fmt.Sprintf("spiffe://x/zone/n/device/rogue-%d", i)
 		for _, f := range e.Observe(gw) {
 			sev = append(sev, f.Severity)
 		}
 	}
 	if strings.Join(sev, ",") != "medium,high" {
 		t.Fatalf("unknown identities raised %v", sev)
+	}
+	// One identity retrying is one, however often.
+	one := &Event{Kind: EventUnknownIdentity, SubKind: topology.KindGateway, Subject: "gw-2", Name: "spiffe://x/zone/n/device/gone"}
+	var n int
+	for i := range 50 {
+		one.At = t0.Add(time.Duration(i) * 10 * time.Millisecond).UnixNano()
+		n += len(e.Observe(one))
+	}
+	if r := e.RiskOf(topology.GatewaySubject("gw-2"), t0.Add(time.Second)); n != 1 || r.Score != 35 {
+		t.Fatalf("one identity 50 times: %d findings, risk %d", n, r.Score)
 	}
 }
 
@@ -472,5 +483,20 @@ func TestAFiringDetectorKeepsItsWindowsOutOfTheBaseline(t *testing.T) {
 	e.Observe(decision("s-4", at.Add(2*time.Minute), true)) // closes the last flooded window
 	if after := e.class["sensor"].rate; after.Mean > 2*before.Mean+1 {
 		t.Fatalf("the flood was learned: class rate mean %.2f → %.2f", before.Mean, after.Mean)
+	}
+}
+
+func TestABurstAfterAQuietGapFiresAgain(t *testing.T) {
+	e := New(Config{Member: "m1", Suppress: time.Minute})
+	scans := 0
+	for k := range 4 { // a scan every 10 minutes, nothing in between
+		for i := range 12 {
+			ev := decision("cam-9", t0.Add(time.Duration(k)*10*time.Minute+time.Duration(i)*100*time.Millisecond), false)
+			ev.Service, ev.Path, ev.Cause = fmt.Sprintf("10.1.%d.%d", k, i), "/", CauseUnknownService
+			scans += len(only(e.Observe(ev), DetDeniedBurst))
+		}
+	}
+	if scans != 4 {
+		t.Fatalf("four scans 10 minutes apart raised %d denied-burst findings", scans)
 	}
 }

@@ -80,6 +80,11 @@ type Event struct {
 	// format; Detail says more (a failure's reason).
 	Name   string `json:"n,omitempty"`
 	Detail string `json:"d,omitempty"`
+	// Caller is the verified identity of the proxy that reported the
+	// event (proxy TLS), used to attribute it; Forwarded marks a cloud
+	// edge's decision about a request its gateway already reported.
+	Caller    string `json:"cl2,omitempty"`
+	Forwarded bool   `json:"fw,omitempty"`
 }
 
 // Subj is the event's subject.
@@ -98,7 +103,7 @@ const (
 // cannot carry an unbounded request into the monitor's memory or a
 // forwarded batch.
 func (e *Event) Clip() {
-	for _, s := range []*string{&e.Subject, &e.Class, &e.Zone, &e.Gateway, &e.Service, &e.Method, &e.Path, &e.Cause, &e.Name} {
+	for _, s := range []*string{&e.Subject, &e.Class, &e.Zone, &e.Gateway, &e.Service, &e.Method, &e.Path, &e.Cause, &e.Name, &e.Caller} {
 		*s = clip(*s, maxField)
 	}
 	e.Detail = clip(e.Detail, maxDetail)

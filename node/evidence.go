@@ -44,8 +44,12 @@ import (
 // original line with its own seq and prev, to be found in that member's
 // log. An original line too long for a bundle line is kept by its hash.
 
-// maxEvidenceLines bounds what one member contributes (the most recent).
-const maxEvidenceLines = 200_000
+// maxEvidenceLines and maxEvidenceBytes bound what one member contributes
+// from each log (the most recent lines).
+const (
+	maxEvidenceLines = 200_000
+	maxEvidenceBytes = 64 << 20
+)
 
 // evidenceScans lets one scan of this member's logs run at a time: a
 // city-wide incident (hundreds of playbooks at once) must not turn into
@@ -73,7 +77,7 @@ func (m *monitorPart) Evidence(ctx context.Context, sub topology.Subject, since 
 		{"access", m.access.path + ".1"},
 		{"access", m.access.path},
 	} {
-		lines, err := grepLog(ctx, src.path, needle, since)
+		lines, err := grepLog(ctx, src.path, id, needle, since)
 		if err != nil {
 			return err
 		}
@@ -88,7 +92,7 @@ func (m *monitorPart) Evidence(ctx context.Context, sub topology.Subject, since 
 
 // grepLog returns the last maxEvidenceLines lines of a JSON-lines file
 // that contain needle and whose "time" is not before since.
-func grepLog(ctx context.Context, path string, needle []byte, since time.Time) ([][]byte, error) {
+func grepLog(ctx context.Context, path, id string, needle []byte, since time.Time) ([][]byte, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -99,6 +103,7 @@ func grepLog(ctx context.Context, path string, needle []byte, since time.Time) (
 	defer f.Close()
 	r := bufio.NewReaderSize(f, 1<<20)
 	var out [][]byte
+	size := 0
 	for n := 0; ; n++ {
 		if n%4096 == 0 && ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -112,13 +117,21 @@ func grepLog(ctx context.Context, path string, needle []byte, since time.Time) (
 		}
 		if len(line) > 0 && bytes.Contains(line, needle) {
 			line = bytes.TrimRight(line, "\n")
+			// The quoted ID may be anywhere in the line (a device can put
+			// another's ID in its request path): only a line whose
+			// subject, peer or forwarded identity is the subject counts.
 			var t struct {
-				Time time.Time `json:"time"`
+				Time      time.Time `json:"time"`
+				Subject   string    `json:"subject"`
+				Peer      string    `json:"peer"`
+				Forwarded string    `json:"forwarded"`
 			}
-			if json.Unmarshal(line, &t) == nil && !t.Time.Before(since) && json.Valid(line) {
+			if json.Unmarshal(line, &t) == nil && !t.Time.Before(since) && (t.Subject == id || t.Peer == id || t.Forwarded == id) {
 				out = append(out, bytes.Clone(line))
-				if len(out) > maxEvidenceLines {
-					out = out[len(out)-maxEvidenceLines:]
+				size += len(line)
+				for len(out) > maxEvidenceLines || size > maxEvidenceBytes {
+					size -= len(out[0])
+					out = out[1:]
 				}
 			}
 		}

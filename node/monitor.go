@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -80,6 +81,36 @@ type monitorPart struct {
 
 	dropped, forwarded, forwardLost, misrouted, ingested atomic.Uint64
 	quarantines, incidents                               atomic.Uint64
+	plays                                                sync.WaitGroup
+	// Failures shown in GET /v1/node, besides the log.
+	publishFailed, incidentFailed, checkpointFailed atomic.Uint64
+	lastError                                       atomic.Value // string
+}
+
+func (m *monitorPart) failed(counter *atomic.Uint64, what string, err error) {
+	counter.Add(1)
+	m.lastError.Store(time.Now().UTC().Format(time.RFC3339) + " " + what + ": " + err.Error())
+}
+
+// followReleases forgets what the monitor holds about a subject an
+// operator released: the release cleared its replicated risk, and the
+// owner must not publish it again from its findings (nor quarantine the
+// subject again for them).
+func (m *monitorPart) followReleases(ctx context.Context) error {
+	sub, prev := m.n.store.Subscribe()
+	defer sub.Close()
+	for {
+		ev, err := sub.Next(ctx)
+		if err != nil {
+			return nil // ctx ended (a lagging subscriber resyncs inside Next)
+		}
+		for _, s := range ev.Subjects {
+			if prev.Quarantined(s) && !ev.Snapshot.Quarantined(s) {
+				m.eng.Forget(s)
+			}
+		}
+		prev = ev.Snapshot
+	}
 }
 
 // alerter takes findings and incidents for the SIEM (siem.go).
@@ -127,7 +158,12 @@ func (m *monitorPart) checkpointPath() string { return filepath.Join(m.n.cfg.Dat
 func (m *monitorPart) evidenceDir() string    { return filepath.Join(m.n.cfg.DataDir, "evidence") }
 
 func (m *monitorPart) parts() []func(context.Context) error {
-	parts := []func(context.Context) error{m.route, m.watchRing, m.respondLoop, m.checkpoints, m.access.run}
+	parts := []func(context.Context) error{m.route, m.watchRing, m.respondLoop, m.checkpoints, m.access.run, m.followReleases,
+		func(ctx context.Context) error {
+			<-ctx.Done()
+			m.plays.Wait() // playbooks end with ctx; the store must outlive them
+			return nil
+		}}
 	if m.alerts != nil {
 		parts = append(parts, m.alerts.run)
 	}
@@ -135,14 +171,16 @@ func (m *monitorPart) parts() []func(context.Context) error {
 }
 
 // observe queues an event for the monitor; it never blocks.
-func (m *monitorPart) observe(ev monitor.Event) {
+func (m *monitorPart) observe(ev monitor.Event) bool {
 	if m == nil {
-		return
+		return false
 	}
 	select {
 	case m.in <- ev:
+		return true
 	default:
 		m.dropped.Add(1)
+		return false
 	}
 }
 
@@ -153,7 +191,10 @@ func (m *monitorPart) route(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case ev := <-m.in:
-			m.resolve(&ev)
+			if !m.resolve(&ev) {
+				continue
+			}
+			m.clampTime(&ev)
 			ev.Clip()
 			owner := m.owner(ev.Subj())
 			if owner == "" || owner == m.n.cfg.ID {
@@ -167,11 +208,11 @@ func (m *monitorPart) route(ctx context.Context) error {
 
 // resolve fills in what the member that saw the event knows from the
 // topology: the device's class and zone.
-func (m *monitorPart) resolve(ev *monitor.Event) {
-	if ev.Class != "" && ev.Zone != "" {
-		return
-	}
+func (m *monitorPart) resolve(ev *monitor.Event) bool {
 	ix := m.n.store.Current().Index()
+	if !m.attribute(ix, ev) {
+		return false
+	}
 	switch ev.SubKind {
 	case topology.KindDevice:
 		if d, ok := ix.Device(ev.Subject); ok {
@@ -190,6 +231,57 @@ func (m *monitorPart) resolve(ev *monitor.Event) {
 		if svc, ok := ix.Service(ev.Service); !ok || len(ix.GatewaysIn(svc.Zone)) == 0 {
 			ev.CrossZone = false
 		}
+	}
+	return true
+}
+
+// attribute decides whom a decision is about when the asking proxy is
+// authenticated (proxy TLS): a gateway's Envoy asks about the devices
+// behind it, so a Check naming anyone else is that gateway presenting an
+// identity it may not, and counts against the gateway, never against the
+// device or gateway it named (a compromised gateway must not be able to
+// get others quarantined). A cloud edge's decisions repeat what the
+// device's gateway asked, and are not counted again. Without proxy TLS
+// nothing is authenticated and the principal is taken as given (a lab).
+// It reports false for an event to drop.
+func (m *monitorPart) attribute(ix *topology.Index, ev *monitor.Event) bool {
+	if ev.Caller == "" {
+		return true
+	}
+	caller, ok := ix.BySPIFFEID(ev.Caller)
+	if !ok || caller.Kind != topology.KindGateway {
+		// A cloud edge: its refusals of a forwarded identity name the
+		// gateway that forwarded it, whose certificate the edge verified;
+		// its other decisions repeat what the gateway reported. Any other
+		// caller (a device's SVID asking for itself) is refused by the
+		// authorizer and attributes nothing.
+		_, kind, _, zoned := topology.ParseZonedID(ix.TrustDomain(), ev.Caller)
+		return zoned && kind == "edge" && ev.Kind == monitor.EventUnknownIdentity
+	}
+	switch ev.Kind {
+	case monitor.EventDecision:
+		if ev.SubKind == topology.KindDevice {
+			if d, ok := ix.Device(ev.Subject); ok && d.Gateway == caller.Name {
+				return true
+			}
+		} else if ev.SubKind == topology.KindGateway && ev.Subject == caller.Name {
+			return true
+		}
+		*ev = monitor.Event{Kind: monitor.EventUnknownIdentity, At: ev.At, SubKind: topology.KindGateway, Subject: caller.Name,
+			Name: ev.Name, Detail: "asked about an identity that is not behind it", Caller: ev.Caller}
+	case monitor.EventUnknownIdentity:
+		ev.SubKind, ev.Subject = topology.KindGateway, caller.Name
+	}
+	return true
+}
+
+// clampTime keeps an event's time near this member's clock: gateways'
+// access logs and signals carry their own times, and one far in the
+// future would pin a window open and a finding undecayed.
+func (m *monitorPart) clampTime(ev *monitor.Event) {
+	now := time.Now().UnixNano()
+	if d := ev.At - now; d > int64(time.Minute) || d < -int64(time.Minute) {
+		ev.At = now
 	}
 }
 
@@ -241,6 +333,7 @@ func (m *monitorPart) Ingest(_ context.Context, body []byte) error {
 			continue
 		}
 		ev.Clip()
+		m.clampTime(ev)
 		if o := m.owner(ev.Subj()); o != "" && o != m.n.cfg.ID {
 			m.misrouted.Add(1) // rings disagree for a moment: judge it here rather than lose it
 		}
@@ -255,8 +348,11 @@ func (m *monitorPart) Signal(_ context.Context, sub topology.Subject, req api.Si
 	if at.IsZero() || at.After(time.Now().Add(time.Minute)) {
 		at = time.Now()
 	}
-	m.observe(monitor.Event{Kind: monitor.EventSignal, At: at.UnixNano(), SubKind: sub.Kind, Subject: sub.Name,
-		Gateway: req.Gateway, Name: req.Signal, Detail: req.Detail})
+	if !m.observe(monitor.Event{Kind: monitor.EventSignal, At: at.UnixNano(), SubKind: sub.Kind, Subject: sub.Name,
+		Gateway: req.Gateway, Name: req.Signal, Detail: req.Detail}) {
+		return api.SignalResponse{}, &api.Error{Status: http.StatusServiceUnavailable, Code: api.CodeInternal,
+			Message: "the monitor's queue is full: the signal was not taken; retry"}
+	}
 	m.log.Info("monitor: signal", "subject", sub, "signal", req.Signal, "actor", actor)
 	return api.SignalResponse{Accepted: true, Owner: m.owner(sub)}, nil
 }
@@ -319,6 +415,7 @@ func (m *monitorPart) checkpoints(ctx context.Context) error {
 			return nil
 		case <-t.C:
 			if err := m.eng.SaveFile(m.checkpointPath()); err != nil {
+				m.failed(&m.checkpointFailed, "saving baselines", err)
 				m.log.Error("monitor: saving baselines", "err", err)
 			}
 		}
@@ -436,6 +533,9 @@ func (m *monitorPart) info(s topology.Subject) subjectInfo {
 			in.Labels = g.Labels
 			labels = append(labels, g.Labels)
 		}
+		// A gateway's quarantine cuts off every device behind it: an
+		// operator approves it.
+		in.Response.Approve = true
 	}
 	if c, ok := ix.Class(in.Class); ok {
 		in.Response = c.Response
@@ -492,16 +592,22 @@ func (m *monitorPart) respond(ctx context.Context, all bool) {
 	var wg sync.WaitGroup
 	var plain []monitor.Risk
 	var plainOps []raft.StateOp
+	self := m.n.cfg.ID
 	for _, r := range pend {
 		if !ix.Exists(r.Subject) {
 			m.eng.Forget(r.Subject)
+			continue
+		}
+		if o := m.owner(r.Subject); o != "" && o != self {
+			// Judged here only because its owner could not be reached:
+			// the owner's view is the one published, never a part of it.
 			continue
 		}
 		ops := []raft.StateOp{{Subject: r.Subject, Op: raft.OpSetRisk,
 			Risk: &topology.Risk{Score: r.Score, Signals: r.Signals, UpdatedAt: now}}}
 		var p *play
 		info := m.info(r.Subject)
-		if r.Score >= info.Response.QuarantineAt && !snap.Quarantined(r.Subject) && m.startPlay(r.Subject) {
+		if r.Score >= info.Response.QuarantineAt && !snap.Quarantined(r.Subject) && m.hasNews(r) && m.startPlay(r.Subject) {
 			p = &play{sub: r.Subject, info: info, risk: r, at: now}
 			switch {
 			case info.Response.Approve:
@@ -551,10 +657,14 @@ func (m *monitorPart) publish(ctx context.Context, rs []monitor.Risk, ops []raft
 			m.endPlay(p.sub)
 		}
 		if errors.Is(err, raft.ErrRejected) {
+			ix := m.n.store.Current().Index()
 			for _, r := range rs {
-				m.eng.Forget(r.Subject) // gone from the topology meanwhile
+				if !ix.Exists(r.Subject) {
+					m.eng.Forget(r.Subject) // gone from the topology meanwhile; the others are retried
+				}
 			}
 		}
+		m.failed(&m.publishFailed, "publishing risk", err)
 		m.log.Warn("monitor: publishing risk failed; retrying", "subjects", len(rs), "first", rs[0].Subject, "risk", rs[0].Score, "err", err)
 		return
 	}
@@ -568,7 +678,11 @@ func (m *monitorPart) publish(ctx context.Context, rs []monitor.Risk, ops []raft
 		m.quarantines.Add(1)
 		m.log.Warn("monitor: quarantined", "subject", p.sub, "risk", p.risk.Score, "findings", detectorsOf(p.risk.Signals))
 	}
-	go m.playbook(context.WithoutCancel(ctx), p)
+	m.plays.Add(1)
+	go func() {
+		defer m.plays.Done()
+		m.playbook(ctx, p)
+	}()
 }
 
 func detectorsOf(sigs []topology.Signal) string {
@@ -581,13 +695,30 @@ func detectorsOf(sigs []topology.Signal) string {
 	return strings.Join(names, ", ")
 }
 
+// hasNews reports whether r is worth a playbook: the subject has no open
+// incident, or r holds findings its open incident does not (a decaying
+// risk still above quarantineAt, awaiting approval, is not news).
+func (m *monitorPart) hasNews(r monitor.Risk) bool {
+	inc, open := m.n.store.OpenIncidentOf(r.Subject)
+	if !open {
+		return true
+	}
+	have := map[string]bool{}
+	for _, f := range inc.Findings {
+		have[f.ID] = true
+	}
+	for _, s := range r.Signals {
+		if s.Finding != "" && !have[s.Finding] {
+			return true
+		}
+	}
+	return false
+}
+
 func (m *monitorPart) startPlay(s topology.Subject) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.playing[s] {
-		return false
-	}
-	if _, open := m.n.store.OpenIncidentOf(s); open {
 		return false
 	}
 	m.playing[s] = true
@@ -641,9 +772,24 @@ func (m *monitorPart) playbook(ctx context.Context, p *play) {
 	if err := self.OpenIncident(ctx, inc); err != nil {
 		var ae *api.Error
 		if errors.As(err, &ae) && ae.Code == api.CodeIncidentExists {
-			m.log.Info("monitor: the subject already has an incident open", "subject", p.sub, "incident", ae.Message)
+			// The subject's incident is still open (released while it
+			// was, or an approval pending): what happened now goes into it.
+			err := self.UpdateIncident(ctx, raft.IncidentUpdate{ID: ae.Message, At: p.at, Risk: p.risk.Score,
+				Findings: newFindings(inc.Findings, ae.Message, m), Timeline: inc.Timeline, Actions: inc.Actions})
+			if err != nil {
+				m.failed(&m.incidentFailed, "updating incident "+ae.Message, err)
+				m.log.Error("monitor: updating the subject's open incident failed", "subject", p.sub, "incident", ae.Message, "err", err)
+				return
+			}
+			m.log.Warn("monitor: the subject's open incident updated", "subject", p.sub, "incident", ae.Message, "risk", p.risk.Score,
+				"quarantined", p.quarantine)
+			if m.alerts != nil {
+				inc.ID = ae.Message
+				m.alerts.incident(inc, p.info)
+			}
 			return
 		}
+		m.failed(&m.incidentFailed, "opening an incident", err)
 		m.log.Error("monitor: opening an incident failed", "subject", p.sub, "err", err)
 		return
 	}
@@ -664,6 +810,25 @@ func (m *monitorPart) playbook(ctx context.Context, p *play) {
 	update(m.seal(ctx, inc, p.info, by))
 }
 
+// newFindings are the findings of fs that incident id does not hold yet.
+func newFindings(fs []topology.Finding, id string, m *monitorPart) []topology.Finding {
+	inc, ok := m.n.store.Incident(id)
+	if !ok {
+		return fs
+	}
+	have := map[string]bool{}
+	for _, f := range inc.Findings {
+		have[f.ID] = true
+	}
+	var out []topology.Finding
+	for _, f := range fs {
+		if !have[f.ID] {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
 // Status describes the monitor for GET /v1/node.
 func (m *monitorPart) Status() any {
 	m.mu.Lock()
@@ -673,7 +838,11 @@ func (m *monitorPart) Status() any {
 		"engine": m.eng.Stats(), "queued": len(m.in), "dropped": m.dropped.Load(), "forwarded": m.forwarded.Load(),
 		"forwardFailed": m.forwardLost.Load(), "misrouted": m.misrouted.Load(), "judged": m.ingested.Load(),
 		"quarantines": m.quarantines.Load(), "incidentsOpened": m.incidents.Load(), "forwardingTo": peers,
-		"accessLog": m.access.status(),
+		"accessLog": m.access.status(), "publishFailed": m.publishFailed.Load(), "incidentFailed": m.incidentFailed.Load(),
+		"checkpointFailed": m.checkpointFailed.Load(),
+	}
+	if e, ok := m.lastError.Load().(string); ok {
+		out["lastError"] = e
 	}
 	if r := m.ring.Load(); r != nil {
 		out["ring"] = r.Members()

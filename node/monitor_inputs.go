@@ -20,7 +20,7 @@ import (
 func (m *monitorPart) decision(o *authz.Observation) {
 	ev := monitor.Event{Kind: monitor.EventDecision, At: o.At.UnixNano(), SubKind: o.Subject.Kind, Subject: o.Subject.Name,
 		Gateway: o.Gateway, Service: o.Service, Method: o.Method, Path: o.Path, Allowed: o.Allowed, Bytes: o.Bytes,
-		Zone: o.SubjectZone}
+		Zone: o.SubjectZone, Caller: o.Caller, Forwarded: o.Forwarded, Name: o.Principal}
 	if ev.Service == "" {
 		ev.Service = o.Host
 	}
@@ -34,7 +34,7 @@ func (m *monitorPart) decision(o *authz.Observation) {
 			return // nobody to attribute it to
 		}
 		m.observe(monitor.Event{Kind: monitor.EventUnknownIdentity, At: ev.At, SubKind: topology.KindGateway,
-			Subject: o.Gateway, Name: o.Principal, Detail: o.Reason})
+			Subject: o.Gateway, Name: o.Principal, Detail: o.Reason, Caller: o.Caller, Forwarded: o.Forwarded})
 		return
 	case authz.CauseMalformed:
 		return
@@ -56,10 +56,29 @@ func (m *monitorPart) accessEntry(e *xds.AccessEntry) {
 		id = e.Forwarded
 	}
 	sub, known := ix.BySPIFFEID(id)
+	path := e.Path
+	if len(path) > maxRecordedPath {
+		path = path[:maxRecordedPath] + "…[cut]"
+	}
 	line, _ := json.Marshal(accessRecord{Time: e.At.UTC(), Node: e.Node, Peer: e.PeerURI, Forwarded: e.Forwarded,
-		Authority: e.Authority, Method: e.Method, Path: e.Path, Status: e.Status, RequestBytes: e.RequestBytes, DeclaredBytes: e.DeclaredBytes,
+		Authority: e.Authority, Method: e.Method, Path: path, Status: e.Status, RequestBytes: e.RequestBytes, DeclaredBytes: e.DeclaredBytes,
 		ResponseBytes: e.ResponseBytes, DurationMS: e.Duration.Milliseconds(), Upstream: e.Upstream, DecisionID: e.DecisionID})
 	m.access.add(line)
+	if e.Forwarded != "" {
+		// A cloud edge's entry for a request the device's gateway logged
+		// too: kept for evidence, judged once, from the gateway's.
+		return
+	}
+	// The entry is the gateway's word about its own peer: a device behind
+	// it, or itself. Naming another gateway's device is naming an
+	// identity it may not present.
+	if known && sub.Kind == topology.KindDevice {
+		if d, ok := ix.Device(sub.Name); !ok || d.Gateway != e.Node {
+			known = false
+		}
+	} else if known && sub.Kind == topology.KindGateway && sub.Name != e.Node {
+		known = false
+	}
 	if !known || sub.Kind != topology.KindDevice && sub.Kind != topology.KindGateway {
 		if id != "" {
 			if _, isGW := ix.Gateway(e.Node); isGW {
@@ -93,6 +112,10 @@ func (m *monitorPart) accessEntry(e *xds.AccessEntry) {
 	}
 	m.observe(ev)
 }
+
+// maxRecordedPath bounds a path in the access log file, as the decision
+// log bounds its fields.
+const maxRecordedPath = 1024
 
 // accessRecord is one line of the member's access log file.
 type accessRecord struct {

@@ -21,7 +21,9 @@ import (
 	"github.com/vigil-iot/vigil/api"
 	"github.com/vigil-iot/vigil/authz"
 	"github.com/vigil-iot/vigil/internal/testwait"
+	"github.com/vigil-iot/vigil/monitor"
 	"github.com/vigil-iot/vigil/topology"
+	"github.com/vigil-iot/vigil/xds"
 )
 
 func monitorDoc(ownerURL string) string {
@@ -306,4 +308,96 @@ func startSyslogReceiver(t *testing.T) *syslogReceiver {
 		}
 	}()
 	return r
+}
+
+// TestReleasedDevicesStartAgain: a release clears the device's risk and
+// the monitor's findings, so it is not quarantined again for what it did
+// before; a new attack after the release quarantines it again and goes
+// into its still-open incident.
+func TestReleasedDevicesStartAgain(t *testing.T) {
+	n, cl, _ := runNode(t, nil)
+	ctx := context.Background()
+	if _, err := cl.ApplyTopology(ctx, []byte(monitorDoc("ops"))); err != nil {
+		t.Fatal(err)
+	}
+	sen := topology.DeviceSubject("sen-2")
+	if _, err := cl.Signal(ctx, sen, api.SignalRequest{Signal: "tamper"}); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, 10*time.Second, "sen-2 quarantined", func() bool { return n.Store().Current().Quarantined(sen) })
+	inc := incidentOf(t, cl, sen, func(topology.Incident) bool { return true })
+	if _, err := cl.Release(ctx, topology.KindDevice, "sen-2"); err != nil {
+		t.Fatal(err)
+	}
+	if st := n.Store().Current().SubjectState(sen); st != nil && st.Risk != nil {
+		t.Fatalf("risk after release: %+v", st.Risk)
+	}
+	time.Sleep(2500 * time.Millisecond) // a few decay passes of the monitor
+	if n.Store().Current().Quarantined(sen) {
+		t.Fatal("the released device was quarantined again for its old findings")
+	}
+	if st := n.Store().Current().SubjectState(sen); st != nil && st.Risk != nil && st.Risk.Score > 0 {
+		t.Fatalf("the monitor published the released device's old risk again: %+v", st.Risk)
+	}
+	// A new attack: quarantined again, in the same (still open) incident.
+	c := newChecker(t, n.AuthzAddr())
+	for i := range 12 {
+		c.check("north", "sen-2", "GET", fmt.Sprintf("10.7.7.%d", i), "/")
+	}
+	testwait.For(t, 10*time.Second, "sen-2 quarantined again", func() bool { return n.Store().Current().Quarantined(sen) })
+	testwait.For(t, 10*time.Second, "the new findings in the open incident", func() bool {
+		got, err := cl.Incident(ctx, inc.ID)
+		return err == nil && len(got.Findings) > len(inc.Findings)
+	})
+	if incs, _ := cl.Incidents(ctx, ""); len(incs) != 1 {
+		t.Fatalf("%d incidents, want the one", len(incs))
+	}
+}
+
+// TestAGatewayCannotFrameOthers: with authenticated proxies, what a
+// gateway reports about identities not behind it counts against the
+// gateway itself, never against the device or gateway it named.
+func TestAGatewayCannotFrameOthers(t *testing.T) {
+	n, cl, _ := runNode(t, nil)
+	ctx := context.Background()
+	if _, err := cl.ApplyTopology(ctx, []byte(monitorDoc("ops"))); err != nil {
+		t.Fatal(err)
+	}
+	m := n.monitor
+	ix := n.Store().Current().Index()
+	gw1 := "spiffe://city.example/zone/north/gateway/gw-1"
+	cam := "spiffe://city.example/zone/south/device/cam-1"
+	cases := []struct {
+		name string
+		ev   monitor.Event
+		keep bool
+		want topology.Subject
+	}{
+		{"its own device", monitor.Event{Kind: monitor.EventDecision, SubKind: topology.KindDevice, Subject: "sen-1", Caller: gw1}, true, topology.DeviceSubject("sen-1")},
+		{"another gateway's device", monitor.Event{Kind: monitor.EventDecision, SubKind: topology.KindDevice, Subject: "cam-1", Name: cam, Caller: gw1}, true, topology.GatewaySubject("gw-1")},
+		{"another gateway", monitor.Event{Kind: monitor.EventUnknownIdentity, SubKind: topology.KindGateway, Subject: "gw-2", Caller: gw1}, true, topology.GatewaySubject("gw-1")},
+		{"an edge's repeat", monitor.Event{Kind: monitor.EventDecision, SubKind: topology.KindDevice, Subject: "sen-1", Forwarded: true,
+			Caller: "spiffe://city.example/zone/cloud/edge/e1"}, false, topology.Subject{}},
+		{"an edge's forward refusal", monitor.Event{Kind: monitor.EventUnknownIdentity, SubKind: topology.KindGateway, Subject: "gw-2",
+			Caller: "spiffe://city.example/zone/cloud/edge/e1"}, true, topology.GatewaySubject("gw-2")},
+		{"a device asking", monitor.Event{Kind: monitor.EventUnknownIdentity, SubKind: topology.KindGateway, Subject: "gw-2", Caller: cam}, false, topology.Subject{}},
+	}
+	for _, c := range cases {
+		ev := c.ev
+		if keep := m.attribute(ix, &ev); keep != c.keep || keep && ev.Subj() != c.want {
+			t.Errorf("%s: kept %v, about %s; want %v, %s", c.name, keep, ev.Subj(), c.keep, c.want)
+		}
+	}
+	// An access-log entry of gw-1 naming cam-1 (behind gw-2): gw-1 is
+	// judged, cam-1 is not.
+	for i := range 3 {
+		m.accessEntry(&xds.AccessEntry{At: time.Now(), Node: "gw-1", Zone: "north", PeerURI: cam, Authority: "telemetry.city.example",
+			Method: "POST", Path: fmt.Sprintf("/x/%d", i), Status: 403, DeclaredBytes: 5 << 20})
+	}
+	testwait.For(t, 5*time.Second, "gw-1's unknown-identity finding", func() bool {
+		return m.eng.RiskOf(topology.GatewaySubject("gw-1"), time.Now()).Score > 0
+	})
+	if r := m.eng.RiskOf(topology.DeviceSubject("cam-1"), time.Now()); r.Score != 0 {
+		t.Fatalf("cam-1 was blamed for gw-1's entries: %+v", r)
+	}
 }

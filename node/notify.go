@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -45,13 +46,13 @@ func (m *monitorPart) notifyOwner(ctx context.Context, inc topology.Incident, in
 	case m.cfg.OwnerWebhook != "":
 		target = m.cfg.OwnerWebhook
 	default:
-		act.Outcome, act.Detail = topology.ActionSkipped, fmt.Sprintf("owner %q has no webhook (set --owner-webhook)", info.Owner)
+		act.Outcome, act.Detail = topology.ActionSkipped, fmt.Sprintf("owner %q has no webhook (set --owner-webhook)", ownerName(info.Owner))
 	}
 	if target == "" {
 		act.At = time.Now().UTC()
 		return act
 	}
-	body, _ := json.Marshal(OwnerNotification{Owner: info.Owner, Incident: inc.ID, Status: inc.Status, Title: inc.Title,
+	body, _ := json.Marshal(OwnerNotification{Owner: ownerName(info.Owner), Incident: inc.ID, Status: inc.Status, Title: inc.Title,
 		Subject: inc.Subject, SPIFFEID: info.SPIFFEID, Zone: info.Zone, Class: info.Class, Risk: inc.Risk, At: inc.OpenedAt,
 		Findings: inc.Findings, Actions: inc.Actions})
 	shown := redactURL(target)
@@ -65,19 +66,19 @@ func (m *monitorPart) notifyOwner(ctx context.Context, inc topology.Incident, in
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 		if err != nil {
-			lastErr = err
+			lastErr = plainErr(err)
 			break
 		}
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("User-Agent", "vigil-monitor")
 		resp, err := notifyClient.Do(req)
 		if err != nil {
-			lastErr = err
+			lastErr = plainErr(err)
 			continue
 		}
 		resp.Body.Close()
 		if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-			act.At, act.Outcome, act.Detail = time.Now().UTC(), topology.ActionOK, fmt.Sprintf("owner %s notified at %s (HTTP %d)", info.Owner, shown, resp.StatusCode)
+			act.At, act.Outcome, act.Detail = time.Now().UTC(), topology.ActionOK, fmt.Sprintf("owner %s notified at %s (HTTP %d)", ownerName(info.Owner), shown, resp.StatusCode)
 			return act
 		}
 		lastErr = fmt.Errorf("HTTP %d", resp.StatusCode)
@@ -85,17 +86,34 @@ func (m *monitorPart) notifyOwner(ctx context.Context, inc topology.Incident, in
 			break
 		}
 	}
-	act.At, act.Outcome, act.Detail = time.Now().UTC(), topology.ActionFailed, clipReason(fmt.Sprintf("owner %s at %s: %v", info.Owner, shown, lastErr))
+	act.At, act.Outcome, act.Detail = time.Now().UTC(), topology.ActionFailed, clipReason(fmt.Sprintf("owner %s at %s: %v", ownerName(info.Owner), shown, lastErr))
 	return act
 }
 
-// redactURL keeps a webhook's scheme, host and path: query strings and
-// user info often carry secrets.
+// redactURL keeps a webhook's scheme and host: paths (Slack, Teams),
+// query strings and user info often carry secrets, and what is shown here
+// goes to the replicated incident, the SIEM and logs.
 func redactURL(s string) string {
 	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparsable URL)"
+	if err != nil || u.Host == "" {
+		return "(a URL)"
 	}
-	u.User, u.RawQuery, u.Fragment = nil, "", ""
-	return u.String()
+	return u.Scheme + "://" + u.Host + "/…"
+}
+
+// ownerName is the owner label as shown: a URL redacted.
+func ownerName(owner string) string {
+	if strings.HasPrefix(owner, "https://") || strings.HasPrefix(owner, "http://") {
+		return redactURL(owner)
+	}
+	return owner
+}
+
+// plainErr is an error without the URL net/http puts in it.
+func plainErr(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }

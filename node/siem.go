@@ -59,7 +59,7 @@ func (a *siemAlerter) queue(al siem.Alert) bool {
 func (a *siemAlerter) finding(f topology.Finding, in subjectInfo) {
 	a.queue(siem.Alert{Kind: siem.KindFinding, ID: f.ID, Time: f.At, Activity: siem.ActivityCreate,
 		Device: f.Subject.Name, DeviceKind: f.Subject.Kind.String(), SPIFFEID: in.SPIFFEID, Zone: in.Zone, Class: in.Class,
-		Gateway: in.Gateway, Owner: in.Owner, Detector: f.Detector, Severity: f.Severity, Title: f.Summary,
+		Gateway: in.Gateway, Owner: ownerName(in.Owner), Detector: f.Detector, Severity: f.Severity, Title: f.Summary,
 		Message: fmt.Sprintf("%s finding on %s: %s", f.Detector, f.Subject, f.Summary), Learning: f.Learning,
 		Evidence: f.Evidence, Labels: in.Labels})
 }
@@ -82,7 +82,7 @@ func (a *siemAlerter) incident(inc topology.Incident, in subjectInfo) string {
 	}
 	ok := a.queue(siem.Alert{Kind: siem.KindIncident, ID: inc.ID, Time: inc.OpenedAt, Activity: siem.ActivityCreate,
 		Device: inc.Subject.Name, DeviceKind: inc.Subject.Kind.String(), SPIFFEID: in.SPIFFEID, Zone: in.Zone, Class: in.Class,
-		Gateway: in.Gateway, Owner: in.Owner, Severity: sev, Risk: inc.Risk, Title: inc.Title,
+		Gateway: in.Gateway, Owner: ownerName(in.Owner), Severity: sev, Risk: inc.Risk, Title: inc.Title,
 		Message: fmt.Sprintf("incident %s on %s: %s", inc.ID, inc.Subject, inc.Title), IncidentID: inc.ID,
 		IncidentStatus: status, Findings: findings, Actions: actions, Labels: in.Labels})
 	if !ok {

@@ -315,7 +315,11 @@ func applyOp(prev *topology.SubjectState, op *StateOp) (*topology.SubjectState, 
 		}
 		next.Quarantine = q
 	case OpRelease:
-		next.Quarantine = nil
+		// A release is an operator's judgement that the subject is fine:
+		// its risk starts again from zero (the monitor forgets its
+		// findings too), so it is not restricted or re-quarantined by
+		// what it did before.
+		next.Quarantine, next.Risk = nil, nil
 	case OpSetRisk:
 		r := op.Risk
 		if r == nil || r.Score < 0 || r.Score > 100 {

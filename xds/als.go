@@ -325,7 +325,11 @@ func convertEntry(e *accesslogdatav3.HTTPAccessLogEntry, out *AccessEntry, node,
 	}
 	out.Upstream = clip(out.Upstream, maxALSName)
 	id, ok := resp.GetResponseHeaders()[decisionIDHeader]
-	if !ok {
+	if !ok && out.Status < 400 {
+		// An allowed request carries the authorizer's ID upstream. A
+		// refusal's ID is only the one on the reply: a device can send
+		// the request header itself, to pass the gateway's own refusals
+		// off as decided ones.
 		id = req.GetRequestHeaders()[decisionIDHeader]
 	}
 	out.DecisionID = clip(id, maxALSName)

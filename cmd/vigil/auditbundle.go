@@ -77,7 +77,8 @@ func verifyBundle(ctx context.Context, out io.Writer, c *clientFlags, data []byt
 	fmt.Fprintf(out, "%s: evidence bundle of incident %s (%s, %s to %s), %d entries from %s, chain intact, seal verifies, head %s\n",
 		file, head.Incident, head.Subject, head.Since, head.Until, s.Entries, strings.Join(s.Members, ", "), rep.Head)
 	if c.server == "" {
-		fmt.Fprintf(out, "%s: offline: compare the head with the incident's evidence action (vigil incident show %s)\n", file, head.Incident)
+		fmt.Fprintf(out, "%s: offline: the seal's key is the bundle's own and is not checked against member %s's audit key, nor the head against the incident: use --server (or compare the head with vigil incident show %s)\n",
+			file, head.SealedBy, head.Incident)
 		return nil
 	}
 	cl, err := c.client()
