@@ -26,6 +26,7 @@ var allowed = map[string][]string{
 	"monitor/siem":          {},
 	"internal/peerid":       {},
 	"internal/attestrpc":    {"api", "attest"},
+	"internal/signalrpc":    {"api", "topology"},
 	"internal/fleetsim":     {"topology", "api", "attest"},
 	"internal/spiffetest":   {},
 	"internal/testwait":     {},
@@ -33,7 +34,7 @@ var allowed = map[string][]string{
 	"spire":                 {"topology"},
 	"spire/spiretest":       {},
 	"authz/authztest":       {"topology", "topology/topologytest"},
-	"node":                  {"topology", "raft", "api", "authz", "xds", "spire", "attest", "internal/peerid", "internal/attestrpc", "monitor", "monitor/siem"},
+	"node":                  {"topology", "raft", "api", "authz", "xds", "spire", "attest", "internal/peerid", "internal/attestrpc", "internal/signalrpc", "monitor", "monitor/siem"},
 	"examples":              {},
 	"cmd/vigil":             {"*"},
 }

@@ -76,6 +76,7 @@ func (n *Node) startAuthz(ctx context.Context) (*authzPart, error) {
 	})
 	p.server.Register(p.grpc)
 	n.registerAttestGRPC(p.grpc) // gateways' evidence, same port and caller rule (attestgrpc.go)
+	n.registerSignalGRPC(p.grpc) // gateways' signals, same port and caller rule (signalgrpc.go)
 	return p, nil
 }
 

@@ -86,6 +86,7 @@ func newSubjectCmd(kindName string) *cobra.Command {
 
 	cmd.AddCommand(get, quarantine, release)
 	cmd.AddCommand(newAgentCmds(kind)...)
+	cmd.AddCommand(newGatewaySignalCmds(kind)...)
 	if kind == topology.KindDevice {
 		cmd.AddCommand(newDeviceAttestCmds()...)
 	}
