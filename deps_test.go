@@ -26,7 +26,7 @@ var allowed = map[string][]string{
 	"monitor/siem":          {},
 	"internal/peerid":       {},
 	"internal/attestrpc":    {"api", "attest"},
-	"internal/signalrpc":    {"api", "topology"},
+	"internal/signalrpc":    {"api", "topology", "internal/attestrpc"},
 	"internal/fleetsim":     {"topology", "api", "attest"},
 	"internal/spiffetest":   {},
 	"internal/testwait":     {},

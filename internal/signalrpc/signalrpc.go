@@ -49,6 +49,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/vigil-iot/vigil/api"
+	"github.com/vigil-iot/vigil/internal/attestrpc"
 	"github.com/vigil-iot/vigil/topology"
 )
 
@@ -181,42 +182,7 @@ func ParseSubject(s string) (topology.Subject, error) {
 // PermissionDenied, no_leader → Unavailable, timeout → DeadlineExceeded,
 // rejected → FailedPrecondition), a context's end to DeadlineExceeded or
 // Canceled, and anything else to Internal.
-func Status(err error) error {
-	if err == nil {
-		return nil
-	}
-	if s, ok := status.FromError(err); ok {
-		return s.Err()
-	}
-	var ae *api.Error
-	switch {
-	case errors.As(err, &ae):
-		return status.Error(codeOf(ae.Code), ae.Message)
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, err.Error())
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, err.Error())
-	}
-	return status.Error(codes.Internal, "internal error; see the member's log")
-}
-
-func codeOf(apiCode string) codes.Code {
-	switch apiCode {
-	case api.CodeBadRequest, api.CodeBadDocument, api.CodeInvalidDocument:
-		return codes.InvalidArgument
-	case api.CodeNotFound:
-		return codes.NotFound
-	case api.CodeForbidden:
-		return codes.PermissionDenied
-	case api.CodeNoLeader:
-		return codes.Unavailable
-	case api.CodeTimeout:
-		return codes.DeadlineExceeded
-	case api.CodeRejected:
-		return codes.FailedPrecondition
-	}
-	return codes.Internal
-}
+func Status(err error) error { return attestrpc.Status(err) }
 
 // Client calls vigil.monitor.v1.Signals on a member's proxy port. Its
 // errors are gRPC status errors (status.Code tells them apart), or a local
