@@ -76,6 +76,10 @@ type ServerConfig struct {
 	// Monitor is the member's monitor; nil serves no signal or evidence
 	// endpoints.
 	Monitor Monitor
+	// Metrics serves GET /metrics (Prometheus text format) without a
+	// token, as Prometheus scrapes: it names no device, gateway or
+	// service. Nil: no metrics.
+	Metrics http.Handler
 	Logger  *slog.Logger
 	Now     func() time.Time
 }
@@ -99,6 +103,9 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /healthz", s.health)
+	if cfg.Metrics != nil {
+		s.mux.Handle("GET /metrics", cfg.Metrics)
+	}
 	s.route("GET /v1/topology", s.getTopology)
 	s.route("PUT /v1/topology", s.write(s.putTopology))
 	s.route("GET /v1/devices/{name}", s.getSubject(topology.KindDevice))

@@ -158,13 +158,15 @@ func (m *monitorPart) replayed(device, format, digest string, at time.Time) {
 		Name: format, Detail: "evidence " + digest})
 }
 
-// observer is the authorizer's Observer: the monitor's, once it exists
-// (it starts after the authorizer), none when the monitor is off.
+// observer is the authorizer's Observer: the decision metrics, and the
+// monitor's once it exists (it starts after the authorizer).
 func (n *Node) observer() func(*authz.Observation) {
+	d := n.decisions
 	if n.cfg.Monitor.Off {
-		return nil
+		return d.observe
 	}
 	return func(o *authz.Observation) {
+		d.observe(o)
 		if m := n.monitor; m != nil {
 			m.decision(o)
 		}

@@ -121,7 +121,9 @@ type Node struct {
 	spire   *spirePart
 	attest  *attestor
 	monitor *monitorPart // nil with Monitor.Off
-	ready   atomic.Bool
+	// decisions counts the authorizer's decisions for GET /metrics.
+	decisions *decisionMetrics
+	ready     atomic.Bool
 	// proxyTLS is nil when xDS and ext_authz do not authenticate.
 	proxyTLS proxyCreds
 }
@@ -224,7 +226,8 @@ func Start(cfg Config) (_ *Node, err error) {
 		ln.Close()
 		return nil, err
 	}
-	n := &Node{cfg: cfg, store: store, apiLn: ln, apiAddr: advertise, peer: api.PeerToken(key), conn: conn, proxyTLS: proxyTLS}
+	n := &Node{cfg: cfg, store: store, apiLn: ln, apiAddr: advertise, peer: api.PeerToken(key), conn: conn, proxyTLS: proxyTLS,
+		decisions: newDecisionMetrics()}
 	if n.authz, err = n.startAuthz(context.Background()); err != nil {
 		ln.Close()
 		store.Close()
@@ -262,7 +265,7 @@ func Start(cfg Config) (_ *Node, err error) {
 		n.xds.server.RegisterALS(n.xds.grpc, nil)
 	}
 	apiServer := api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Connector: conn,
-		Ready: n.Ready, Node: n.status, XDS: n.xds, Attestor: n.attest, Monitor: mon, Logger: log})
+		Ready: n.Ready, Node: n.status, XDS: n.xds, Attestor: n.attest, Monitor: mon, Metrics: n.metricsHandler(), Logger: log})
 	apiServer.HandleSPIRE(n.spire.api())
 	n.http = &http.Server{
 		Handler:           apiServer,

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -110,8 +112,8 @@ func printSubject(w io.Writer, s *api.Subject) {
 		row("Devices", fmt.Sprint(s.Devices))
 	}
 	row("SPIFFE ID", s.SPIFFEID)
-	for k, v := range s.Labels {
-		row("Label "+k, v)
+	for _, k := range slices.Sorted(maps.Keys(s.Labels)) {
+		row("Label "+k, s.Labels[k])
 	}
 	quarantine := "no"
 	if st := s.State; st != nil && st.Quarantine != nil {
