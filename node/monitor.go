@@ -555,6 +555,7 @@ func (m *monitorPart) info(s topology.Subject) subjectInfo {
 func (m *monitorPart) respondLoop(ctx context.Context) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	lastReconcile := time.Now()
 	for {
 		all := false
 		select {
@@ -565,6 +566,68 @@ func (m *monitorPart) respondLoop(ctx context.Context) error {
 			all = true // decay: look at every subject at risk
 		}
 		m.respond(ctx, all)
+		if all && time.Since(lastReconcile) >= reconcileEvery {
+			lastReconcile = time.Now()
+			m.reconcile(ctx)
+		}
+	}
+}
+
+// A playbook runs after its quarantine committed; a member that dies in
+// between leaves a quarantined subject without its incident, evidence or
+// alert. reconcile, every reconcileEvery, finds the monitor's quarantines
+// of the subjects this member owns that are older than reconcileGrace
+// (the playbook had its chance), younger than an hour, and have no
+// incident opened since, and runs their playbooks.
+var (
+	reconcileEvery = 30 * time.Second
+	reconcileGrace = 30 * time.Second
+)
+
+func (m *monitorPart) reconcile(ctx context.Context) {
+	self := m.n.cfg.ID
+	latest := map[topology.Subject]time.Time{}
+	for _, inc := range m.n.store.Incidents() {
+		if t, ok := latest[inc.Subject]; !ok || inc.OpenedAt.After(t) {
+			latest[inc.Subject] = inc.OpenedAt
+		}
+	}
+	snap := m.n.store.Current()
+	now := time.Now()
+	type lost struct {
+		sub topology.Subject
+		st  *topology.SubjectState
+	}
+	var found []lost
+	snap.State().Range(func(s topology.Subject, st *topology.SubjectState) bool {
+		q := st.Quarantine
+		if q == nil || !strings.HasPrefix(q.By, monitorBy+"@") || m.owner(s) != self {
+			return true
+		}
+		if age := now.Sub(q.Since); age < reconcileGrace || age > time.Hour {
+			return true
+		}
+		if t, ok := latest[s]; ok && !t.Before(q.Since.Add(-time.Minute)) {
+			return true
+		}
+		found = append(found, lost{s, st})
+		return true
+	})
+	for _, l := range found {
+		if !m.startPlay(l.sub) {
+			continue
+		}
+		r := m.eng.RiskOf(l.sub, now)
+		if r.Score == 0 && l.st.Risk != nil {
+			r = monitor.Risk{Subject: l.sub, Score: l.st.Risk.Score, Signals: l.st.Risk.Signals}
+		}
+		m.log.Warn("monitor: a quarantine without its incident: running its playbook", "subject", l.sub, "since", l.st.Quarantine.Since)
+		p := &play{sub: l.sub, info: m.info(l.sub), risk: r, quarantine: true, at: l.st.Quarantine.Since.UTC()}
+		m.plays.Add(1)
+		go func() {
+			defer m.plays.Done()
+			m.playbook(ctx, p)
+		}()
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/vigil-iot/vigil/authz"
 	"github.com/vigil-iot/vigil/internal/testwait"
 	"github.com/vigil-iot/vigil/monitor"
+	"github.com/vigil-iot/vigil/raft"
 	"github.com/vigil-iot/vigil/topology"
 	"github.com/vigil-iot/vigil/xds"
 )
@@ -399,5 +400,33 @@ func TestAGatewayCannotFrameOthers(t *testing.T) {
 	})
 	if r := m.eng.RiskOf(topology.DeviceSubject("cam-1"), time.Now()); r.Score != 0 {
 		t.Fatalf("cam-1 was blamed for gw-1's entries: %+v", r)
+	}
+}
+
+// TestAQuarantineWithoutItsIncidentIsReconciled: a monitor quarantine
+// whose playbook never ran (its member died after the write) gets its
+// incident, evidence and alert from the subject's owner.
+func TestAQuarantineWithoutItsIncidentIsReconciled(t *testing.T) {
+	every, grace := reconcileEvery, reconcileGrace
+	reconcileEvery, reconcileGrace = 200*time.Millisecond, 100*time.Millisecond
+	t.Cleanup(func() { reconcileEvery, reconcileGrace = every, grace })
+	n, cl, _ := runNode(t, nil)
+	ctx := context.Background()
+	if _, err := cl.ApplyTopology(ctx, []byte(monitorDoc("ops"))); err != nil {
+		t.Fatal(err)
+	}
+	sub := topology.DeviceSubject("sen-2")
+	_, err := n.Store().UpdateState(ctx, []raft.StateOp{
+		{Subject: sub, Op: raft.OpSetRisk, Risk: &topology.Risk{Score: 90, UpdatedAt: time.Now(), Signals: []topology.Signal{
+			{Name: monitor.DetTamper, Score: 90, Severity: topology.SeverityCritical, At: time.Now(), Finding: "f-lost-1"}}}},
+		{Subject: sub, Op: raft.OpQuarantine, Quarantine: &topology.Quarantine{Reason: "monitor: risk 90 reached quarantineAt 80 (tamper)",
+			By: "vigil/monitor@gone", Since: time.Now().Add(-time.Second)}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inc := incidentOf(t, cl, sub, func(inc topology.Incident) bool { return actionOutcome(inc, "evidence") != "" })
+	if actionOutcome(inc, "quarantine") != topology.ActionOK || inc.Risk != 90 {
+		t.Fatalf("reconciled incident %+v", inc)
 	}
 }
