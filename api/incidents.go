@@ -86,6 +86,9 @@ type IncidentExport struct {
 
 const maxSignalName = 64
 
+// maxExportBytes bounds an evidence bundle served whole in JSON.
+const maxExportBytes = 256 << 20
+
 func (s *Server) incidentRoutes() {
 	s.route("GET /v1/incidents", s.listIncidents)
 	s.route("GET /v1/incidents/{id}", s.getIncident)
@@ -283,12 +286,19 @@ func (s *Server) exportIncident(w http.ResponseWriter, r *http.Request) error {
 	out := IncidentExport{Incident: inc}
 	if m := s.cfg.Monitor; m != nil {
 		if rc, err := m.Bundle(id); err == nil {
-			b, err := io.ReadAll(io.LimitReader(rc, maxRequestBytes*16))
+			b, err := io.ReadAll(io.LimitReader(rc, maxExportBytes+1))
 			rc.Close()
-			if err != nil {
+			switch {
+			case err != nil:
 				out.EvidenceError = err.Error()
+			case len(b) > maxExportBytes:
+				// Never a cut bundle: it would not verify, and would look
+				// tampered with.
+				out.EvidenceError = fmt.Sprintf("the evidence bundle is larger than %d MiB: copy evidence/%s.log from member %s's data dir",
+					maxExportBytes>>20, id, s.cfg.Store.ID())
+			default:
+				out.Evidence = string(b)
 			}
-			out.Evidence = string(b)
 			writeJSON(w, http.StatusOK, out)
 			return nil
 		} else {
