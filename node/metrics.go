@@ -119,15 +119,10 @@ func (c *memberCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.leader, b(st.LeaderID != ""))
 	}
 	gauge(c.revision, float64(n.store.Current().Revision()))
-	for a, result := range []string{"deny", "allow"} {
-		for cause := authz.CauseNone; cause <= authz.CauseOther; cause++ {
-			if v := c.d.counts[a][cause].Load(); v > 0 || a == 1 && cause == authz.CauseNone || a == 0 && cause != authz.CauseNone {
-				if a == 1 && cause != authz.CauseNone {
-					continue
-				}
-				counter(c.decisions, v, result, cause.String())
-			}
-		}
+	// An allow has no cause; a deny always has one.
+	counter(c.decisions, c.d.counts[1][authz.CauseNone].Load(), "allow", authz.CauseNone.String())
+	for cause := authz.CauseNone + 1; cause <= authz.CauseOther; cause++ {
+		counter(c.decisions, c.d.counts[0][cause].Load(), "deny", cause.String())
 	}
 	ls := n.authz.log.Status()
 	counter(c.logWritten, ls.Written)
