@@ -35,6 +35,7 @@ type attestor struct {
 	key     []byte // nonce MAC key, the same on every member
 	member  string
 	monitor *monitorPart // nil: no monitor
+	metrics *attestMetrics
 	ttl     time.Duration
 	now     func() time.Time
 	log     *slog.Logger
@@ -46,8 +47,8 @@ func newAttestor(n *Node) *attestor {
 	m := hmac.New(sha256.New, []byte(n.peer))
 	m.Write([]byte("vigil attestation nonce key v1"))
 	return &attestor{store: n.store, key: m.Sum(nil), member: n.cfg.ID, ttl: attest.DefaultNonceTTL, now: time.Now, log: n.cfg.Logger,
-		batches: make(chan *pendingResult, 4096),
-		leader:  func(addr string) *api.Client { return n.conn.Client(addr, n.peer) }}
+		batches: make(chan *pendingResult, 4096), metrics: newAttestMetrics(),
+		leader: func(addr string) *api.Client { return n.conn.Client(addr, n.peer) }}
 }
 
 // Results are batched into the log: a re-attestation storm (a city's
@@ -284,7 +285,9 @@ func (a *attestor) Attest(ctx context.Context, device string, raw []byte) (api.A
 	if err != nil {
 		return api.AttestResponse{}, err
 	}
+	start := time.Now()
 	res := attest.Verify(raw, ev, enrolled, attest.PolicyOf(class), nonce, now)
+	a.metrics.verified(ev.Format, time.Since(start))
 	if !res.Passed() && !a.store.IsLeader() {
 		// This replica may lag the log (an enrollment committed an instant
 		// ago): only the leader, with the latest state, records a failure.
@@ -310,6 +313,7 @@ func (a *attestor) Attest(ctx context.Context, device string, raw []byte) (api.A
 	rev, err := a.record(ctx, ops)
 	if errors.Is(err, raft.ErrRejected) && strings.Contains(err.Error(), "replayed") {
 		a.log.Warn("security: attestation replay refused", "device", device, "evidence", res.EvidenceDigest, "nonce_expires", expires)
+		a.metrics.replayed()
 		if a.monitor != nil {
 			a.monitor.replayed(device, res.Format, res.EvidenceDigest, now)
 		}
@@ -318,6 +322,7 @@ func (a *attestor) Attest(ctx context.Context, device string, raw []byte) (api.A
 	if err != nil {
 		return api.AttestResponse{}, err
 	}
+	a.metrics.recorded(res)
 	if res.Passed() {
 		a.log.Info("attestation passed", "device", device, "format", res.Format, "firmware", res.FirmwareVersion, "revision", rev)
 	} else {

@@ -5,11 +5,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/vigil-iot/vigil/attest"
 	"github.com/vigil-iot/vigil/authz"
+	"github.com/vigil-iot/vigil/raft"
+	"github.com/vigil-iot/vigil/spire"
 	"github.com/vigil-iot/vigil/topology"
 )
 
@@ -17,9 +21,14 @@ import (
 // label ever names a device, gateway or service (a city has a million
 // of them); causes, results, states and statuses are small fixed sets.
 //
-// Counters that the parts keep already (decision log, monitor, xDS status)
-// are read at scrape time by a collector; only the per-decision counts and
-// latencies are observed as they happen, in the authorizer's Observer.
+// Counters that the parts keep already (decision log, monitor, xDS status,
+// Raft leader changes, the SPIRE reconciler's passes and lag) are read at
+// scrape time by a collector. What must be seen as it happens goes through
+// plain hooks the parts call, so that raft/ and xds/ stay free of
+// Prometheus: the authorizer's Observer (per-decision counts and latency),
+// xds.Config.OnPush and OnAnswer (pushes, ACKs, NACKs, push latency),
+// raft.Observer (commit and apply latency); the attestor, in this package,
+// observes its own.
 
 // decisionMetrics counts decisions by result and cause, and their latency.
 type decisionMetrics struct {
@@ -57,7 +66,7 @@ type memberCollector struct {
 	proxies, streams, pendingAcks, nacked                      *prometheus.Desc
 	monEvents, monDropped, monForwarded, monFindings           *prometheus.Desc
 	monSuppressed, monQuarantines, monAtRisk, monPublishFailed *prometheus.Desc
-	incidents                                                  *prometheus.Desc
+	incidents, leaderChanges                                   *prometheus.Desc
 }
 
 func newMemberCollector(n *Node, d *decisionMetrics) *memberCollector {
@@ -89,6 +98,7 @@ func newMemberCollector(n *Node, d *decisionMetrics) *memberCollector {
 		monAtRisk:        desc("vigil_monitor_subjects_at_risk", "Subjects with a risk above 0 that this member owns."),
 		monPublishFailed: desc("vigil_monitor_publish_failures_total", "Risk publications through Raft that failed (retried)."),
 		incidents:        desc("vigil_incidents", "Incidents in the replicated state by status.", "status"),
+		leaderChanges:    desc("vigil_raft_leader_changes_total", "Raft leaders this member has learned of since it started: a new leader, or the same one in a new term (elections)."),
 	}
 }
 
@@ -118,6 +128,7 @@ func (c *memberCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.members, float64(len(st.Members)))
 		gauge(c.leader, b(st.LeaderID != ""))
 	}
+	counter(c.leaderChanges, n.store.LeaderChanges())
 	gauge(c.revision, float64(n.store.Current().Revision()))
 	// An allow has no cause; a deny always has one.
 	counter(c.decisions, c.d.counts[1][authz.CauseNone].Load(), "allow", authz.CauseNone.String())
@@ -167,6 +178,222 @@ func (c *memberCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// xdsTypes are the resource types the xDS metrics name; any other type
+// URL a proxy asks for is "other".
+var xdsTypes = [...]struct{ url, label string }{
+	{resourcev3.ListenerType, "lds"}, {resourcev3.RouteType, "rds"},
+	{resourcev3.ClusterType, "cds"}, {resourcev3.EndpointType, "eds"}, {"", "other"},
+}
+
+// xdsMetrics counts the xDS server's pushes and the proxies' answers, and
+// times the ACKs, by resource type (xds.Config.OnPush and OnAnswer). This
+// runs for every response to every proxy: the series are resolved once.
+type xdsMetrics struct {
+	pushes, acks, nacks   *prometheus.CounterVec
+	latency               *prometheus.HistogramVec
+	pushed, acked, nacked [len(xdsTypes)]prometheus.Counter
+	ackLatency            [len(xdsTypes)]prometheus.Observer
+}
+
+func newXDSMetrics() *xdsMetrics {
+	counter := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{"type"})
+	}
+	m := &xdsMetrics{
+		pushes: counter("vigil_xds_pushes_total", "xDS responses this member sent to proxies, by resource type (lds, rds, cds, eds, other)."),
+		acks:   counter("vigil_xds_acks_total", "xDS responses a proxy accepted (ACK), by resource type."),
+		nacks:  counter("vigil_xds_nacks_total", "xDS responses a proxy rejected (NACK), by resource type."),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "vigil_xds_push_duration_seconds",
+			Help:    "Time from this member sending a proxy an xDS response until the proxy ACKed it, by resource type (NACKs, and responses superseded before an answer, are not timed).",
+			Buckets: []float64{1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2.5, 5, 10, 30},
+		}, []string{"type"}),
+	}
+	for i, t := range xdsTypes {
+		m.pushed[i] = m.pushes.WithLabelValues(t.label)
+		m.acked[i] = m.acks.WithLabelValues(t.label)
+		m.nacked[i] = m.nacks.WithLabelValues(t.label)
+		m.ackLatency[i] = m.latency.WithLabelValues(t.label)
+	}
+	return m
+}
+
+func xdsType(url string) int {
+	for i, t := range xdsTypes[:len(xdsTypes)-1] {
+		if t.url == url {
+			return i
+		}
+	}
+	return len(xdsTypes) - 1
+}
+
+func (m *xdsMetrics) push(typeURL string) { m.pushed[xdsType(typeURL)].Inc() }
+
+func (m *xdsMetrics) answer(typeURL string, latency time.Duration, nack bool) {
+	i := xdsType(typeURL)
+	if nack {
+		m.nacked[i].Inc()
+		return
+	}
+	m.acked[i].Inc()
+	m.ackLatency[i].Observe(latency.Seconds())
+}
+
+func (m *xdsMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.pushes, m.acks, m.nacks, m.latency}
+}
+
+// raftMetrics times the store's commits and applies (raft.Observer).
+type raftMetrics struct {
+	commit, apply prometheus.Histogram
+}
+
+func newRaftMetrics() *raftMetrics {
+	return &raftMetrics{
+		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vigil_raft_commit_duration_seconds",
+			Help:    "Time from this member proposing a write as leader (document chunk, runtime state, incident, checkpoint, membership) until a quorum committed it and it was applied here.",
+			Buckets: []float64{500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2.5, 5, 10},
+		}),
+		apply: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vigil_raft_apply_duration_seconds",
+			Help:    "Time this member's state machine took to apply one committed Raft log entry (the last chunk of a document indexes all of it).",
+			Buckets: []float64{10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1, 2.5, 10},
+		}),
+	}
+}
+
+func (m *raftMetrics) observer() raft.Observer {
+	return raft.Observer{
+		Committed: func(d time.Duration) { m.commit.Observe(d.Seconds()) },
+		Applied:   func(d time.Duration) { m.apply.Observe(d.Seconds()) },
+	}
+}
+
+// attestFormats are the evidence formats the attestation metrics name.
+var attestFormats = [...]string{topology.AttestTPM2Quote, topology.AttestDICE, topology.AttestEAT}
+
+// attestMetrics counts the attestation results this member verified and
+// recorded, the replays it refused, and times verification. A nil
+// *attestMetrics counts nothing.
+type attestMetrics struct {
+	results *prometheus.CounterVec
+	replays prometheus.Counter
+	verify  *prometheus.HistogramVec
+}
+
+func newAttestMetrics() *attestMetrics {
+	m := &attestMetrics{
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_attestation_results_total",
+			Help: "Attestation results this member verified and recorded through Raft, by status (passed, failed) and evidence format (tpm2-quote, dice, eat).",
+		}, []string{"status", "format"}),
+		replays: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_attestation_replays_refused_total",
+			Help: "Attestation evidence refused because its nonce was already used (a replay).",
+		}),
+		verify: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "vigil_attestation_verify_duration_seconds",
+			Help:    "Time this member took to verify one piece of attestation evidence (signatures, certificate chains, reference values), by evidence format.",
+			Buckets: []float64{50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1},
+		}, []string{"format"}),
+	}
+	for _, f := range attestFormats {
+		m.verify.WithLabelValues(f)
+		for _, st := range []string{attest.StatusPassed, attest.StatusFailed} {
+			m.results.WithLabelValues(st, f)
+		}
+	}
+	return m
+}
+
+// attestFormat keeps the format label a fixed set: ParseEvidence admits
+// only the known formats, anything else would be "other".
+func attestFormat(f string) string {
+	for _, known := range attestFormats {
+		if f == known {
+			return f
+		}
+	}
+	return "other"
+}
+
+func (m *attestMetrics) verified(format string, d time.Duration) {
+	if m != nil {
+		m.verify.WithLabelValues(attestFormat(format)).Observe(d.Seconds())
+	}
+}
+
+func (m *attestMetrics) recorded(res attest.Result) {
+	if m != nil {
+		status := attest.StatusFailed
+		if res.Passed() {
+			status = attest.StatusPassed
+		}
+		m.results.WithLabelValues(status, attestFormat(res.Format)).Inc()
+	}
+}
+
+func (m *attestMetrics) replayed() {
+	if m != nil {
+		m.replays.Inc()
+	}
+}
+
+func (m *attestMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.results, m.replays, m.verify}
+}
+
+// spireCollector reads the SPIRE reconciler's totals and lag at scrape
+// time; it is registered only when the integration is on.
+type spireCollector struct {
+	rec                          *spire.Reconciler
+	passes, errors, lag, desired *prometheus.Desc
+}
+
+func newSPIRECollector(rec *spire.Reconciler) *spireCollector {
+	return &spireCollector{rec: rec,
+		passes: prometheus.NewDesc("vigil_spire_reconcile_passes_total",
+			"SPIRE reconcile passes this member made as leader, by pass (full: every entry compared; subjects: those a change named) and result (ok; failed: the pass failed as a whole and is retried).",
+			[]string{"pass", "result"}, nil),
+		errors: prometheus.NewDesc("vigil_spire_reconcile_errors_total",
+			"SPIRE registration entries and agent bindings a reconcile pass went on without, by op (plan: the topology asks for one that cannot be made; create, update, delete: the server refused).",
+			[]string{"op"}, nil),
+		lag: prometheus.NewDesc("vigil_spire_reconcile_lag_seconds",
+			"How long the oldest committed change not yet applied to the SPIRE server has waited; 0 when the server is up to date, and on members that do not lead.",
+			nil, nil),
+		desired: prometheus.NewDesc("vigil_spire_entries_desired",
+			"SPIRE registration entries the topology called for at this member's last successful full reconcile pass; only on the member that reconciles.",
+			nil, nil),
+	}
+}
+
+func (c *spireCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.passes
+	ch <- c.errors
+	ch <- c.lag
+	ch <- c.desired
+}
+
+func (c *spireCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.rec.Stats()
+	for _, p := range []struct {
+		pass string
+		ok   uint64
+		bad  uint64
+	}{{"full", st.Passes.Full, st.Failed.Full}, {"subjects", st.Passes.Subjects, st.Failed.Subjects}} {
+		ch <- prometheus.MustNewConstMetric(c.passes, prometheus.CounterValue, float64(p.ok), p.pass, "ok")
+		ch <- prometheus.MustNewConstMetric(c.passes, prometheus.CounterValue, float64(p.bad), p.pass, "failed")
+	}
+	for i, op := range spire.ErrorOps {
+		ch <- prometheus.MustNewConstMetric(c.errors, prometheus.CounterValue, float64(st.Errors[i]), op)
+	}
+	ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, st.Lag.Seconds())
+	if s := c.rec.Status(); s.Leader && s.LastFull != nil {
+		ch <- prometheus.MustNewConstMetric(c.desired, prometheus.GaugeValue, float64(s.LastFull.Desired))
+	}
+}
+
 func lower(s string) string {
 	b := []byte(s)
 	if len(b) > 0 && b[0] >= 'A' && b[0] <= 'Z' {
@@ -176,10 +403,19 @@ func lower(s string) string {
 }
 
 // metricsHandler is GET /metrics: the member's collector, the decision
-// latency histogram, and the Go runtime's and the process's own.
+// latency histogram, the xDS, Raft, attestation and (when it is on) SPIRE
+// figures, and the Go runtime's and the process's own. It hooks the
+// store's Observer to this member's Raft histograms.
 func (n *Node) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(newMemberCollector(n, n.decisions), n.decisions.latency,
+	rm := newRaftMetrics()
+	n.store.SetObserver(rm.observer())
+	reg.MustRegister(newMemberCollector(n, n.decisions), n.decisions.latency, rm.commit, rm.apply,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(n.xds.metrics.collectors()...)
+	reg.MustRegister(n.attest.metrics.collectors()...)
+	if n.spire != nil {
+		reg.MustRegister(newSPIRECollector(n.spire.rec))
+	}
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 4})
 }

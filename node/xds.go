@@ -28,6 +28,8 @@ type xdsPart struct {
 	ln     net.Listener
 	grpc   *grpc.Server
 	store  *raft.Store
+	// metrics counts pushes and answers for GET /metrics.
+	metrics *xdsMetrics
 }
 
 func (n *Node) startXDS() (*xdsPart, error) {
@@ -40,8 +42,9 @@ func (n *Node) startXDS() (*xdsPart, error) {
 	}
 	// With proxy TLS, gateways call ext_authz with their SVID too.
 	opts.AuthzTLS = opts.AuthzTLS || n.proxyTLS != nil
+	m := newXDSMetrics()
 	srv, err := xds.NewServer(xds.Config{Source: n.store, Options: opts, NodeID: n.cfg.ID, Logger: n.cfg.Logger,
-		Authenticate: n.proxyTLS != nil})
+		Authenticate: n.proxyTLS != nil, OnPush: m.push, OnAnswer: m.answer})
 	if err != nil {
 		return nil, fmt.Errorf("xds: %w", err)
 	}
@@ -49,7 +52,7 @@ func (n *Node) startXDS() (*xdsPart, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xds listen on %s: %w", cfg.Addr, err)
 	}
-	p := &xdsPart{server: srv, ln: ln, grpc: n.proxyServer(xds.MaxRequestBytes), store: n.store}
+	p := &xdsPart{server: srv, ln: ln, grpc: n.proxyServer(xds.MaxRequestBytes), store: n.store, metrics: m}
 	srv.Register(p.grpc)
 	return p, nil
 }

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	hraft "github.com/hashicorp/raft"
@@ -57,6 +58,8 @@ type pendingDocument struct {
 type fsm struct {
 	log *slog.Logger
 	hub *hub
+	// observer is told how long each Apply takes (Store.SetObserver).
+	observer atomic.Pointer[Observer]
 
 	mu          sync.Mutex // guards what follows against Snapshot
 	members     map[string]Member
@@ -84,6 +87,9 @@ func newFSM(log *slog.Logger) *fsm {
 // Apply applies one committed entry. It panics on an entry it cannot
 // decode: a replica that skipped it would silently diverge from the others.
 func (f *fsm) Apply(l *hraft.Log) any {
+	if o := f.observed(); o.Applied != nil {
+		defer func(start time.Time) { o.Applied(time.Since(start)) }(time.Now())
+	}
 	t, body, err := decodeHeader(l.Data)
 	if err != nil {
 		panic(fmt.Sprintf("vigil: raft log entry %d (term %d) cannot be applied: %v; "+

@@ -94,6 +94,8 @@ type Store struct {
 	trans hraft.Transport
 	layer *secureLayer // nil with an injected transport
 	docMu sync.Mutex   // one document replacement at a time from this leader
+	// leaders counts the leader changes this member sees (LeaderChanges).
+	leaders leaderWatch
 }
 
 // Open starts a member. With existing raft state in DataDir it rejoins its
@@ -168,6 +170,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("raft: start: %w", err)
 	}
 	s.raft = r
+	r.RegisterObserver(s.leaders.observer())
 	cfg.Logger.Info("raft member started", "id", cfg.ID, "addr", string(trans.LocalAddr()),
 		"existing_state", hasState, "bootstrap", !hasState && cfg.Bootstrap)
 	return s, nil
@@ -283,22 +286,30 @@ func (s *Store) leaderErr(err error) error {
 	return fmt.Errorf("raft: %w", err)
 }
 
+// proposal is a command submitted to raft and when it was.
+type proposal struct {
+	hraft.ApplyFuture
+	at time.Time
+}
+
 // applyFuture submits one command without waiting.
-func (s *Store) applyFuture(ctx context.Context, t commandType, payload any) (hraft.ApplyFuture, error) {
+func (s *Store) applyFuture(ctx context.Context, t commandType, payload any) (proposal, error) {
 	if !s.IsLeader() {
-		return nil, s.notLeader()
+		return proposal{}, s.notLeader()
 	}
 	data, err := encodeCommand(t, payload)
 	if err != nil {
-		return nil, err
+		return proposal{}, err
 	}
-	return s.raft.Apply(data, timeoutOf(ctx)), nil
+	at := time.Now()
+	return proposal{s.raft.Apply(data, timeoutOf(ctx)), at}, nil
 }
 
-func (s *Store) wait(f hraft.ApplyFuture) (topology.Revision, error) {
+func (s *Store) wait(f proposal) (topology.Revision, error) {
 	if err := f.Error(); err != nil {
 		return 0, s.leaderErr(err)
 	}
+	s.committed(f.at)
 	res := f.Response().(Result)
 	return res.Revision, res.Err
 }
@@ -325,7 +336,7 @@ func (s *Store) ReplaceDocument(ctx context.Context, ix *topology.Index) (topolo
 	}
 	s.docMu.Lock()
 	defer s.docMu.Unlock()
-	futures := make([]hraft.ApplyFuture, 0, len(chunks))
+	futures := make([]proposal, 0, len(chunks))
 	for _, c := range chunks {
 		f, err := s.applyFuture(ctx, cmdDocumentChunk, c)
 		if err != nil {

@@ -61,6 +61,8 @@ type Result struct {
 	// counts them all.
 	Errors []string `json:"errors,omitempty"`
 	Failed int      `json:"failed"`
+	// failedBy counts Failed by ErrorOps.
+	failedBy [len(ErrorOps)]int
 	// Skipped are the declared cloud edges this topology cannot serve
 	// (Options.Edges), and why; not failures: each is logged once.
 	Skipped  []string      `json:"skipped,omitempty"`
@@ -69,8 +71,21 @@ type Result struct {
 
 const maxErrors = 10
 
-func (res *Result) fail(err error) {
+// ErrorOps name what a pass could not do for one entry or agent binding:
+// plan it (the topology asks for one that cannot be made, e.g. a bad
+// selectors label), or create, update or delete it on the server.
+var ErrorOps = [...]string{"plan", "create", "update", "delete"}
+
+const (
+	opPlan = iota
+	opCreate
+	opUpdate
+	opDelete
+)
+
+func (res *Result) fail(op int, err error) {
 	res.Failed++
+	res.failedBy[op]++
 	if len(res.Errors) < maxErrors {
 		res.Errors = append(res.Errors, err.Error())
 	}
@@ -106,6 +121,48 @@ type Reconciler struct {
 	// skipped are the edges skipped by the last full pass, which were
 	// warned about once.
 	skipped map[string]bool
+	// pendingSince is when the oldest committed change waiting in full or
+	// subjects arrived, inflightSince that of the pass under way (zero:
+	// none); together they are Stats.Lag.
+	pendingSince, inflightSince time.Time
+	stats                       Stats
+}
+
+// Stats are a reconciler's running totals since it started, for metrics.
+type Stats struct {
+	// Passes counts the passes made as leader that succeeded, Failed
+	// those that failed as a whole (the server unreachable or refusing,
+	// another trust domain) and were retried; full passes and those over
+	// the subjects a change named apart.
+	Passes, Failed PassCounts
+	// Errors counts, by ErrorOps, the entries and agent bindings that
+	// otherwise successful passes went on without.
+	Errors [len(ErrorOps)]uint64
+	// Lag is how long the oldest committed change not yet applied to the
+	// server has waited, the pass under way included: zero when the
+	// server is up to date, and on a member that does not lead. A resync
+	// or a new leader's comparison of everything is no change: only the
+	// changes that arrive meanwhile wait for it.
+	Lag time.Duration
+}
+
+// PassCounts count passes by kind.
+type PassCounts struct{ Full, Subjects uint64 }
+
+func (p *PassCounts) add(full bool) {
+	if full {
+		p.Full++
+	} else {
+		p.Subjects++
+	}
+}
+
+// earliest is the earlier of two times, zero meaning none.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || !b.IsZero() && b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // NewReconciler checks cfg and returns a reconciler.
@@ -134,6 +191,9 @@ func NewReconciler(cfg Config) (*Reconciler, error) {
 func (r *Reconciler) Update(snap *topology.Snapshot, ch Change) {
 	r.mu.Lock()
 	r.snap = snap
+	if (ch.Document || ch.Restored || len(ch.Subjects) > 0) && r.pendingSince.IsZero() {
+		r.pendingSince = r.cfg.Now()
+	}
 	if ch.Document || ch.Restored {
 		r.full = true
 	}
@@ -160,6 +220,18 @@ func (r *Reconciler) Status() Status {
 	return st
 }
 
+// Stats returns the reconciler's totals and its lag.
+func (r *Reconciler) Stats() Stats {
+	lead := r.cfg.IsLeader()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.stats
+	if oldest := earliest(r.pendingSince, r.inflightSince); lead && !oldest.IsZero() {
+		st.Lag = max(r.cfg.Now().Sub(oldest), 0)
+	}
+	return st
+}
+
 // Run applies changes until ctx ends. It only acts while IsLeader is true;
 // on becoming leader it compares everything, and every Resync again.
 func (r *Reconciler) Run(ctx context.Context) error {
@@ -177,6 +249,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			r.mu.Lock()
 			r.full, r.urgent = false, false
 			clear(r.subjects)
+			r.pendingSince = time.Time{}
 			r.mu.Unlock()
 			return
 		}
@@ -235,9 +308,16 @@ func (r *Reconciler) markFull() {
 func (r *Reconciler) runPending(ctx context.Context) (bool, error) {
 	r.mu.Lock()
 	snap, full, subjects := r.snap, r.full, slices.Collect(maps.Keys(r.subjects))
+	since := r.pendingSince
 	r.full, r.urgent = false, false
 	clear(r.subjects)
+	r.pendingSince, r.inflightSince = time.Time{}, since
 	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.inflightSince = time.Time{}
+		r.mu.Unlock()
+	}()
 	if snap == nil || !full && len(subjects) == 0 {
 		return false, nil
 	}
@@ -259,6 +339,7 @@ func (r *Reconciler) runPending(ctx context.Context) (bool, error) {
 		for _, s := range subjects {
 			r.subjects[s] = true
 		}
+		r.pendingSince = earliest(r.pendingSince, since)
 		r.mu.Unlock()
 	}
 	return full && err == nil, err
@@ -268,8 +349,13 @@ func (r *Reconciler) record(res *Result, err error, full bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil {
+		r.stats.Failed.add(full)
 		r.status.Error = err.Error()
 		return
+	}
+	r.stats.Passes.add(full)
+	for op, n := range res.failedBy {
+		r.stats.Errors[op] += uint64(n)
 	}
 	r.status.Error = ""
 	r.status.Last = res
@@ -315,7 +401,7 @@ func (r *Reconciler) reconcile(ctx context.Context, snap *topology.Snapshot, g *
 			res.Skipped = append(res.Skipped, err.Error())
 			continue
 		}
-		res.fail(err)
+		res.fail(opPlan, err)
 	}
 	r.warnSkipped(res.Skipped)
 	res.Desired = len(desired)
@@ -376,7 +462,7 @@ func (r *Reconciler) reconcileSubjects(ctx context.Context, snap *topology.Snaps
 		if s.Kind == topology.KindDevice || s.Kind == topology.KindService {
 			want, ok, err := desiredFor(snap, s, o)
 			if err != nil {
-				res.fail(err)
+				res.fail(opPlan, err)
 				continue
 			}
 			if ok {
@@ -427,12 +513,12 @@ func (r *Reconciler) reconcileSubjects(ctx context.Context, snap *topology.Snaps
 // urgent change and hold back subjects changed since.
 func (r *Reconciler) apply(ctx context.Context, c Changes, res *Result, g *guard) error {
 	var mu sync.Mutex // guards res
-	count := func(n *int, done int, errs []*EntryError) {
+	count := func(n *int, op, done int, errs []*EntryError) {
 		mu.Lock()
 		defer mu.Unlock()
 		*n += done
 		for _, e := range errs {
-			res.fail(e)
+			res.fail(op, e)
 		}
 	}
 	err := inBatches(ctx, r, c.Delete, g, func(ctx context.Context, ids []string) error {
@@ -441,7 +527,7 @@ func (r *Reconciler) apply(ctx context.Context, c Changes, res *Result, g *guard
 		}
 		errs, err := r.cfg.Client.DeleteEntries(ctx, ids)
 		if err == nil {
-			count(&res.Deleted, len(ids)-len(errs), errs)
+			count(&res.Deleted, opDelete, len(ids)-len(errs), errs)
 		}
 		return err
 	})
@@ -452,14 +538,15 @@ func (r *Reconciler) apply(ctx context.Context, c Changes, res *Result, g *guard
 		entries []Entry
 		call    func(context.Context, []Entry) ([]*EntryError, error)
 		n       *int
-	}{{c.Update, r.cfg.Client.UpdateEntries, &res.Updated}, {c.Create, r.cfg.Client.CreateEntries, &res.Created}} {
+		op      int
+	}{{c.Update, r.cfg.Client.UpdateEntries, &res.Updated, opUpdate}, {c.Create, r.cfg.Client.CreateEntries, &res.Created, opCreate}} {
 		err := inBatches(ctx, r, op.entries, g, func(ctx context.Context, batch []Entry) error {
 			if batch = g.entries(batch); len(batch) == 0 {
 				return nil
 			}
 			errs, err := op.call(ctx, batch)
 			if err == nil {
-				count(op.n, len(batch)-len(errs), errs)
+				count(op.n, op.op, len(batch)-len(errs), errs)
 			}
 			return err
 		})
@@ -594,7 +681,7 @@ func (g *guard) entries(es []Entry) []Entry {
 // applyAgents bans first: a quarantine must bite before anything else.
 func (r *Reconciler) applyAgents(ctx context.Context, a agentActions, res *Result) error {
 	for _, err := range a.Errors {
-		res.fail(err)
+		res.fail(opPlan, err)
 	}
 	for _, id := range a.Ban {
 		if err := r.cfg.Client.BanAgent(ctx, id); err != nil {

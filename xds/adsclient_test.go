@@ -62,12 +62,19 @@ type fixture struct {
 }
 
 // start runs a Server on a real gRPC server on 127.0.0.1:0 and dials it.
-func start(t *testing.T, snap *topology.Snapshot) *fixture {
+func start(t *testing.T, snap *topology.Snapshot) *fixture { return startWith(t, snap, nil) }
+
+// startWith is start with mutate applied to the server's Config.
+func startWith(t *testing.T, snap *topology.Snapshot, mutate func(*Config)) *fixture {
 	t.Helper()
 	src := &source{}
 	src.p.Store(snap)
 	// A debounce longer than any test: only urgent pushes can arrive.
-	srv, err := NewServer(Config{Source: src, NodeID: "vigil-1", Debounce: time.Hour})
+	cfg := Config{Source: src, NodeID: "vigil-1", Debounce: time.Hour}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	srv, err := NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

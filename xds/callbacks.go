@@ -87,8 +87,9 @@ func (c callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) 
 		return err
 	}
 	nack := req.GetErrorDetail() != nil
-	node, rejected, err := c.s.status.request(k, req.GetNode() != nil, NodeOf(req.GetNode()),
+	node, rejected, ans, err := c.s.status.request(k, req.GetNode() != nil, NodeOf(req.GetNode()),
 		req.GetTypeUrl(), req.GetVersionInfo(), req.GetResponseNonce(), req.GetErrorDetail().GetMessage(), nack)
+	c.s.answered(ans)
 	if err != nil {
 		c.s.log.Warn("xds stream closed", "err", err)
 		return err
@@ -109,8 +110,9 @@ func (c callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscover
 		return err
 	}
 	nack := req.GetErrorDetail() != nil
-	node, rejected, err := c.s.status.request(k, req.GetNode() != nil, NodeOf(req.GetNode()),
+	node, rejected, ans, err := c.s.status.request(k, req.GetNode() != nil, NodeOf(req.GetNode()),
 		req.GetTypeUrl(), "", req.GetResponseNonce(), req.GetErrorDetail().GetMessage(), nack)
+	c.s.answered(ans)
 	if err != nil {
 		c.s.log.Warn("xds stream closed", "err", err)
 		return err
@@ -124,10 +126,24 @@ func (c callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscover
 
 func (c callbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
 	c.s.status.response(streamKey{id: id}, resp.GetTypeUrl(), resp.GetVersionInfo(), resp.GetNonce())
+	if f := c.s.cfg.OnPush; f != nil {
+		f(resp.GetTypeUrl())
+	}
 }
 
 func (c callbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
 	c.s.status.response(streamKey{delta: true, id: id}, resp.GetTypeUrl(), resp.GetSystemVersionInfo(), resp.GetNonce())
+	if f := c.s.cfg.OnPush; f != nil {
+		f(resp.GetTypeUrl())
+	}
+}
+
+// answered hands a proxy's answer to Config.OnAnswer, outside the
+// tracker's lock.
+func (s *Server) answered(a answer) {
+	if a.typeURL != "" && s.cfg.OnAnswer != nil {
+		s.cfg.OnAnswer(a.typeURL, a.latency, a.nack)
+	}
 }
 
 // authenticate stamps the stream's verified identity on the node a request

@@ -94,6 +94,16 @@ type Config struct {
 	// refused, and Options.RequirePeer is set. Without it a client is
 	// trusted to name itself.
 	Authenticate bool
+	// OnPush, when set, is called for every response sent on a stream
+	// (SotW or delta), with its type URL. OnAnswer, when set, is called
+	// when a proxy first answers such a response: an ACK (nack false) or a
+	// NACK, latency after the response was sent; a response superseded
+	// before its answer is never reported. Both run on the stream's
+	// goroutine, once per response and type, and must be cheap and safe
+	// for concurrent use (they are how the member counts pushes and times
+	// ACKs for its metrics).
+	OnPush   func(typeURL string)
+	OnAnswer func(typeURL string, latency time.Duration, nack bool)
 }
 
 // typeURLs are the resource types a node's snapshot holds, in Resources

@@ -65,7 +65,22 @@ type streamKey struct {
 	id    int64
 }
 
-type sent struct{ version, nonce string }
+// sent is the last response of a type on a stream: when it was sent, and
+// whether the proxy has answered it (ACK or NACK) yet.
+type sent struct {
+	version, nonce string
+	at             time.Time
+	answered       bool
+}
+
+// answer is a proxy's first reply to a response: an ACK or a NACK of
+// typeURL, latency after the response was sent (Config.OnAnswer). The
+// zero answer is none.
+type answer struct {
+	typeURL string
+	latency time.Duration
+	nack    bool
+}
 
 type streamRecord struct {
 	node     string
@@ -115,9 +130,10 @@ func (t *tracker) identity(k streamKey) (identity, peer string, attached bool) {
 
 // request records a request on stream k. nodeID and cluster are those the
 // request names (empty when it names none: only the first request must).
-// It returns the stream's node, and the version the request rejects if it
-// is a NACK of what this stream was sent.
-func (t *tracker) request(k streamKey, named bool, n Node, typeURL, version, nonce, nackMsg string, nack bool) (node, rejected string, err error) {
+// It returns the stream's node, the version the request rejects if it is a
+// NACK of what this stream was sent, and, when the request is the proxy's
+// first answer to the stream's last response of typeURL, that answer.
+func (t *tracker) request(k streamKey, named bool, n Node, typeURL, version, nonce, nackMsg string, nack bool) (node, rejected string, ans answer, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.streams[k]
@@ -140,24 +156,39 @@ func (t *tracker) request(k streamKey, named bool, n Node, typeURL, version, non
 		// go-control-plane would serve the stream from the other node's
 		// cache entry, which this server neither builds nor tracks for it.
 		was := nodeOfKey(s.node)
-		return s.node, "", fmt.Errorf("xds stream opened as node %q (cluster %q) cannot switch to node %q (cluster %q)", was.ID, was.Cluster, n.ID, n.Cluster)
+		return s.node, "", answer{}, fmt.Errorf("xds stream opened as node %q (cluster %q) cannot switch to node %q (cluster %q)", was.ID, was.Cluster, n.ID, n.Cluster)
 	}
 	p := t.proxy(s.node)
 	last, ok := s.sent[typeURL]
 	if !ok || nonce == "" || nonce != last.nonce {
-		return s.node, "", nil
+		return s.node, "", answer{}, nil
 	}
 	ts := p.typ(typeURL)
+	now := t.now()
 	if nack {
-		ts.Nack = &Nack{Version: last.version, Message: nackMsg, At: t.now()}
-		return s.node, last.version, nil
+		ts.Nack = &Nack{Version: last.version, Message: nackMsg, At: now}
+		return s.node, last.version, s.answer(typeURL, last, now, true), nil
 	}
 	// SotW requests repeat the version they accept; delta requests carry
 	// none, their nonce says which response they answer.
 	if k.delta || version == last.version {
-		ts.Acked, ts.AckedAt = last.version, t.now()
+		ts.Acked, ts.AckedAt = last.version, now
+		return s.node, "", s.answer(typeURL, last, now, false), nil
 	}
-	return s.node, "", nil
+	return s.node, "", answer{}, nil
+}
+
+// answer marks the stream's last response of typeURL answered and returns
+// the answer, or none when it was answered before: a later request
+// carrying the same nonce (a SotW proxy changing the names it wants) is no
+// answer of its own. Callers hold t.mu.
+func (s *streamRecord) answer(typeURL string, last sent, now time.Time, nack bool) answer {
+	if last.answered {
+		return answer{}
+	}
+	last.answered = true
+	s.sent[typeURL] = last
+	return answer{typeURL: typeURL, latency: now.Sub(last.at), nack: nack}
 }
 
 func (t *tracker) response(k streamKey, typeURL, version, nonce string) {
@@ -167,9 +198,10 @@ func (t *tracker) response(k streamKey, typeURL, version, nonce string) {
 	if s == nil {
 		return
 	}
-	s.sent[typeURL] = sent{version: version, nonce: nonce}
+	now := t.now()
+	s.sent[typeURL] = sent{version: version, nonce: nonce, at: now}
 	ts := t.proxy(s.node).typ(typeURL)
-	ts.Sent, ts.SentAt = version, t.now()
+	ts.Sent, ts.SentAt = version, now
 }
 
 // closed forgets stream k and returns its node and how many streams that
