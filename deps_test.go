@@ -17,7 +17,8 @@ var allowed = map[string][]string{
 	"topology":              {},
 	"topology/topologytest": {"topology"},
 	"raft":                  {"topology"},
-	"api":                   {"topology", "raft"},
+	"api":                   {"topology", "raft", "console"},
+	"console":               {},
 	"authz":                 {"topology", "internal/peerid"},
 	"xds":                   {"topology", "internal/peerid"},
 	"xds/internal/re2size":  {},
@@ -34,7 +35,7 @@ var allowed = map[string][]string{
 	"spire":                 {"topology"},
 	"spire/spiretest":       {},
 	"authz/authztest":       {"topology", "topology/topologytest"},
-	"node":                  {"topology", "raft", "api", "authz", "xds", "spire", "attest", "internal/peerid", "internal/attestrpc", "internal/signalrpc", "monitor", "monitor/siem"},
+	"node":                  {"topology", "raft", "api", "authz", "xds", "spire", "attest", "internal/peerid", "internal/attestrpc", "internal/signalrpc", "monitor", "monitor/siem", "console"},
 	"examples":              {},
 	"cmd/vigil":             {"*"},
 }

@@ -288,3 +288,10 @@ func (c *Client) Checkpoints(ctx context.Context, node string) (*CheckpointsResp
 func (c *Client) Health(ctx context.Context) error {
 	return c.do(ctx, http.MethodGet, "/healthz", "", nil, nil)
 }
+
+// ConsoleLink makes a one-time console login link at this member for the
+// client's token; open Addr()+Path before ExpiresAt.
+func (c *Client) ConsoleLink(ctx context.Context) (*ConsoleLinkResponse, error) {
+	var out ConsoleLinkResponse
+	return &out, c.do(ctx, http.MethodPost, "/v1/console/links", "", nil, &out)
+}

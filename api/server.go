@@ -80,14 +80,23 @@ type ServerConfig struct {
 	// token, as Prometheus scrapes: it names no device, gateway or
 	// service. Nil: no metrics.
 	Metrics http.Handler
+	// DryRun re-decides this member's recent decisions against a
+	// candidate topology (vigil topology apply --dry-run); nil serves no
+	// dry run.
+	DryRun DryRunner
+	// Console is the web console at /ui/ and its live decision stream;
+	// nil serves no console.
+	Console Console
 	Logger  *slog.Logger
 	Now     func() time.Time
 }
 
 // Server serves the HTTP API of one member.
 type Server struct {
-	cfg ServerConfig
-	mux *http.ServeMux
+	cfg   ServerConfig
+	mux   *http.ServeMux
+	links loginLinks
+	fleet fleetIndex
 }
 
 // NewServer builds the API handler.
@@ -133,6 +142,8 @@ func NewServer(cfg ServerConfig) *Server {
 	s.route("POST /v1/audit/checkpoints", s.write(s.submitCheckpoint))
 	s.route("GET /v1/audit/checkpoints", s.getCheckpoints)
 	s.incidentRoutes()
+	s.dryRunRoutes()
+	s.consoleRoutes()
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: "no such endpoint: " + r.Method + " " + r.URL.Path})
 	})

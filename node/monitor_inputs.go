@@ -161,12 +161,20 @@ func (m *monitorPart) replayed(device, format, digest string, at time.Time) {
 // observer is the authorizer's Observer: the decision metrics, and the
 // monitor's once it exists (it starts after the authorizer).
 func (n *Node) observer() func(*authz.Observation) {
-	d := n.decisions
+	d, hub, id := n.decisions, n.hub, n.cfg.ID
 	if n.cfg.Monitor.Off {
-		return d.observe
+		return func(o *authz.Observation) {
+			d.observe(o)
+			if hub.Active() {
+				hub.Publish(consoleDecision(o, id))
+			}
+		}
 	}
 	return func(o *authz.Observation) {
 		d.observe(o)
+		if hub.Active() {
+			hub.Publish(consoleDecision(o, id))
+		}
 		if m := n.monitor; m != nil {
 			m.decision(o)
 		}

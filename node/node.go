@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/vigil-iot/vigil/api"
+	"github.com/vigil-iot/vigil/console"
 	"github.com/vigil-iot/vigil/raft"
 )
 
@@ -126,6 +127,9 @@ type Node struct {
 	ready     atomic.Bool
 	// proxyTLS is nil when xDS and ext_authz do not authenticate.
 	proxyTLS proxyCreds
+	// hub fans decisions out to the console's live streams.
+	hub *console.Hub
+	api *api.Server
 }
 
 // proxyServer is a gRPC server for proxies: mutual TLS with ProxyTLS when
@@ -227,7 +231,7 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, store: store, apiLn: ln, apiAddr: advertise, peer: api.PeerToken(key), conn: conn, proxyTLS: proxyTLS,
-		decisions: newDecisionMetrics()}
+		decisions: newDecisionMetrics(), hub: &console.Hub{}}
 	if n.authz, err = n.startAuthz(context.Background()); err != nil {
 		ln.Close()
 		store.Close()
@@ -264,11 +268,12 @@ func Start(cfg Config) (_ *Node, err error) {
 	} else {
 		n.xds.server.RegisterALS(n.xds.grpc, nil)
 	}
-	apiServer := api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Connector: conn,
-		Ready: n.Ready, Node: n.status, XDS: n.xds, Attestor: n.attest, Monitor: mon, Metrics: n.metricsHandler(), Logger: log})
-	apiServer.HandleSPIRE(n.spire.api())
+	n.api = api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Connector: conn,
+		Ready: n.Ready, Node: n.status, XDS: n.xds, Attestor: n.attest, Monitor: mon, Metrics: n.metricsHandler(),
+		DryRun: n.dryRunner(), Console: n.consoleParts(), Logger: log})
+	n.api.HandleSPIRE(n.spire.api())
 	n.http = &http.Server{
-		Handler:           apiServer,
+		Handler:           n.api,
 		TLSConfig:         serverTLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,

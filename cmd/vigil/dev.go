@@ -75,7 +75,7 @@ found, the quarantine and the incident.`,
 			}
 			snap = n.Store().Current()
 			out := cmd.OutOrStdout()
-			printDevBanner(out, n, &m.cfg, snap, keep || cmd.Flags().Changed("data-dir"))
+			printDevBanner(out, n, &m.cfg, snap, keep || cmd.Flags().Changed("data-dir"), devConsoleLink(n))
 			fmt.Fprintf(out, "Attestation: %d devices enrolled simulated TPMs and passed through the real path (challenge, quote, verification, Raft).\n", passed)
 			for _, f := range failed {
 				fmt.Fprintf(out, "  FAILED %s\n", f)
@@ -235,7 +235,22 @@ func loadExample(ctx context.Context, n *node.Node) (*topology.Snapshot, error) 
 	return s.WaitFor(ctx, rev)
 }
 
-func printDevBanner(w io.Writer, n *node.Node, cfg *node.Config, snap *topology.Snapshot, kept bool) {
+// devConsoleLink is a one-time login link to the dev member's console, or
+// how to make one if that failed.
+func devConsoleLink(n *node.Node) string {
+	tokens, err := os.ReadFile(n.TokenFile())
+	if err == nil {
+		var tok, code string
+		if tok, err = api.FirstToken(tokens); err == nil {
+			if code, _, err = n.LoginLink(tok); err == nil {
+				return "http://" + n.APIAddr() + "/ui/#code=" + code + "   (one-time login link, 10 min)"
+			}
+		}
+	}
+	return "http://" + n.APIAddr() + "/ui/   (sign in with a token of the token file: " + err.Error() + ")"
+}
+
+func printDevBanner(w io.Writer, n *node.Node, cfg *node.Config, snap *topology.Snapshot, kept bool, console string) {
 	ix := snap.Index()
 	device := "slc-n1-001"
 	if ds := ix.Devices(); len(ds) > 0 {
@@ -247,6 +262,8 @@ func printDevBanner(w io.Writer, n *node.Node, cfg *node.Config, snap *topology.
 	}
 	fmt.Fprintf(w, `
 Vigil dev member %q is running.
+  Console    %s
+             another link: go run ./cmd/vigil console link --token-file %s
   HTTP API   http://%s   (bearer tokens in %s)
   ext_authz  %s   (gRPC envoy.service.auth.v3.Authorization, policy: %s)
   xDS        %s   (ADS for the gateways' Envoy: vigil envoy bootstrap --node gw-north-1)
@@ -267,7 +284,7 @@ Try, in another terminal:
   go run ./cmd/vigil xds dump --node gw-north-1
   go run ./cmd/vigil topology validate -f examples/smart-city/topology.yaml
 
-`, cfg.ID, n.APIAddr(), n.TokenFile(), n.AuthzAddr(), policyName(cfg), n.XDSAddr(), n.Store().Addr(), cfg.DataDir, removed,
+`, cfg.ID, console, n.TokenFile(), n.APIAddr(), n.TokenFile(), n.AuthzAddr(), policyName(cfg), n.XDSAddr(), n.Store().Addr(), cfg.DataDir, removed,
 		snap.Revision(), ix.NumZones(), ix.NumGateways(), ix.NumDevices(), ix.NumServices(), ix.NumFlows(),
 		n.TokenFile(), device, device, device)
 }

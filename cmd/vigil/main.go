@@ -60,7 +60,7 @@ a --config file.`,
 	}
 	root.AddCommand(newServeCmd(), newDevCmd(), newTopologyCmd(), newSubjectCmd("device"), newSubjectCmd("gateway"),
 		newClusterCmd(), newPolicyCmd(), newAuditCmd(), newEnvoyCmd(), newGRPCCmd(), newXDSCmd(), newProxyCmd(), newSPIRECmd(), newAttestCmd(), newIncidentCmd(), newSimCmd(), newVersionCmd())
-	root.AddCommand(newReplayCmd())
+	root.AddCommand(newReplayCmd(), newConsoleCmd())
 	return root
 }
 

@@ -1,0 +1,484 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vigil-iot/vigil/topology"
+)
+
+// Lists for the console: zones, the gateways of a zone and devices, each
+// page read from the member's snapshot. Device search scans one buffer of
+// every device name (built once per document), so it answers in
+// milliseconds at a million devices; state filters walk the runtime state,
+// which holds only the subjects that have some.
+
+const (
+	defaultPage = 50
+	maxPage     = 500
+	maxQueryLen = 128
+	// summaryTTL bounds how often the fleet summary walks the state.
+	summaryTTL = 2 * time.Second
+)
+
+// DeviceRow is one device in a list.
+type DeviceRow struct {
+	Name    string `json:"name"`
+	Class   string `json:"class"`
+	Gateway string `json:"gateway"`
+	Zone    string `json:"zone"`
+	// Quarantine is set while the device is quarantined.
+	Quarantine *topology.Quarantine `json:"quarantine,omitempty"`
+	Risk       int                  `json:"risk"`
+	// Attestation is passed, failed, expired or "" (none recorded).
+	Attestation string `json:"attestation,omitempty"`
+	Firmware    string `json:"firmware,omitempty"`
+}
+
+// DeviceList answers GET /v1/devices.
+type DeviceList struct {
+	Revision topology.Revision `json:"revision"`
+	Total    int               `json:"total"`
+	Offset   int               `json:"offset"`
+	Devices  []DeviceRow       `json:"devices"`
+}
+
+// ZoneRow is one zone with its counts.
+type ZoneRow struct {
+	Name     string `json:"name"`
+	Gateways int    `json:"gateways"`
+	Devices  int    `json:"devices"`
+	Services int    `json:"services"`
+}
+
+// GatewayRow is one gateway with its counts.
+type GatewayRow struct {
+	Name        string               `json:"name"`
+	Zone        string               `json:"zone"`
+	Devices     int                  `json:"devices"`
+	Quarantine  *topology.Quarantine `json:"quarantine,omitempty"`
+	Risk        int                  `json:"risk"`
+	Attestation string               `json:"attestation,omitempty"`
+}
+
+// FleetSummary answers GET /v1/console/summary.
+type FleetSummary struct {
+	Revision           topology.Revision `json:"revision"`
+	DocumentRevision   topology.Revision `json:"documentRevision"`
+	Zones              int               `json:"zones"`
+	Gateways           int               `json:"gateways"`
+	Devices            int               `json:"devices"`
+	Services           int               `json:"services"`
+	Flows              int               `json:"flows"`
+	Quarantined        int               `json:"quarantined"`
+	AtRisk             int               `json:"atRisk"`
+	AttestationPassed  int               `json:"attestationPassed"`
+	AttestationFailed  int               `json:"attestationFailed"`
+	AttestationExpired int               `json:"attestationExpired"`
+	// ComputedAt: the state counts are at most a couple of seconds old.
+	ComputedAt time.Time `json:"computedAt"`
+}
+
+// fleetIndex caches, per document, the device name buffer search scans,
+// and the last fleet summary.
+type fleetIndex struct {
+	mu      sync.Mutex
+	names   atomic.Pointer[deviceNames]
+	summary atomic.Pointer[FleetSummary]
+}
+
+type deviceNames struct {
+	ix      *topology.Index
+	devices []*topology.Device // sorted by name
+	buf     []byte             // lower-cased names, each followed by '\n'
+	starts  []int32            // where each name begins in buf
+}
+
+func (f *fleetIndex) namesOf(ix *topology.Index) *deviceNames {
+	if n := f.names.Load(); n != nil && n.ix == ix {
+		return n
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n := f.names.Load(); n != nil && n.ix == ix {
+		return n
+	}
+	devs := ix.Devices()
+	n := &deviceNames{ix: ix, devices: devs, starts: make([]int32, len(devs))}
+	size := 0
+	for _, d := range devs {
+		size += len(d.Name) + 1
+	}
+	n.buf = make([]byte, 0, size)
+	for i, d := range devs {
+		n.starts[i] = int32(len(n.buf))
+		n.buf = append(n.buf, strings.ToLower(d.Name)...)
+		n.buf = append(n.buf, '\n')
+	}
+	f.names.Store(n)
+	return n
+}
+
+// match calls fn with the index of every device whose name contains q
+// (lower case, no newline), in name order, until fn returns false.
+func (n *deviceNames) match(q string, fn func(i int) bool) {
+	needle := []byte(q)
+	pos := 0
+	for pos < len(n.buf) {
+		k := bytes.Index(n.buf[pos:], needle)
+		if k < 0 {
+			return
+		}
+		at := int32(pos + k)
+		i := sort.Search(len(n.starts), func(j int) bool { return n.starts[j] > at }) - 1
+		if !fn(i) {
+			return
+		}
+		if i+1 >= len(n.starts) {
+			return
+		}
+		pos = int(n.starts[i+1])
+	}
+}
+
+func pageParams(r *http.Request) (offset, limit int, err error) {
+	q := r.URL.Query()
+	limit = defaultPage
+	if v := q.Get("limit"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 0 || limit > maxPage {
+			return 0, 0, badRequest("limit must be a number from 0 to %d", maxPage)
+		}
+	}
+	if v := q.Get("offset"); v != "" {
+		if offset, err = strconv.Atoi(v); err != nil || offset < 0 {
+			return 0, 0, badRequest("offset must be a number from 0")
+		}
+	}
+	return offset, limit, nil
+}
+
+func attestationOf(st *topology.SubjectState, now time.Time) (status, firmware string) {
+	if st == nil || st.Attestation == nil {
+		return "", ""
+	}
+	a := st.Attestation
+	status = a.Status
+	if status == "" {
+		status = "passed"
+	}
+	if status == "passed" && !a.ExpiresAt.IsZero() && now.After(a.ExpiresAt) {
+		status = "expired"
+	}
+	return status, a.FirmwareVersion
+}
+
+func (s *Server) deviceRow(snap *topology.Snapshot, d *topology.Device, now time.Time) DeviceRow {
+	row := DeviceRow{Name: d.Name, Class: d.Class, Gateway: d.Gateway}
+	if g, ok := snap.Index().Gateway(d.Gateway); ok {
+		row.Zone = g.Zone
+	}
+	st := snap.SubjectState(topology.Subject{Kind: topology.KindDevice, Name: d.Name})
+	if st != nil {
+		row.Quarantine = st.Quarantine
+		if st.Risk != nil {
+			row.Risk = st.Risk.Score
+		}
+	}
+	row.Attestation, row.Firmware = attestationOf(st, now)
+	return row
+}
+
+// listDevices serves GET /v1/devices: every device, or those of a zone or
+// gateway, whose name contains q, optionally only those in a state
+// (quarantined, at-risk, attestation-failed, attestation-expired), a page
+// at a time (offset, limit ≤ 500), sorted by name (at-risk: by risk, then
+// name). Total counts every match.
+func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
+	snap, err := s.snapshot(w, r)
+	if err != nil {
+		return err
+	}
+	if !snap.HasDocument() {
+		return notFound("no topology has been applied yet")
+	}
+	offset, limit, err := pageParams(r)
+	if err != nil {
+		return err
+	}
+	qv := r.URL.Query()
+	q := strings.ToLower(strings.TrimSpace(qv.Get("q")))
+	if len(q) > maxQueryLen || strings.ContainsAny(q, "\n\r") {
+		return badRequest("q must be at most %d characters on one line", maxQueryLen)
+	}
+	zone, gateway, state := qv.Get("zone"), qv.Get("gateway"), qv.Get("state")
+	ix := snap.Index()
+	if zone != "" {
+		if _, ok := ix.Zone(zone); !ok {
+			return notFound("no zone named %q at revision %d", zone, snap.Revision())
+		}
+	}
+	if gateway != "" {
+		if _, ok := ix.Gateway(gateway); !ok {
+			return notFound("no gateway named %q at revision %d", gateway, snap.Revision())
+		}
+	}
+	now := s.cfg.Now()
+	keep := func(d *topology.Device) bool {
+		if gateway != "" && d.Gateway != gateway {
+			return false
+		}
+		if zone != "" {
+			if g, ok := ix.Gateway(d.Gateway); !ok || g.Zone != zone {
+				return false
+			}
+		}
+		return q == "" || strings.Contains(strings.ToLower(d.Name), q)
+	}
+	out := DeviceList{Revision: snap.Revision(), Offset: offset, Devices: []DeviceRow{}}
+	page := func(d *topology.Device) {
+		if out.Total >= offset && len(out.Devices) < limit {
+			out.Devices = append(out.Devices, s.deviceRow(snap, d, now))
+		}
+		out.Total++
+	}
+	switch {
+	case state != "":
+		match, byRisk, err := stateFilter(state, now)
+		if err != nil {
+			return err
+		}
+		var hits []*topology.Device
+		snap.State().Range(func(sub topology.Subject, st *topology.SubjectState) bool {
+			if sub.Kind == topology.KindDevice && match(st) {
+				if d, ok := ix.Device(sub.Name); ok && keep(d) {
+					hits = append(hits, d)
+				}
+			}
+			return true
+		})
+		risk := func(d *topology.Device) int {
+			if st := snap.SubjectState(topology.Subject{Kind: topology.KindDevice, Name: d.Name}); st != nil && st.Risk != nil {
+				return st.Risk.Score
+			}
+			return 0
+		}
+		slices.SortFunc(hits, func(a, b *topology.Device) int {
+			if byRisk {
+				if ra, rb := risk(a), risk(b); ra != rb {
+					return rb - ra
+				}
+			}
+			return strings.Compare(a.Name, b.Name)
+		})
+		for _, d := range hits {
+			page(d)
+		}
+	case gateway != "":
+		for _, d := range ix.DevicesOf(gateway) {
+			if keep(d) {
+				page(d)
+			}
+		}
+	case zone != "":
+		var devs []*topology.Device
+		for _, g := range ix.GatewaysIn(zone) {
+			for _, d := range ix.DevicesOf(g.Name) {
+				if keep(d) {
+					devs = append(devs, d)
+				}
+			}
+		}
+		slices.SortFunc(devs, func(a, b *topology.Device) int { return strings.Compare(a.Name, b.Name) })
+		for _, d := range devs {
+			page(d)
+		}
+	case q == "":
+		all := ix.Devices()
+		out.Total = len(all)
+		for i := offset; i < len(all) && i < offset+limit; i++ {
+			out.Devices = append(out.Devices, s.deviceRow(snap, all[i], now))
+		}
+	default:
+		n := s.fleet.namesOf(ix)
+		n.match(q, func(i int) bool { page(n.devices[i]); return true })
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// stateFilter returns what a state= filter keeps, and whether its list is
+// sorted by risk.
+func stateFilter(state string, now time.Time) (func(*topology.SubjectState) bool, bool, error) {
+	switch state {
+	case "quarantined":
+		return func(st *topology.SubjectState) bool { return st.Quarantine != nil }, false, nil
+	case "at-risk":
+		return func(st *topology.SubjectState) bool { return st.Risk != nil && st.Risk.Score > 0 }, true, nil
+	case "attestation-failed", "attestation-expired", "attested":
+		want := map[string]string{"attestation-failed": "failed", "attestation-expired": "expired", "attested": "passed"}[state]
+		return func(st *topology.SubjectState) bool { a, _ := attestationOf(st, now); return a == want }, false, nil
+	}
+	return nil, false, badRequest("state must be quarantined, at-risk, attested, attestation-failed or attestation-expired, not %q", state)
+}
+
+func (s *Server) listZones(w http.ResponseWriter, r *http.Request) error {
+	snap, err := s.snapshot(w, r)
+	if err != nil {
+		return err
+	}
+	ix := snap.Index()
+	out := struct {
+		Revision topology.Revision `json:"revision"`
+		Zones    []ZoneRow         `json:"zones"`
+	}{Revision: snap.Revision(), Zones: []ZoneRow{}}
+	if snap.HasDocument() {
+		for _, z := range ix.Zones() {
+			row := ZoneRow{Name: z.Name, Services: len(ix.ServicesIn(z.Name))}
+			for _, g := range ix.GatewaysIn(z.Name) {
+				row.Gateways++
+				row.Devices += len(ix.DevicesOf(g.Name))
+			}
+			out.Zones = append(out.Zones, row)
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) listGateways(w http.ResponseWriter, r *http.Request) error {
+	snap, err := s.snapshot(w, r)
+	if err != nil {
+		return err
+	}
+	offset, limit, err := pageParams(r)
+	if err != nil {
+		return err
+	}
+	ix := snap.Index()
+	zone := r.PathValue("zone")
+	if _, ok := ix.Zone(zone); !ok {
+		return notFound("no zone named %q at revision %d", zone, snap.Revision())
+	}
+	q := strings.ToLower(strings.TrimSpace(r.URL.Query().Get("q")))
+	now := s.cfg.Now()
+	out := struct {
+		Revision topology.Revision `json:"revision"`
+		Total    int               `json:"total"`
+		Offset   int               `json:"offset"`
+		Gateways []GatewayRow      `json:"gateways"`
+	}{Revision: snap.Revision(), Offset: offset, Gateways: []GatewayRow{}}
+	for _, g := range ix.GatewaysIn(zone) {
+		if q != "" && !strings.Contains(strings.ToLower(g.Name), q) {
+			continue
+		}
+		if out.Total >= offset && len(out.Gateways) < limit {
+			row := GatewayRow{Name: g.Name, Zone: g.Zone, Devices: len(ix.DevicesOf(g.Name))}
+			if st := snap.SubjectState(topology.Subject{Kind: topology.KindGateway, Name: g.Name}); st != nil {
+				row.Quarantine = st.Quarantine
+				if st.Risk != nil {
+					row.Risk = st.Risk.Score
+				}
+				row.Attestation, _ = attestationOf(st, now)
+			}
+			out.Gateways = append(out.Gateways, row)
+		}
+		out.Total++
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// consoleSummary counts the fleet and its states. Walking the state of a
+// million devices takes tens of milliseconds, so the counts are reused for
+// summaryTTL while the revision moves (the monitor writes risk often).
+func (s *Server) consoleSummary(w http.ResponseWriter, r *http.Request) error {
+	snap := s.cfg.Store.Current()
+	now := s.cfg.Now()
+	if c := s.fleet.summary.Load(); c != nil && (c.Revision == snap.Revision() || now.Sub(c.ComputedAt) < summaryTTL) {
+		writeJSON(w, http.StatusOK, c)
+		return nil
+	}
+	ix := snap.Index()
+	sum := &FleetSummary{Revision: snap.Revision(), DocumentRevision: snap.DocumentRevision(), ComputedAt: now}
+	if snap.HasDocument() {
+		sum.Zones, sum.Gateways, sum.Devices, sum.Services, sum.Flows = ix.NumZones(), ix.NumGateways(), ix.NumDevices(), ix.NumServices(), ix.NumFlows()
+	}
+	snap.State().Range(func(sub topology.Subject, st *topology.SubjectState) bool {
+		if sub.Kind != topology.KindDevice && sub.Kind != topology.KindGateway {
+			return true
+		}
+		if st.Quarantine != nil {
+			sum.Quarantined++
+		}
+		if st.Risk != nil && st.Risk.Score > 0 {
+			sum.AtRisk++
+		}
+		switch a, _ := attestationOf(st, now); a {
+		case "passed":
+			sum.AttestationPassed++
+		case "failed":
+			sum.AttestationFailed++
+		case "expired":
+			sum.AttestationExpired++
+		}
+		return true
+	})
+	s.fleet.summary.Store(sum)
+	writeJSON(w, http.StatusOK, sum)
+	return nil
+}
+
+// MemberProxies is one member's answer in GET /v1/cluster/proxies.
+type MemberProxies struct {
+	Member  string `json:"member"`
+	Proxies any    `json:"proxies,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// clusterProxies asks every member for the proxies connected to it.
+func (s *Server) clusterProxies(w http.ResponseWriter, r *http.Request) error {
+	st, err := s.cfg.Store.Status()
+	if err != nil {
+		return err
+	}
+	out := make([]MemberProxies, len(st.Members))
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i, m := range st.Members {
+		out[i].Member = m.ID
+		if m.ID == st.ID {
+			if s.cfg.XDS == nil {
+				out[i].Error = "this member serves no xDS"
+			} else {
+				out[i].Proxies = s.cfg.XDS.ProxyStatus()
+			}
+			continue
+		}
+		if m.APIAddr == "" {
+			out[i].Error = "member has not registered its API address"
+			continue
+		}
+		wg.Add(1)
+		go func(mp *MemberProxies, addr string) {
+			defer wg.Done()
+			resp, err := s.cfg.Connector.Client(addr, s.cfg.PeerToken).Proxies(ctx)
+			if err != nil {
+				mp.Error = err.Error()
+				return
+			}
+			mp.Proxies = resp["proxies"]
+		}(&out[i], m.APIAddr)
+	}
+	wg.Wait()
+	writeJSON(w, http.StatusOK, map[string]any{"answeredBy": st.ID, "members": out})
+	return nil
+}
