@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"slices"
 	"sort"
@@ -436,49 +437,127 @@ func (s *Server) consoleSummary(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// MemberProxies is one member's answer in GET /v1/cluster/proxies.
-type MemberProxies struct {
-	Member  string `json:"member"`
-	Proxies any    `json:"proxies,omitempty"`
-	Error   string `json:"error,omitempty"`
+// ProxyRow is one proxy in GET /v1/cluster/proxies: the member it is
+// connected to and its status as that member reports it (xds.ProxyStatus).
+type ProxyRow struct {
+	Member string          `json:"member"`
+	Proxy  json.RawMessage `json:"proxy"`
 }
 
-// clusterProxies asks every member for the proxies connected to it.
+// ProxyPage answers GET /v1/cluster/proxies.
+type ProxyPage struct {
+	AnsweredBy string `json:"answeredBy"`
+	// Total counts the proxies that match; Nacked those of them whose
+	// latest version of some type was rejected.
+	Total   int        `json:"total"`
+	Nacked  int        `json:"nacked"`
+	Offset  int        `json:"offset"`
+	Proxies []ProxyRow `json:"proxies"`
+	// Errors names the members that could not be asked.
+	Errors []MemberError `json:"errors,omitempty"`
+}
+
+// MemberError is a member that did not answer.
+type MemberError struct {
+	Member string `json:"member"`
+	Error  string `json:"error"`
+}
+
+type proxyKey struct {
+	NodeID string
+	Types  []struct {
+		Nack json.RawMessage
+	}
+}
+
+// clusterProxies asks every member for the proxies connected to it and
+// answers one page of them, sorted by node ID: ?q= (node ID contains),
+// ?nacked=true (only those with a NACK), offset and limit.
 func (s *Server) clusterProxies(w http.ResponseWriter, r *http.Request) error {
+	offset, limit, err := pageParams(r)
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query().Get("q")
+	onlyNacked := r.URL.Query().Get("nacked") == "true"
 	st, err := s.cfg.Store.Status()
 	if err != nil {
 		return err
 	}
-	out := make([]MemberProxies, len(st.Members))
+	lists := make([][]json.RawMessage, len(st.Members))
+	errs := make([]string, len(st.Members))
 	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
 	for i, m := range st.Members {
-		out[i].Member = m.ID
-		if m.ID == st.ID {
-			if s.cfg.XDS == nil {
-				out[i].Error = "this member serves no xDS"
-			} else {
-				out[i].Proxies = s.cfg.XDS.ProxyStatus()
+		switch {
+		case m.ID == st.ID && s.cfg.XDS == nil:
+			errs[i] = "this member serves no xDS"
+		case m.ID == st.ID:
+			data, err := json.Marshal(s.cfg.XDS.ProxyStatus())
+			if err == nil {
+				err = json.Unmarshal(data, &lists[i])
 			}
-			continue
-		}
-		if m.APIAddr == "" {
-			out[i].Error = "member has not registered its API address"
-			continue
-		}
-		wg.Add(1)
-		go func(mp *MemberProxies, addr string) {
-			defer wg.Done()
-			resp, err := s.cfg.Connector.Client(addr, s.cfg.PeerToken).Proxies(ctx)
 			if err != nil {
-				mp.Error = err.Error()
-				return
+				errs[i] = err.Error()
 			}
-			mp.Proxies = resp["proxies"]
-		}(&out[i], m.APIAddr)
+		case m.APIAddr == "":
+			errs[i] = "member has not registered its API address"
+		default:
+			wg.Add(1)
+			go func(i int, addr string) {
+				defer wg.Done()
+				var out struct {
+					Proxies []json.RawMessage `json:"proxies"`
+				}
+				if err := s.cfg.Connector.Client(addr, s.cfg.PeerToken).do(ctx, http.MethodGet, "/v1/proxies", "", nil, &out); err != nil {
+					errs[i] = err.Error()
+					return
+				}
+				lists[i] = out.Proxies
+			}(i, m.APIAddr)
+		}
 	}
 	wg.Wait()
-	writeJSON(w, http.StatusOK, map[string]any{"answeredBy": st.ID, "members": out})
+	type entry struct {
+		row    ProxyRow
+		node   string
+		nacked bool
+	}
+	var all []entry
+	out := ProxyPage{AnsweredBy: st.ID, Offset: offset, Proxies: []ProxyRow{}}
+	for i, m := range st.Members {
+		if errs[i] != "" {
+			out.Errors = append(out.Errors, MemberError{Member: m.ID, Error: errs[i]})
+		}
+		for _, raw := range lists[i] {
+			var k proxyKey
+			if json.Unmarshal(raw, &k) != nil || q != "" && !strings.Contains(k.NodeID, q) {
+				continue
+			}
+			e := entry{row: ProxyRow{Member: m.ID, Proxy: raw}, node: k.NodeID}
+			for _, t := range k.Types {
+				e.nacked = e.nacked || len(t.Nack) > 0 && string(t.Nack) != "null"
+			}
+			if onlyNacked && !e.nacked {
+				continue
+			}
+			if e.nacked {
+				out.Nacked++
+			}
+			all = append(all, e)
+		}
+	}
+	slices.SortFunc(all, func(a, b entry) int {
+		if c := strings.Compare(a.node, b.node); c != 0 {
+			return c
+		}
+		return strings.Compare(a.row.Member, b.row.Member)
+	})
+	out.Total = len(all)
+	for i := offset; i < len(all) && i < offset+limit; i++ {
+		out.Proxies = append(out.Proxies, all[i].row)
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }

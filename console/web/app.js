@@ -526,27 +526,22 @@ function shortType(url) { return (url || '').replace(/^type\.googleapis\.com\/en
 
 async function viewProxies(params) {
   const filter = params.get('q') || '';
-  const input = el('input', { id: 'proxy-filter', type: 'search', value: filter, autocomplete: 'off' });
-  const form = el('form', { class: 'toolbar', role: 'search', onsubmit: ev => { ev.preventDefault(); go('proxies', '', { q: input.value.trim() }); } },
-    el('label', { for: 'proxy-filter', text: 'Node contains' }), input, el('button', { type: 'submit', text: 'Filter' }));
+  const nacked = params.get('nacked') === 'true';
+  const offset = parseInt(params.get('offset') || '0', 10) || 0;
+  const input = el('input', { id: 'proxy-filter', type: 'search', value: filter, autocomplete: 'off', spellcheck: 'false' });
+  const only = el('input', { id: 'proxy-nacked', type: 'checkbox', checked: nacked });
+  const form = el('form', { class: 'toolbar', role: 'search', onsubmit: ev => { ev.preventDefault(); go('proxies', '', { q: input.value.trim(), nacked: only.checked ? 'true' : '' }); } },
+    el('label', { for: 'proxy-filter', text: 'Node contains' }), input, only, el('label', { for: 'proxy-nacked', text: 'Only with a NACK' }),
+    el('button', { type: 'submit', text: 'Filter' }));
   const box = el('div');
   setPage('Proxies', form, box);
-  let offset = 0;
   const load = async () => {
     let r;
-    try { r = await api('GET', '/v1/cluster/proxies'); } catch (e) { box.replaceChildren(errorBox(e)); return; }
-    const all = [];
-    const errors = [];
-    for (const m of r.members) {
-      if (m.error) errors.push(el('p', { class: 'error', text: `member ${m.member}: ${m.error}` }));
-      for (const p of m.proxies || []) if (!filter || p.NodeID.includes(filter)) all.push([m.member, p]);
-    }
-    all.sort((a, b) => a[1].NodeID.localeCompare(b[1].NodeID));
-    const nacked = all.filter(([, p]) => (p.Types || []).some(t => t.Nack)).length;
-    const page = all.slice(offset, offset + 100);
+    try { r = await api('GET', '/v1/cluster/proxies' + qs({ q: filter, nacked: nacked ? 'true' : '', offset, limit: 100 })); } catch (e) { box.replaceChildren(errorBox(e)); return; }
+    const errors = (r.errors || []).map(m => el('p', { class: 'error', text: `member ${m.member}: ${m.error}` }));
     box.replaceChildren(...errors,
-      el('p', { class: 'muted', text: `${fmtNum(all.length)} proxies, ${fmtNum(nacked)} with a NACK` }),
-      table('Proxies', ['Node', 'Member', 'Connection', 'Identity', 'Resources (sent / ACKed)', 'Last NACK'], page.map(([member, p]) => {
+      el('p', { class: 'muted', text: `${fmtNum(r.total)} proxies, ${fmtNum(r.nacked)} with a NACK (answered by ${r.answeredBy})` }),
+      table('Proxies', ['Node', 'Member', 'Connection', 'Identity', 'Resources (sent / ACKed)', 'Last NACK'], r.proxies.map(({ member, proxy: p }) => {
         const nack = (p.Types || []).find(t => t.Nack);
         return el('tr', { class: nack ? 'nacked' : '' }, el('td', { class: 'mono', text: p.NodeID }), el('td', { text: member }),
           el('td', {}, p.Connected ? badge('connected', 'allow') : badge('disconnected', 'deny'), p.Proxyless ? ' gRPC' : ' Envoy', p.DenyAll ? ' · deny-all' : ''),
@@ -555,7 +550,7 @@ async function viewProxies(params) {
             el('span', { text: shortType(t.TypeURL) + ': ' }), el('span', { class: t.Sent === t.Acked ? '' : 'pending', text: `${t.Sent || '—'} / ${t.Acked || '—'}` }))))),
           el('td', {}, nack ? el('span', {}, badge('NACK', 'deny'), ` ${shortType(nack.TypeURL)} ${nack.Nack.Version}: ${nack.Nack.Message}`) : el('span', { class: 'muted', text: 'none' })));
       }), 'No proxy is connected.'),
-      pager(offset, 100, all.length, o => { offset = o; load(); }, 'Proxy pages'));
+      pager(offset, 100, r.total, o => go('proxies', '', { q: filter, nacked: nacked ? 'true' : '', offset: o }), 'Proxy pages'));
   };
   await load();
   every(REFRESH_MS, load);
