@@ -107,6 +107,30 @@ func TestConsoleInABrowser(t *testing.T) {
 			t.Fatalf("%s: %v\npage text:\n%s\nmember logs:\n%s", what, err, body, c.LogTails(30))
 		}
 	}
+	// Every control on a page has an accessible name (a label, aria-label or
+	// text), and every image-less link and button can be reached by Tab.
+	unlabelled := func(page string) {
+		t.Helper()
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		bad, err := chromedp.Run(sctx, chromedp.Evaluate[[]string](`(() => {
+			const out = [];
+			for (const e of document.querySelectorAll('input, select, textarea, button, a[href]')) {
+				if (e.closest('[hidden]') || e.offsetParent === null) continue;
+				const labelled = (e.id && document.querySelector('label[for="' + e.id + '"]')) || e.getAttribute('aria-label') ||
+					(e.tagName === 'BUTTON' || e.tagName === 'A') && e.textContent.trim();
+				if (!labelled) out.push(e.outerHTML.slice(0, 120));
+				if (e.tabIndex < 0) out.push('not focusable: ' + e.outerHTML.slice(0, 120));
+			}
+			return out;
+		})()`))
+		if err != nil {
+			t.Fatalf("%s: accessibility check: %v", page, err)
+		}
+		if len(bad) > 0 {
+			t.Errorf("%s: controls without an accessible name or not reachable by keyboard:\n%s", page, strings.Join(bad, "\n"))
+		}
+	}
 	textOf := func(sel string) string {
 		t.Helper()
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -126,6 +150,7 @@ func TestConsoleInABrowser(t *testing.T) {
 		chromedp.Click(chromedp.CSS("#signin")),
 		waitText("#login-error", "refused"),
 		shot("login-refused"))
+	unlabelled("login")
 	if navHidden, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.getElementById('nav').hidden`)); err != nil || !navHidden {
 		t.Fatal("the console's pages are shown after a refused token")
 	}
@@ -139,6 +164,7 @@ func TestConsoleInABrowser(t *testing.T) {
 		waitText(".summary", "240"),
 		waitText("#devices-title", "All devices"),
 		shot("topology"))
+	unlabelled("topology")
 	if s := textOf("#session-text"); !strings.Contains(s, c.Member(0).ID) {
 		t.Fatalf("the header names no member: %q", s)
 	}
@@ -152,6 +178,7 @@ func TestConsoleInABrowser(t *testing.T) {
 		chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-device=%q] a`, device))),
 		chromedp.WaitVisible(chromedp.CSS("#quarantine-reason")),
 		shot("device"))
+	unlabelled("device")
 	do("quarantine it", 30*time.Second,
 		chromedp.SendKeys(chromedp.CSS("#quarantine-reason"), "e2e: tamper switch opened"),
 		chromedp.Click(chromedp.CSS("#quarantine-button")),
@@ -170,6 +197,7 @@ func TestConsoleInABrowser(t *testing.T) {
 		waitText("#stream-status", "Live"),
 		chromedp.WaitVisible(chromedp.CSS(denied)),
 		shot("decisions-denied"))
+	unlabelled("decisions")
 	if row := textOf(denied); !strings.Contains(row, "quarantined") || !strings.Contains(row, c.Member(1).ID) {
 		t.Fatalf("the denied row does not say quarantined at %s: %q", c.Member(1).ID, row)
 	}
@@ -187,9 +215,12 @@ func TestConsoleInABrowser(t *testing.T) {
 
 	// The other pages render what the members say.
 	do("incidents page", 30*time.Second, chromedp.Navigate(base+"/ui/#/incidents"), chromedp.WaitVisible(chromedp.CSS("table")), shot("incidents"))
+	unlabelled("incidents")
 	do("proxies page", 30*time.Second, chromedp.Navigate(base+"/ui/#/proxies"), waitText("#view", "proxies"), shot("proxies"))
+	unlabelled("proxies")
 	do("cluster page", 30*time.Second, chromedp.Navigate(base+"/ui/#/cluster"),
 		waitText("#view table", c.Member(1).ID), waitText("#view", "leader"), shot("cluster"))
+	unlabelled("cluster")
 
 	// A one-time login link signs in once; opened again, it is refused.
 	link, err := c.Client(0).ConsoleLink(ctxFor(t, 5*time.Second))
