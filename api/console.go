@@ -280,7 +280,9 @@ func (s *Server) decisionStream(w http.ResponseWriter, r *http.Request) error {
 	}
 	enc := json.NewEncoder(bw)
 	st := StreamStats{Member: s.cfg.Store.ID(), Rate: rate}
-	perTick := max(1, rate/int(time.Second/streamTick))
+	// Each tick may send its share of the rate, so that every second (ten
+	// ticks) sends at most rate, also below ten a second.
+	ticksPerSecond, nTick := int(time.Second/streamTick), 0
 	tick := time.NewTicker(streamTick)
 	defer tick.Stop()
 	lastStats := time.Now()
@@ -288,9 +290,12 @@ func (s *Server) decisionStream(w http.ResponseWriter, r *http.Request) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.done:
+			return nil
 		case <-tick.C:
 		}
-		budget := perTick
+		budget := rate*(nTick+1)/ticksPerSecond - rate*nTick/ticksPerSecond
+		nTick = (nTick + 1) % ticksPerSecond
 		send := func(d *console.Decision) {
 			if budget <= 0 {
 				st.Skipped++

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -97,6 +98,9 @@ type Server struct {
 	mux   *http.ServeMux
 	links loginLinks
 	fleet fleetIndex
+	// done ends long-lived answers (live streams) at Shutdown.
+	done     chan struct{}
+	shutdown sync.Once
 }
 
 // NewServer builds the API handler.
@@ -110,7 +114,7 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.Connector == nil {
 		cfg.Connector = defaultConnector
 	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), done: make(chan struct{})}
 	s.mux.HandleFunc("GET /healthz", s.health)
 	if cfg.Metrics != nil {
 		s.mux.Handle("GET /metrics", cfg.Metrics)
@@ -149,6 +153,10 @@ func NewServer(cfg ServerConfig) *Server {
 	})
 	return s
 }
+
+// Shutdown ends the live streams, so that an http.Server's Shutdown, which
+// waits for open requests, does not wait for them.
+func (s *Server) Shutdown() { s.shutdown.Do(func() { close(s.done) }) }
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }

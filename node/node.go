@@ -322,6 +322,7 @@ func (n *Node) Run(ctx context.Context) error {
 				<-ctx.Done()
 				shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
 				defer done()
+				n.api.Shutdown() // ends live decision streams
 				n.http.Shutdown(shutdown)
 			}()
 			serve := func() error { return n.http.Serve(n.apiLn) }

@@ -9,6 +9,7 @@
 //	vigil-load xds        [-gateways 1000,5000] [-devices-per-gateway 2]
 //	vigil-load flood      [-requests 400] [-path-bytes 4000000] [-bin OLD_VIGIL]
 //	vigil-load attest     [-devices 5000] [-clients 32] [-duration 10s]
+//	vigil-load console    [-devices 1000000] [-requests 2000] [-rate 10000] [-phase 10s] [-quick]
 //
 // Results belong in BENCHMARKS.md.
 package main
@@ -50,6 +51,8 @@ func main() {
 		err = runAttest(os.Args[2:])
 	case "monitor":
 		err = runMonitor(os.Args[2:])
+	case "console":
+		err = runConsole(os.Args[2:])
 	default:
 		usage()
 	}
@@ -60,7 +63,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology|authz|quarantine|xds|flood|attest|monitor [flags]   (-h for the flags of each)")
+	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology|authz|quarantine|xds|flood|attest|monitor|console [flags]   (-h for the flags of each)")
 	os.Exit(2)
 }
 
