@@ -131,19 +131,28 @@ func BenchmarkCheckObserved(b *testing.B) {
 	}
 }
 
-// BenchmarkCheckUncached is BenchmarkCheck with every decision evaluated.
+// BenchmarkCheckUncached is BenchmarkCheck with every decision evaluated:
+// by the default policy's Go form (decision 0009), and by OPA running its
+// Rego with the decision cache emptied before each Check.
 func BenchmarkCheckUncached(b *testing.B) {
 	for _, bs := range benchSpecs {
-		b.Run(bs.name, func(b *testing.B) {
-			s, reqs := benchServer(b, bs.spec)
-			ctx := context.Background()
-			i := 0
-			for b.Loop() {
-				s.cache = newDecisionCache()
-				s.Check(ctx, reqs[i%len(reqs)])
-				i++
-			}
-		})
+		for _, via := range []string{"go", "rego"} {
+			b.Run(bs.name+"/"+via, func(b *testing.B) {
+				s, reqs := benchServer(b, bs.spec)
+				if via == "rego" {
+					s.cfg.Engine.Use(s.cfg.Engine.Current().WithRego())
+				}
+				ctx := context.Background()
+				i := 0
+				for b.Loop() {
+					if via == "rego" {
+						s.cache = newDecisionCache()
+					}
+					s.Check(ctx, reqs[i%len(reqs)])
+					i++
+				}
+			})
+		}
 	}
 }
 

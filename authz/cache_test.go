@@ -26,6 +26,7 @@ func TestCachedDecisionsFollowWhatThePolicyReads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	engine.Use(engine.Current().WithRego()) // the cache serves the default policy run by OPA
 	snap := topology.NewSnapshot(1, 1, ix, topology.NewState())
 	s := NewServer(Config{Node: "n1", Snapshot: func() *topology.Snapshot { return snap }, Engine: engine, Log: &memLog{},
 		Now: func() time.Time { return testNow }})
@@ -88,6 +89,7 @@ func TestARiskChangeFlipsACachedDecision(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	engine.Use(engine.Current().WithRego()) // the cache serves the default policy run by OPA
 	snap := topology.NewSnapshot(1, 1, ix, topology.NewState())
 	log := &memLog{}
 	s := NewServer(Config{Node: "n1", Snapshot: func() *topology.Snapshot { return snap }, Engine: engine, Log: log,

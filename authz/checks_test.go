@@ -190,40 +190,50 @@ func TestCheckCases(t *testing.T) {
 		if err := dec.Decode(&cf); err != nil {
 			t.Fatalf("%s: %v", file, err)
 		}
-		engine, err := NewEngine(context.Background(), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if cf.Policy != "" {
-			p, err := LoadDir(context.Background(), filepath.Join("testdata", cf.Policy), cf.Query)
+		// Vigil's default policy runs in Go (decision 0009); every case
+		// runs with the Go form and with OPA evaluating the Rego, and
+		// must give the same answer both ways.
+		for _, via := range []string{"go", "rego"} {
+			engine, err := NewEngine(context.Background(), nil)
 			if err != nil {
-				t.Fatalf("%s: policy: %v", file, err)
+				t.Fatal(err)
 			}
-			engine.Use(p)
-		}
-		base := applyState(t, ix, topology.NewState(), cf.State)
-		for _, c := range cf.Cases {
-			t.Run(strings.TrimSuffix(filepath.Base(file), ".yaml")+"/"+c.Name, func(t *testing.T) {
-				snap := topology.NewSnapshot(42, 1, ix, applyState(t, ix, base, c.State))
-				log := &memLog{}
-				s := NewServer(Config{Node: "n1", Snapshot: func() *topology.Snapshot { return snap }, Engine: engine,
-					Log: log, Now: func() time.Time { return testNow }, RequireCaller: cf.RequireCaller})
-				ctx := callerContext(t, c.Request.Caller)
-				for i := range c.Repeat {
-					resp, _ := s.Check(ctx, c.request())
-					if resp.GetStatus().GetCode() != int32(codes.OK) {
-						t.Fatalf("request %d of %d before the checked one was refused: %s", i+1, c.Repeat, log.last().Reason)
-					}
+			if cf.Policy != "" {
+				if via == "go" {
+					continue // a custom policy has no Go form
 				}
-				resp, err := s.Check(ctx, c.request())
+				p, err := LoadDir(context.Background(), filepath.Join("testdata", cf.Policy), cf.Query)
 				if err != nil {
-					t.Fatalf("Check returned an error: %v", err)
+					t.Fatalf("%s: policy: %v", file, err)
 				}
-				if d := log.last(); cf.RequireCaller && d.Caller != c.Request.Caller {
-					t.Errorf("decision records caller %q, want %q", d.Caller, c.Request.Caller)
-				}
-				checkResponse(t, &c, resp, log.last(), engine.Current())
-			})
+				engine.Use(p)
+			} else if via == "rego" {
+				engine.Use(engine.Current().WithRego())
+			}
+			base := applyState(t, ix, topology.NewState(), cf.State)
+			for _, c := range cf.Cases {
+				t.Run(via+"/"+strings.TrimSuffix(filepath.Base(file), ".yaml")+"/"+c.Name, func(t *testing.T) {
+					snap := topology.NewSnapshot(42, 1, ix, applyState(t, ix, base, c.State))
+					log := &memLog{}
+					s := NewServer(Config{Node: "n1", Snapshot: func() *topology.Snapshot { return snap }, Engine: engine,
+						Log: log, Now: func() time.Time { return testNow }, RequireCaller: cf.RequireCaller})
+					ctx := callerContext(t, c.Request.Caller)
+					for i := range c.Repeat {
+						resp, _ := s.Check(ctx, c.request())
+						if resp.GetStatus().GetCode() != int32(codes.OK) {
+							t.Fatalf("request %d of %d before the checked one was refused: %s", i+1, c.Repeat, log.last().Reason)
+						}
+					}
+					resp, err := s.Check(ctx, c.request())
+					if err != nil {
+						t.Fatalf("Check returned an error: %v", err)
+					}
+					if d := log.last(); cf.RequireCaller && d.Caller != c.Request.Caller {
+						t.Errorf("decision records caller %q, want %q", d.Caller, c.Request.Caller)
+					}
+					checkResponse(t, &c, resp, log.last(), engine.Current())
+				})
+			}
 		}
 	}
 }

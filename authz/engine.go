@@ -47,6 +47,22 @@ type Policy struct {
 	Cacheable bool
 
 	prepared rego.PreparedEvalQuery
+	// native decides as the Rego does, in Go (decideDefault); set only for
+	// Vigil's default policy, unless WithRego took it away.
+	native func(*resolution) Result
+}
+
+// Native reports whether Checks are decided by the policy's Go form
+// rather than by OPA.
+func (p *Policy) Native() bool { return p.native != nil }
+
+// WithRego returns p decided by OPA evaluating its Rego, also where a Go
+// form exists (--policy-engine=rego): the reference the Go form is
+// tested against, and a way back should the two ever differ.
+func (p *Policy) WithRego() *Policy {
+	q := *p
+	q.native = nil
+	return &q
 }
 
 // Engine evaluates the current policy. A new policy replaces the old one
@@ -67,6 +83,7 @@ func NewEngine(ctx context.Context, log *slog.Logger) (*Engine, error) {
 		return nil, fmt.Errorf("default policy: %w", err)
 	}
 	p.Cacheable = true
+	p.native = decideDefault
 	e.cur.Store(p)
 	return e, nil
 }

@@ -29,6 +29,10 @@ type AuthzConfig struct {
 	DecisionLogStrict bool
 	// EvalTimeout bounds one policy evaluation.
 	EvalTimeout time.Duration
+	// PolicyEngine decides with Vigil's default policy: "go" (its Go form,
+	// the default; decision 0009) or "rego" (OPA evaluating the Rego, with
+	// the decision cache). A --policy-dir policy always runs as Rego.
+	PolicyEngine string
 }
 
 type authzPart struct {
@@ -59,6 +63,15 @@ func (n *Node) startAuthz(ctx context.Context) (*authzPart, error) {
 		engine.Use(p)
 	} else if cfg.PolicyQuery != "" && cfg.PolicyQuery != authz.DefaultQuery {
 		return nil, errors.New("--policy-query needs --policy-dir: the default policy answers only its own query")
+	}
+	switch cfg.PolicyEngine {
+	case "", "go":
+	case "rego":
+		if cfg.PolicyDir == "" {
+			engine.Use(engine.Current().WithRego())
+		}
+	default:
+		return nil, fmt.Errorf("--policy-engine %q: want go or rego", cfg.PolicyEngine)
 	}
 	dlog, err := authz.OpenDecisionLog(authz.DecisionLogConfig{Path: cfg.DecisionLog, Strict: cfg.DecisionLogStrict, Logger: n.cfg.Logger})
 	if err != nil {
@@ -110,7 +123,7 @@ func (p *authzPart) status() any {
 	return map[string]any{
 		"authz": map[string]any{
 			"addr":   p.Addr(),
-			"policy": map[string]any{"source": pol.Source, "query": pol.Query, "hash": pol.Hash},
+			"policy": map[string]any{"source": pol.Source, "query": pol.Query, "hash": pol.Hash, "engine": policyEngine(pol)},
 			"decisionLog": struct {
 				Path   string `json:"path"`
 				Strict bool   `json:"strict"`
@@ -118,4 +131,12 @@ func (p *authzPart) status() any {
 			}{p.cfg.DecisionLog, p.cfg.DecisionLogStrict, p.log.Status()},
 		},
 	}
+}
+
+// policyEngine says what decides: Vigil's default policy in Go, or OPA.
+func policyEngine(p *authz.Policy) string {
+	if p.Native() {
+		return "go"
+	}
+	return "rego"
 }

@@ -158,3 +158,26 @@ func writeSelfSigned(t *testing.T, certFile, keyFile string) {
 func pemEncode(kind string, der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der})
 }
+
+// TestPolicyEngine: the default policy is decided by its Go form unless
+// --policy-engine=rego; GET /v1/node says which; anything else is refused.
+func TestPolicyEngine(t *testing.T) {
+	for engine, want := range map[string]string{"": "go", "go": "go", "rego": "rego"} {
+		_, cl, _ := runNode(t, func(cfg *Config) { cfg.Authz.PolicyEngine = engine })
+		info, err := cl.Node(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		pol := info["parts"].(map[string]any)["authz"].(map[string]any)["policy"].(map[string]any)
+		if pol["engine"] != want {
+			t.Errorf("--policy-engine=%q: GET /v1/node says engine %v, want %s", engine, pol["engine"], want)
+		}
+	}
+	cfg := DefaultConfig()
+	cfg.ID, cfg.DataDir = "n1", t.TempDir()
+	cfg.APIAddr, cfg.RaftAddr, cfg.Authz.Addr, cfg.XDS.Addr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Authz.PolicyEngine = "lua"
+	if _, err := Start(cfg); err == nil || !strings.Contains(err.Error(), "policy-engine") {
+		t.Fatalf("--policy-engine=lua: err = %v", err)
+	}
+}

@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -36,6 +40,7 @@ func (m *memberFlags) register(cmd *cobra.Command) {
 	f.StringVar(&m.cfg.TokenFile, "token-file", "", "operators' API tokens, \"name:token\" per line (default <data-dir>/api-tokens, created if missing)")
 	f.StringVar(&m.cfg.Authz.Addr, "authz-addr", m.cfg.Authz.Addr, "gRPC address of the ext_authz Check service (envoy.service.auth.v3.Authorization)")
 	f.StringVar(&m.cfg.Authz.PolicyDir, "policy-dir", "", "directory of Rego modules and data replacing the default policy; reloaded on change")
+	f.StringVar(&m.cfg.Authz.PolicyEngine, "policy-engine", "go", "what decides with the default policy: go (its Go form, checked against the Rego by tests) or rego (OPA evaluating policy/vigil.rego, with a decision cache); a --policy-dir policy always runs as Rego")
 	f.StringVar(&m.cfg.Authz.PolicyQuery, "policy-query", "", "the decision to query (default data.vigil.authz.decision)")
 	f.StringVar(&m.cfg.Authz.DecisionLog, "decision-log", "", "hash-chained decision log file (default <data-dir>/decisions.log)")
 	f.BoolVar(&m.cfg.Authz.DecisionLogStrict, "decision-log-strict", false, "make Check wait for the decision log instead of dropping decisions when it falls behind")
@@ -125,8 +130,42 @@ func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
+// serveDebugPprof serves Go's profiler (net/http/pprof) on addr, which
+// must be a loopback address: the profiles show the member's internals
+// and cost CPU, so they are for measuring on the member's own host only
+// (vigil-load xds -pprof). It is never on by default.
+func serveDebugPprof(ctx context.Context, addr string, log *slog.Logger) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--debug-pprof-addr: %w", err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("--debug-pprof-addr %s: only a loopback address is allowed", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--debug-pprof-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { <-ctx.Done(); srv.Close() }()
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("debug pprof server", "err", err)
+		}
+	}()
+	log.Warn("serving Go's profiler; for measurements only", "addr", ln.Addr().String())
+	return nil
+}
+
 func newServeCmd() *cobra.Command {
 	var m memberFlags
+	var pprofAddr string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run a Vigil member",
@@ -155,6 +194,11 @@ a YAML file of flag names and values (e.g. "node-id: n1").`,
 			}
 			ctx, stop := signalContext()
 			defer stop()
+			if pprofAddr != "" {
+				if err := serveDebugPprof(ctx, pprofAddr, m.cfg.Logger); err != nil {
+					return err
+				}
+			}
 			return n.Run(ctx)
 		},
 	}
@@ -163,5 +207,8 @@ a YAML file of flag names and values (e.g. "node-id: n1").`,
 	cmd.Flags().StringVar(&m.cfg.ID, "node-id", host, "this member's unique ID (pinned to its data dir)")
 	cmd.Flags().StringVar(&m.cfg.Join, "join", "", "API address of any member of the cluster to join")
 	cmd.Flags().String("config", "", "YAML file of settings (env VIGIL_CONFIG)")
+	// Hidden: for measurements on the member's own host (BENCHMARKS.md).
+	cmd.Flags().StringVar(&pprofAddr, "debug-pprof-addr", "", "serve Go's profiler (/debug/pprof/) on this loopback address")
+	_ = cmd.Flags().MarkHidden("debug-pprof-addr")
 	return cmd
 }
