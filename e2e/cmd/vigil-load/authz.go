@@ -35,70 +35,26 @@ func runAuthz(args []string) error {
 	if err != nil {
 		return err
 	}
-	flags := []string{"--decision-log", filepath.Join(dir, "decisions.log")}
 	var ca *spiffetest.CA
 	if *useTLS {
 		ca = spiffetest.NewCA(fatal{}, "city.example")
-		cert, key, bundle := ca.Write(fatal{}, ca.Issue(fatal{}, "spiffe://city.example/vigil/node/n1", "127.0.0.1"), dir, "member")
-		flags = append(flags, "--proxy-tls-cert", cert, "--proxy-tls-key", key, "--proxy-tls-ca", bundle)
 	}
-	c, err := startCluster(bin, filepath.Join(dir, "cluster"), harness.Options{Members: 1, Args: flags})
+	c, ix, err := startAuthzMember(bin, dir, *devices, ca, nil)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	ctx := context.Background()
-	// Classes without an attestation requirement: attestations are only
-	// recorded from verified evidence, which this tool does not produce.
-	doc := topologytest.Generate(topologytest.Spec{Zones: 10, GatewaysPerZone: 10, Devices: *devices, NoAttestation: true})
-	ix, err := applyDocument(ctx, c, doc)
+	reqs := authztest.Requests(ix, min(*distinct, *devices), *devices)
+	// clientOf[i] sends reqs[i].
+	conn := newAuthzConns(ix, ca, *conns)
+	defer conn.Close()
+	clientOf, err := conn.clients(c.Member(0).AuthzAddr, reqs)
 	if err != nil {
 		return err
 	}
-	reqs := authztest.Requests(ix, min(*distinct, *devices), *devices)
-	// clientOf[i] sends reqs[i].
-	clientOf := make([]authv3.AuthorizationClient, len(reqs))
-	dial := func(creds credentials.TransportCredentials) (authv3.AuthorizationClient, error) {
-		cc, err := grpc.NewClient(c.Member(0).AuthzAddr, grpc.WithTransportCredentials(creds))
-		if err != nil {
-			return nil, err
-		}
-		return authv3.NewAuthorizationClient(cc), nil
-	}
-	nconns := *conns
-	if *useTLS {
-		byGateway := map[string]authv3.AuthorizationClient{}
-		for i, r := range reqs {
-			sub, _ := ix.BySPIFFEID(r.GetAttributes().GetSource().GetPrincipal())
-			d, _ := ix.Device(sub.Name)
-			if byGateway[d.Gateway] == nil {
-				id, _ := ix.SPIFFEID(topology.GatewaySubject(d.Gateway))
-				svid := ca.Issue(fatal{}, id)
-				if byGateway[d.Gateway], err = dial(credentials.NewTLS(&tls.Config{
-					Certificates: []tls.Certificate{svid.TLS}, RootCAs: ca.Pool, ServerName: "127.0.0.1"})); err != nil {
-					return err
-				}
-			}
-			clientOf[i] = byGateway[d.Gateway]
-		}
-		nconns = len(byGateway)
-	} else {
-		shared := make([]authv3.AuthorizationClient, *conns)
-		for i := range shared {
-			if shared[i], err = dial(insecure.NewCredentials()); err != nil {
-				return err
-			}
-		}
-		for i := range clientOf {
-			clientOf[i] = shared[i%len(shared)]
-		}
-	}
-	mode := "plaintext"
-	if *useTLS {
-		mode = "mutual TLS, one connection per gateway"
-	}
 	fmt.Printf("1 member on 127.0.0.1, %d devices, %d requests in flight over %d connections (%s), %v, half allowed and half denied\n",
-		*devices, *inflight, nconns, mode, *duration)
+		*devices, *inflight, conn.count(reqs), conn.mode(), *duration)
 	header("ext_authz Check over loopback gRPC")
 	var mu sync.Mutex
 	var lat latencies
@@ -144,6 +100,136 @@ func runAuthz(args []string) error {
 	rss, peak, _ := harness.ProcMemory(c.PID(0))
 	fmt.Printf("member RSS %s (peak %s)\n", mib(rss), mib(peak))
 	return nil
+}
+
+// memberArgs are extra flags for the member startAuthzMember starts
+// (authz-compare's -member-args and -pprof).
+var memberArgs []string
+
+// startAuthzMember starts one `vigil serve` member in dir with its decision
+// log on, and with proxy TLS (a member SVID for 127.0.0.1 from ca) when ca
+// is not nil, then applies a generated city of the given size (10 zones of
+// 10 gateways; classes without an attestation requirement: attestations
+// are only recorded from verified evidence, which these tools do not
+// produce). edit, when not nil, changes the document before it is applied.
+func startAuthzMember(bin, dir string, devices int, ca *spiffetest.CA, edit func(*topology.Document)) (*harness.Cluster, *topology.Index, error) {
+	flags := append([]string{"--decision-log", filepath.Join(dir, "decisions.log")}, memberArgs...)
+	if ca != nil {
+		cert, key, bundle := ca.Write(fatal{}, ca.Issue(fatal{}, "spiffe://city.example/vigil/node/n1", "127.0.0.1"), dir, "member")
+		flags = append(flags, "--proxy-tls-cert", cert, "--proxy-tls-key", key, "--proxy-tls-ca", bundle)
+	}
+	c, err := startCluster(bin, filepath.Join(dir, "cluster"), harness.Options{Members: 1, Args: flags})
+	if err != nil {
+		return nil, nil, err
+	}
+	doc := topologytest.Generate(topologytest.Spec{Zones: 10, GatewaysPerZone: 10, Devices: devices, NoAttestation: true})
+	if edit != nil {
+		edit(doc)
+	}
+	ix, err := applyDocument(context.Background(), c, doc)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, ix, nil
+}
+
+// authzConns opens the gRPC connections Checks go over. In plaintext,
+// requests share n connections, request i the (i mod n)th. With a CA
+// (proxy TLS), each request goes on a connection holding its device's
+// gateway's SVID, one connection per gateway, as Envoy does, so that the
+// member's caller check runs on every request. A gateway's SVID is issued
+// once, so that the connections to different servers present the same
+// certificates.
+type authzConns struct {
+	ix    *topology.Index
+	ca    *spiffetest.CA
+	n     int
+	svids map[string]tls.Certificate // by gateway
+	ccs   []*grpc.ClientConn
+}
+
+func newAuthzConns(ix *topology.Index, ca *spiffetest.CA, n int) *authzConns {
+	return &authzConns{ix: ix, ca: ca, n: max(1, n), svids: map[string]tls.Certificate{}}
+}
+
+// gateway is the name of the gateway of request r's device.
+func (a *authzConns) gateway(r *authv3.CheckRequest) string {
+	sub, _ := a.ix.BySPIFFEID(r.GetAttributes().GetSource().GetPrincipal())
+	d, _ := a.ix.Device(sub.Name)
+	return d.Gateway
+}
+
+// clients opens connections to addr and returns the client of each
+// request: clientOf[i] sends reqs[i].
+func (a *authzConns) clients(addr string, reqs []*authv3.CheckRequest) ([]authv3.AuthorizationClient, error) {
+	dial := func(creds credentials.TransportCredentials) (authv3.AuthorizationClient, error) {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			return nil, err
+		}
+		a.ccs = append(a.ccs, cc)
+		return authv3.NewAuthorizationClient(cc), nil
+	}
+	clientOf := make([]authv3.AuthorizationClient, len(reqs))
+	if a.ca == nil {
+		shared := make([]authv3.AuthorizationClient, a.n)
+		for i := range shared {
+			var err error
+			if shared[i], err = dial(insecure.NewCredentials()); err != nil {
+				return nil, err
+			}
+		}
+		for i := range clientOf {
+			clientOf[i] = shared[i%len(shared)]
+		}
+		return clientOf, nil
+	}
+	byGateway := map[string]authv3.AuthorizationClient{}
+	for i, r := range reqs {
+		gw := a.gateway(r)
+		if byGateway[gw] == nil {
+			svid, ok := a.svids[gw]
+			if !ok {
+				id, _ := a.ix.SPIFFEID(topology.GatewaySubject(gw))
+				svid = a.ca.Issue(fatal{}, id).TLS
+				a.svids[gw] = svid
+			}
+			var err error
+			if byGateway[gw], err = dial(credentials.NewTLS(&tls.Config{
+				Certificates: []tls.Certificate{svid}, RootCAs: a.ca.Pool, ServerName: "127.0.0.1"})); err != nil {
+				return nil, err
+			}
+		}
+		clientOf[i] = byGateway[gw]
+	}
+	return clientOf, nil
+}
+
+// count is the number of connections clients opens to one server.
+func (a *authzConns) count(reqs []*authv3.CheckRequest) int {
+	if a.ca == nil {
+		return a.n
+	}
+	gws := map[string]bool{}
+	for _, r := range reqs {
+		gws[a.gateway(r)] = true
+	}
+	return len(gws)
+}
+
+func (a *authzConns) mode() string {
+	if a.ca != nil {
+		return "mutual TLS, one connection per gateway"
+	}
+	return "plaintext"
+}
+
+// Close closes every connection opened.
+func (a *authzConns) Close() {
+	for _, cc := range a.ccs {
+		cc.Close()
+	}
 }
 
 // fatal lets spiffetest stop the tool the way it stops a test.

@@ -5,11 +5,13 @@
 //	vigil-load writes   [-duration 10s] [-clients 16] [-batch 100] [-failovers 5]
 //	vigil-load topology [-devices 100000,1000000]
 //	vigil-load authz      [-duration 10s] [-inflight 16] [-devices 100000]
+//	vigil-load authz-compare [-duration 10s] [-rounds 2] [-tls] [-bin OLD_VIGIL] [-quick]
 //	vigil-load quarantine [-trials 30]
 //	vigil-load xds        [-gateways 1000,5000] [-devices-per-gateway 2]
 //	vigil-load flood      [-requests 400] [-path-bytes 4000000] [-bin OLD_VIGIL]
 //	vigil-load attest     [-devices 5000] [-clients 32] [-duration 10s]
 //	vigil-load console    [-devices 1000000] [-requests 2000] [-rate 10000] [-phase 10s] [-quick]
+//	vigil-load hardware   (prints the hardware line and exits; `make bench` starts with it)
 //
 // Results belong in BENCHMARKS.md.
 package main
@@ -41,6 +43,8 @@ func main() {
 		err = runTopology(os.Args[2:])
 	case "authz":
 		err = runAuthz(os.Args[2:])
+	case "authz-compare":
+		err = runAuthzCompare(os.Args[2:])
 	case "quarantine":
 		err = runQuarantine(os.Args[2:])
 	case "xds":
@@ -53,6 +57,8 @@ func main() {
 		err = runMonitor(os.Args[2:])
 	case "console":
 		err = runConsole(os.Args[2:])
+	case "hardware":
+		fmt.Println(harness.Hardware())
 	default:
 		usage()
 	}
@@ -63,7 +69,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology|authz|quarantine|xds|flood|attest|monitor|console [flags]   (-h for the flags of each)")
+	fmt.Fprintln(os.Stderr, "usage: vigil-load writes|topology|authz|authz-compare|quarantine|xds|flood|attest|monitor|console|hardware [flags]   (-h for the flags of each)")
 	os.Exit(2)
 }
 
