@@ -538,6 +538,7 @@ type decisionWriter struct {
 	buf     *bufio.Writer
 	line    bytes.Buffer
 	enc     *json.Encoder
+	scratch []byte // appendDecision's line
 	pending uint64 // decisions buffered since the last flush
 	dirty   bool   // flushed since the last fsync
 	flushed time.Time
@@ -584,9 +585,29 @@ func (w *decisionWriter) write(d *Decision) {
 		return
 	}
 	w.pending++
-	if err := w.append(func(seq uint64, prev string) any { return decisionEntry{Seq: seq, Prev: prev, Decision: d} }); err != nil {
+	if err := w.appendDecision(d); err != nil {
 		w.fail(err) // drops d with the rest of the buffer
 	}
+}
+
+// appendDecision is append for a decision, encoded without reflection
+// (appendDecisionEntry); the other entries are rare and use encoding/json.
+func (w *decisionWriter) appendDecision(d *Decision) error {
+	seq, prev := w.l.seq+1, string(w.l.prev[:])
+	line, err := appendDecisionEntry(w.scratch[:0], seq, prev, d)
+	w.scratch = line[:0]
+	if err != nil {
+		return err
+	}
+	if len(line) > MaxLogLine {
+		return w.append(func(seq uint64, prev string) any { return decisionEntry{Seq: seq, Prev: prev, Decision: d} })
+	}
+	line = append(line, '\n')
+	if _, err := w.buf.Write(line); err != nil {
+		return err
+	}
+	w.l.advance(line[:len(line)-1])
+	return nil
 }
 
 // append encodes the entry entry(seq, prev) makes for the next place in

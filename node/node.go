@@ -135,8 +135,8 @@ type Node struct {
 // proxyServer is a gRPC server for proxies: mutual TLS with ProxyTLS when
 // it is set, and requests of at most maxRequest bytes (gRPC's default, 4
 // MiB, is far more than a proxy sends and lets one request take memory).
-func (n *Node) proxyServer(maxRequest int) *grpc.Server {
-	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(maxRequest)}
+func (n *Node) proxyServer(maxRequest int, extra ...grpc.ServerOption) *grpc.Server {
+	opts := append([]grpc.ServerOption{grpc.MaxRecvMsgSize(maxRequest)}, extra...)
 	if n.proxyTLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(n.proxyTLS.serverConfig())))
 	}
