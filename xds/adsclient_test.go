@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"os"
@@ -12,6 +13,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -210,6 +212,34 @@ func sameResources(t *testing.T, what string, got map[string]proto.Message, want
 		}
 		if !proto.Equal(g, w) {
 			t.Errorf("%s: %q differs from its translation", what, name(w))
+		}
+	}
+}
+
+// sameWire checks that a response carries exactly the deterministic
+// encoding of each wanted resource, in an Any of its type (what
+// go-control-plane sends for the resource itself).
+func sameWire(t *testing.T, what string, got []*anypb.Any, want []types.Resource) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("%s: got %d resources, want %d", what, len(got), len(want))
+	}
+	byName := map[string]*anypb.Any{}
+	for _, a := range got {
+		m, err := a.UnmarshalNew()
+		if err != nil {
+			t.Fatal(err)
+		}
+		byName[name(m.(types.Resource))] = a
+	}
+	for _, w := range want {
+		b, err := cachev3.MarshalResource(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := byName[name(w)]
+		if a.GetTypeUrl() != "type.googleapis.com/"+string(w.ProtoReflect().Descriptor().FullName()) || !bytes.Equal(a.GetValue(), b) {
+			t.Errorf("%s: %q is not the encoding of its translation", what, name(w))
 		}
 	}
 }

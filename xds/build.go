@@ -3,12 +3,8 @@ package xds
 import (
 	"crypto/sha256"
 	"errors"
-	"fmt"
 	"maps"
 	"strconv"
-
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 
 	"github.com/vigil-iot/vigil/topology"
 )
@@ -22,6 +18,10 @@ type nodeState struct {
 	built       bool
 	revision    topology.Revision
 	quarantined map[topology.Subject]bool
+	// snapshot is what the cache serves the node; parts are the gateway
+	// parts it was built from, which its next build reuses.
+	snapshot *nodeSnapshot
+	parts    *gatewayParts
 
 	// queued is the pool queue the node waits in for a rebuild; ticket
 	// names its latest job, so that a job superseded by a later one (moved
@@ -40,10 +40,11 @@ const (
 )
 
 // build is a node's translation at one snapshot, made without the server's
-// lock, and the content hash of each of its types.
+// lock, encoded, and the content hash of each of its types.
 type build struct {
 	snap    *topology.Snapshot
-	res     *Resources
+	lists   [len(typeURLs)][]*encoded
+	parts   *gatewayParts
 	denyAll bool
 	err     error
 	hashes  [len(typeURLs)][sha256.Size]byte
@@ -69,17 +70,14 @@ func (s *Server) translate(key string, snap *topology.Snapshot) (res *Resources,
 	return deny, true, err
 }
 
-// prepare translates node id at snap and hashes the result. It is the
-// costly part of a build and runs without s.mu, in parallel with others.
-func (s *Server) prepare(id string, snap *topology.Snapshot) *build {
+// prepare translates node id at snap (encodeNode; prev are the parts of
+// its previous build) and hashes the result. It is the costly part of a
+// build and runs without s.mu, in parallel with others.
+func (s *Server) prepare(id string, snap *topology.Snapshot, prev *gatewayParts) *build {
 	b := &build{snap: snap}
-	b.res, b.denyAll, b.err = s.translate(id, snap)
-	if b.res.hashes != nil {
-		b.hashes = *b.res.hashes
-		return b
-	}
-	for i, list := range lists(b.res) {
-		b.hashes[i] = hashOf(list)
+	b.lists, b.parts, b.denyAll, b.err = s.encodeNode(nodeOfKey(id), snap, prev)
+	for i, list := range b.lists {
+		b.hashes[i] = hashEncoded(list)
 	}
 	return b
 }
@@ -106,18 +104,22 @@ func (s *Server) installLocked(id string, n *nodeState, b *build) {
 	s.status.setDenyAll(id, b.denyAll)
 	version := strconv.FormatUint(uint64(rev), 10)
 	changed := !n.built
-	out := &cachev3.Snapshot{}
-	for i, list := range lists(b.res) {
+	out := &nodeSnapshot{}
+	for i, list := range b.lists {
 		if !n.built || b.hashes[i] != n.hashes[i] {
 			n.hashes[i], n.versions[i], changed = b.hashes[i], version, true
+			out.groups[i] = newGroup(list)
+		} else {
+			out.groups[i] = n.snapshot.groups[i] // the same content
 		}
-		out.Resources[cachev3.GetResponseType(typeURLs[i])] = cachev3.NewResources(n.versions[i], list)
+		out.versions[i] = n.versions[i]
 	}
-	n.built, n.revision = true, rev
+	n.built, n.revision, n.parts = true, rev, b.parts
 	n.quarantined = quarantinedOf(id, b.snap)
 	if !changed {
 		return
 	}
+	n.snapshot = out
 	// Not Snapshot.Consistent: it misreports route configurations named
 	// inside API listeners; Translate and DenyAll validate every resource.
 	// SetSnapshot only hands responses to buffered channels; it is called
@@ -192,20 +194,4 @@ func (n *nodeState) quarantineFlipped(key string, snap *topology.Snapshot, subje
 		}
 	}
 	return false
-}
-
-// hashOf is the content hash of a resource list (Translate sorts lists by
-// name): the SHA-256 of its resources' digestOf, as Translate computes it.
-func hashOf(list []types.Resource) [sha256.Size]byte {
-	h := sha256.New()
-	for _, r := range list {
-		digest, err := digestOf(r)
-		if err != nil {
-			panic(fmt.Sprintf("xds: marshal %T: %v", r, err))
-		}
-		h.Write(digest[:])
-	}
-	var out [sha256.Size]byte
-	h.Sum(out[:0])
-	return out
 }

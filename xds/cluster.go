@@ -2,6 +2,7 @@ package xds
 
 import (
 	"net"
+	"strings"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -33,9 +34,43 @@ func serviceCluster(service string) string { return "svc-" + service }
 func gatewayClusters(p *gatewayPlan, opts Options) []types.Resource {
 	out := []types.Resource{authzCluster(p.trustDomain, p.spiffeID, opts)}
 	for _, sf := range p.services {
-		out = append(out, serviceClusterOf(p, sf))
+		out = append(out, serviceClusterOf(p.clusterIn(sf)))
 	}
 	return out
+}
+
+// clusterIn is everything a gateway's cluster of one service is made of:
+// the server keys its memo of built clusters by it, so serviceClusterOf
+// must read nothing else.
+type clusterIn struct {
+	trustDomain string
+	self        string // the gateway's SPIFFE ID
+	service     string
+	peer        string // the service's SPIFFE ID
+	sni         string // the service's first host
+	protocol    string
+	endpoints   string // the service's endpoints, joined by endpointSep
+}
+
+// endpointSep joins a service's endpoints in a key; no host:port holds it.
+const endpointSep = "\n"
+
+func joinEndpoints(e []string) string { return strings.Join(e, endpointSep) }
+
+func splitEndpoints(e string) []string {
+	if e == "" {
+		return nil
+	}
+	return strings.Split(e, endpointSep)
+}
+
+func (p *gatewayPlan) clusterIn(sf *serviceFlows) clusterIn {
+	in := clusterIn{trustDomain: p.trustDomain, self: p.spiffeID, service: sf.svc.Name, peer: sf.spiffeID,
+		protocol: sf.svc.Protocol, endpoints: joinEndpoints(sf.svc.Endpoints)}
+	if len(sf.svc.Hosts) > 0 {
+		in.sni = sf.svc.Hosts[0]
+	}
+	return in
 }
 
 // spireAgentCluster reaches the SPIRE agent's SDS over its unix socket.
@@ -59,33 +94,29 @@ func spireAgentCluster(opts Options) *clusterv3.Cluster {
 // trust bundle. Endpoints come by EDS when they are IP addresses; a service
 // with DNS-named endpoints gets a STRICT_DNS cluster, since Envoy does not
 // resolve names that arrive by EDS.
-func serviceClusterOf(p *gatewayPlan, sf *serviceFlows) *clusterv3.Cluster {
-	name := serviceCluster(sf.svc.Name)
-	sni := ""
-	if len(sf.svc.Hosts) > 0 {
-		sni = sf.svc.Hosts[0]
-	}
+func serviceClusterOf(in clusterIn) *clusterv3.Cluster {
+	name := serviceCluster(in.service)
 	var alpn []string
-	if sf.svc.Protocol == topology.ProtocolGRPC {
+	if in.protocol == topology.ProtocolGRPC {
 		alpn = []string{"h2"}
 	}
 	c := &clusterv3.Cluster{
 		Name:           name,
 		ConnectTimeout: durationpb.New(5 * time.Second),
-		TransportSocket: upstreamTLS(p.trustDomain, p.spiffeID, sni, alpn, &matcherv3.StringMatcher{
-			MatchPattern: &matcherv3.StringMatcher_Exact{Exact: sf.spiffeID},
+		TransportSocket: upstreamTLS(in.trustDomain, in.self, in.sni, alpn, &matcherv3.StringMatcher{
+			MatchPattern: &matcherv3.StringMatcher_Exact{Exact: in.peer},
 		}),
 	}
-	if sf.svc.Protocol == topology.ProtocolGRPC {
+	if in.protocol == topology.ProtocolGRPC {
 		c.TypedExtensionProtocolOptions = http2Options()
 	}
 	protectUpstream(c)
-	if usesEDS(sf.svc) {
+	if endpoints := splitEndpoints(in.endpoints); allIPs(endpoints) {
 		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}
 		c.EdsClusterConfig = &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name}
 	} else {
 		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
-		c.LoadAssignment = loadAssignment(name, sf.svc.Endpoints)
+		c.LoadAssignment = loadAssignment(name, endpoints)
 	}
 	return c
 }

@@ -13,10 +13,25 @@ func gatewayEndpoints(p *gatewayPlan) []types.Resource {
 	var out []types.Resource
 	for _, sf := range p.services {
 		if usesEDS(sf.svc) {
-			out = append(out, loadAssignment(serviceCluster(sf.svc.Name), sf.svc.Endpoints))
+			out = append(out, endpointsOf(p.endpointsIn(sf)))
 		}
 	}
 	return out
+}
+
+// endpointsIn is everything a gateway's load assignment of one service is
+// made of (the same for every gateway).
+type endpointsIn struct {
+	service   string
+	endpoints string // joined by endpointSep
+}
+
+func (p *gatewayPlan) endpointsIn(sf *serviceFlows) endpointsIn {
+	return endpointsIn{service: sf.svc.Name, endpoints: joinEndpoints(sf.svc.Endpoints)}
+}
+
+func endpointsOf(in endpointsIn) *endpointv3.ClusterLoadAssignment {
+	return loadAssignment(serviceCluster(in.service), splitEndpoints(in.endpoints))
 }
 
 // loadAssignment lists host:port endpoints in one locality, in the given

@@ -17,10 +17,22 @@ const (
 	GatewayRouteName    = "vigil-gateway-routes"
 )
 
+// listenerIn is everything a gateway's listener is made of besides the
+// options: the server keys its memo of built listeners by it, so
+// gatewayListener must read nothing else.
+type listenerIn struct {
+	trustDomain, zone string
+	self              string // the gateway's SPIFFE ID
+}
+
+func (p *gatewayPlan) listenerIn() listenerIn {
+	return listenerIn{trustDomain: p.trustDomain, zone: p.gateway.Zone, self: p.spiffeID}
+}
+
 // gatewayListener is the device-facing mTLS listener: a device must present
 // an SVID of one of the zone's devices; requests then pass RBAC → local
 // rate limit → ext_authz → router.
-func gatewayListener(p *gatewayPlan, opts Options) *listenerv3.Listener {
+func gatewayListener(in listenerIn, opts Options) *listenerv3.Listener {
 	hcm := &hcmv3.HttpConnectionManager{
 		StatPrefix: "vigil_gateway",
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
@@ -54,9 +66,9 @@ func gatewayListener(p *gatewayPlan, opts Options) *listenerv3.Listener {
 	}
 	hardenHCM(hcm, opts)
 	devices := &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{
-		Prefix: bundleSecretName(p.trustDomain) + "/zone/" + p.gateway.Zone + "/device/",
+		Prefix: bundleSecretName(in.trustDomain) + "/zone/" + in.zone + "/device/",
 	}}
-	l := gatewayHTTPListener(opts.ListenerPort, hcm, sdsDownstreamTLS(p.spiffeID, p.trustDomain, []string{"h2", "http/1.1"}, devices))
+	l := gatewayHTTPListener(opts.ListenerPort, hcm, sdsDownstreamTLS(in.self, in.trustDomain, []string{"h2", "http/1.1"}, devices))
 	l.PerConnectionBufferLimitBytes = wrapperspb.UInt32(perConnectionBufferBytes)
 	return l
 }

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"slices"
@@ -15,8 +16,10 @@ import (
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/vigil-iot/vigil/internal/spiffetest"
 	"github.com/vigil-iot/vigil/topology"
 )
 
@@ -97,17 +100,35 @@ func (g *benchGateway) run() error {
 // the same process): from Update until every affected gateway has ACKed
 // its new routes. The debounce is 1ns. Real gateways have a connection
 // each (streams=1); 100 streams share one in the other case.
+//
+// With mtls, every gateway has its own mutual-TLS connection with its own
+// SVID and the server authenticates it, as members with proxy TLS do.
 func BenchmarkDocumentChangePush(b *testing.B) {
-	for _, bc := range []struct{ n, perConn int }{{1000, 100}, {1000, 1}, {5000, 100}, {5000, 1}} {
+	for _, bc := range []struct {
+		n, perConn int
+		mtls       bool
+	}{{1000, 100, false}, {1000, 1, false}, {5000, 100, false}, {5000, 1, false}, {5000, 1, true}} {
 		n, perConn := bc.n, bc.perConn
-		b.Run(fmt.Sprintf("gateways=%d/streams-per-conn=%d", n, perConn), func(b *testing.B) {
+		name := fmt.Sprintf("gateways=%d/streams-per-conn=%d", n, perConn)
+		if bc.mtls {
+			name += "/mtls"
+		}
+		b.Run(name, func(b *testing.B) {
 			c := newBenchCity(b, n)
-			srv, src := cityServer(b, c, Config{Debounce: time.Nanosecond})
+			srv, src := cityServer(b, c, Config{Debounce: time.Nanosecond, Authenticate: bc.mtls})
 			lis, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				b.Fatal(err)
 			}
-			g := grpc.NewServer()
+			var ca *spiffetest.CA
+			var sopts []grpc.ServerOption
+			if bc.mtls {
+				ca = spiffetest.NewCA(b, c.snaps[0].Index().TrustDomain())
+				member := ca.Issue(b, "spiffe://"+c.snaps[0].Index().TrustDomain()+"/vigil/node/n1", "127.0.0.1")
+				sopts = append(sopts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{member.TLS},
+					ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool, MinVersion: tls.VersionTLS12})))
+			}
+			g := grpc.NewServer(sopts...)
 			srv.Register(g)
 			go func() { _ = g.Serve(lis) }()
 			b.Cleanup(g.Stop)
@@ -119,7 +140,12 @@ func BenchmarkDocumentChangePush(b *testing.B) {
 			var conn *grpc.ClientConn
 			for i, id := range c.gateways {
 				if i%perConn == 0 {
-					if conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+					creds := insecure.NewCredentials()
+					if bc.mtls {
+						id, _ := c.snaps[0].Index().SPIFFEID(topology.GatewaySubject(id))
+						creds = credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{ca.Issue(b, id).TLS}, RootCAs: ca.Pool, ServerName: "127.0.0.1"})
+					}
+					if conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(creds)); err != nil {
 						b.Fatal(err)
 					}
 					b.Cleanup(func() { _ = conn.Close() })

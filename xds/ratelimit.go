@@ -53,7 +53,10 @@ func grantRate(g *grant) topology.Rate {
 		if r.IsZero() {
 			return topology.Rate{}
 		}
-		if r.PerSecond() > best.PerSecond() {
+		// Equal rates per second: the larger bucket (60/m over 1/s), as
+		// coveringRate; the classes are a map, so a tie must not be left
+		// to its order.
+		if r.PerSecond() > best.PerSecond() || r.PerSecond() == best.PerSecond() && r.N > best.N {
 			best = r
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -134,10 +135,13 @@ func BenchmarkDocumentChange(b *testing.B) {
 
 // documentChanges runs b's loop: each round changes the document, and
 // done waits until every affected node has the new revision and returns
-// how long each took. It reports their p50 and p99.
+// how long each took. It reports their p50 and p99, and cpu-ms: the CPU
+// time of the whole process per round (server, and clients when they run
+// in it), which varies less than times on a shared machine.
 func documentChanges(b *testing.B, c *benchCity, srv *Server, src *source, done func(topology.Revision, time.Time) []time.Duration) {
 	var all []time.Duration
 	rev := topology.Revision(1)
+	cpu0 := processCPU(b)
 	for b.Loop() {
 		rev++
 		next := c.snapshot(rev)
@@ -146,9 +150,20 @@ func documentChanges(b *testing.B, c *benchCity, srv *Server, src *source, done 
 		srv.Update(next, Change{Document: true})
 		all = append(all, done(rev, start)...)
 	}
+	cpu := processCPU(b) - cpu0
 	slices.Sort(all)
 	b.ReportMetric(float64(all[len(all)/2])/1e6, "p50-ms")
 	b.ReportMetric(float64(all[len(all)*99/100])/1e6, "p99-ms")
+	b.ReportMetric(float64(cpu)/1e6/float64(b.N), "cpu-ms")
+}
+
+// processCPU is the user and system CPU time this process has used.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkQuarantineDuringDocumentChange quarantines (or releases) a

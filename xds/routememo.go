@@ -1,7 +1,6 @@
 package xds
 
 import (
-	"crypto/sha256"
 	"strings"
 	"sync"
 
@@ -22,8 +21,8 @@ var routeMemo struct {
 }
 
 type memoRoutes struct {
-	rc     *routev3.RouteConfiguration
-	digest [sha256.Size]byte
+	rc  *routev3.RouteConfiguration
+	enc *encoded
 }
 
 // routesKey names everything gatewayRoutes reads from p when no RBAC
@@ -44,13 +43,13 @@ func routesKey(p *gatewayPlan) string {
 	return b.String()
 }
 
-// sharedGatewayRoutes is gatewayRoutes(p) and its validated digest, built
+// sharedGatewayRoutes is gatewayRoutes(p), validated and encoded, built
 // once per distinct key of ix; gateways with quarantines are built alone.
-func sharedGatewayRoutes(ix *topology.Index, p *gatewayPlan) (*routev3.RouteConfiguration, [sha256.Size]byte, error) {
+func sharedGatewayRoutes(ix *topology.Index, p *gatewayPlan) (*routev3.RouteConfiguration, *encoded, error) {
 	if p.gatewayQuarantined || len(p.quarantined) > 0 {
 		rc := gatewayRoutes(p)
-		d, err := validateDigest(rc)
-		return rc, d, err
+		enc, err := encode(rc)
+		return rc, enc, err
 	}
 	key := routesKey(p)
 	routeMemo.mu.Lock()
@@ -60,17 +59,17 @@ func sharedGatewayRoutes(ix *topology.Index, p *gatewayPlan) (*routev3.RouteConf
 	e, ok := routeMemo.m[key]
 	routeMemo.mu.Unlock()
 	if ok {
-		return e.rc, e.digest, nil
+		return e.rc, e.enc, nil
 	}
 	rc := gatewayRoutes(p)
-	d, err := validateDigest(rc)
+	enc, err := encode(rc)
 	if err != nil {
-		return nil, d, err
+		return nil, nil, err
 	}
 	routeMemo.mu.Lock()
 	if routeMemo.ix == ix {
-		routeMemo.m[key] = memoRoutes{rc: rc, digest: d}
+		routeMemo.m[key] = memoRoutes{rc: rc, enc: enc}
 	}
 	routeMemo.mu.Unlock()
-	return rc, d, nil
+	return rc, enc, nil
 }

@@ -24,7 +24,7 @@ func TestSharedRoutesAreThoseOfTheGateway(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			rc, digest, err := sharedGatewayRoutes(snap.Index(), p)
+			rc, enc, err := sharedGatewayRoutes(snap.Index(), p)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -34,8 +34,11 @@ func TestSharedRoutesAreThoseOfTheGateway(t *testing.T) {
 			if !bytes.Equal(a, b) {
 				t.Errorf("%s: the shared route configuration differs from its own", gw.Name)
 			}
-			if want, _ := digestOf(alone); digest != want {
+			if want, _ := digestOf(alone); enc.digest != want {
 				t.Errorf("%s: digest of the shared configuration is not its own", gw.Name)
+			}
+			if !bytes.Equal(enc.bytes(), a) {
+				t.Errorf("%s: the shared configuration's encoding is not its own", gw.Name)
 			}
 			encoded[gw.Name], shared[gw.Name] = b, rc
 		}

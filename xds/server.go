@@ -17,6 +17,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	sotwv3 "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 
@@ -124,8 +125,13 @@ type Server struct {
 	status *tracker
 	ctx    context.Context
 	cancel context.CancelFunc
+	// opts are Config.Options with the defaults filled in.
+	opts Options
 	// denyAll is what unknown nodes get; it depends only on the options.
-	denyAll *Resources
+	denyAll    *Resources
+	denyAllEnc [len(typeURLs)][]*encoded
+	// shapes are the gateways' resources with their names left open.
+	shapes *shapes
 	// pool rebuilds nodes in parallel, urgent ones first. Translation and
 	// hashing run there without mu; only installing a result takes it.
 	pool *pool
@@ -172,21 +178,35 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xds server: %w", err)
 	}
+	denyAllEnc, err := encodeAll(denyAll)
+	if err != nil {
+		return nil, fmt.Errorf("xds server: deny-all: %w", err)
+	}
+	opts := cfg.Options.withDefaults()
 	s := &Server{
-		denyAll: denyAll,
-		cfg:     cfg,
-		log:     cfg.Logger.With("component", "xds"),
-		status:  newTracker(cfg.Clock.Now, cfg.NodeID),
-		pool:    newPool(cfg.Workers),
-		nodes:   map[string]*nodeState{},
-		warned:  map[string]bool{},
-		dirty:   map[string]*nodeState{},
+		opts:       opts,
+		denyAll:    denyAll,
+		denyAllEnc: denyAllEnc,
+		shapes:     newShapes(opts),
+		cfg:        cfg,
+		log:        cfg.Logger.With("component", "xds"),
+		status:     newTracker(cfg.Clock.Now, cfg.NodeID),
+		pool:       newPool(cfg.Workers),
+		nodes:      map[string]*nodeState{},
+		warned:     map[string]bool{},
+		dirty:      map[string]*nodeState{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	// Not ADS mode: in ADS mode the cache only answers a request naming
 	// every resource of a type, and grpc-go names only what it needs.
 	s.cache = cachev3.NewSnapshotCache(false, nodeHash{}, gcpLogger{s.log})
-	s.xds = serverv3.NewServer(s.ctx, s.cache, callbacks{s})
+	// Ordered ADS: an ADS stream takes its responses from one channel with
+	// a plain select, instead of go-control-plane's default loop, which
+	// rebuilds a reflect.Select over a channel per type at every request
+	// (a quarter of a stream's work in a push). Responses go out in the
+	// order the cache makes them, as before; the cache answers each type's
+	// watch at most once, so the channel (one slot per type) never fills.
+	s.xds = serverv3.NewServer(s.ctx, s.cache, callbacks{s}, sotwv3.WithOrderedADS(), sotwv3.WithLogger(gcpLogger{s.log}))
 	return s, nil
 }
 
@@ -321,15 +341,15 @@ func (s *Server) rebuild(id string, n *nodeState, ticket uint64) {
 		return
 	}
 	n.queued = notQueued // from now on a change queues it again
-	snap, hook := s.currentLocked(), s.beforeInstall
+	snap, hook, prev := s.currentLocked(), s.beforeInstall, n.parts
 	s.mu.Unlock()
-	s.buildUnlocked(id, n, snap, hook)
+	s.buildUnlocked(id, n, snap, prev, hook)
 }
 
-// buildUnlocked prepares node id's build at snap without s.mu, then
-// installs it.
-func (s *Server) buildUnlocked(id string, n *nodeState, snap *topology.Snapshot, hook func(string, topology.Revision)) {
-	b := s.prepare(id, snap)
+// buildUnlocked prepares node id's build at snap (reusing prev, the parts
+// of its previous build) without s.mu, then installs it.
+func (s *Server) buildUnlocked(id string, n *nodeState, snap *topology.Snapshot, prev *gatewayParts, hook func(string, topology.Revision)) {
+	b := s.prepare(id, snap, prev)
 	if hook != nil {
 		hook(nodeOfKey(id).ID, snap.Revision())
 	}
@@ -371,7 +391,7 @@ func (s *Server) ensure(id string) {
 	s.nodes[id] = n
 	snap, hook := s.currentLocked(), s.beforeInstall
 	s.mu.Unlock()
-	s.buildUnlocked(id, n, snap, hook)
+	s.buildUnlocked(id, n, snap, nil, hook)
 }
 
 // forget drops node id once its last stream has closed, so that nodes that

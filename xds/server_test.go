@@ -1,6 +1,8 @@
 package xds
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"slices"
 	"strings"
@@ -11,6 +13,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 
@@ -33,6 +36,9 @@ func connected(t *testing.T, f *fixture) *sotw {
 	sameResources(t, "routes", byName(t, got[resourcev3.RouteType].GetResources()), want.Routes)
 	sameResources(t, "clusters", byName(t, got[resourcev3.ClusterType].GetResources()), want.Clusters)
 	sameResources(t, "endpoints", byName(t, got[resourcev3.EndpointType].GetResources()), want.Endpoints)
+	for i, list := range lists(want) {
+		sameWire(t, "encoded "+typeURLs[i], got[typeURLs[i]].GetResources(), list)
+	}
 	for _, typ := range allTypes {
 		if v := got[typ].GetVersionInfo(); v != "3" {
 			t.Errorf("%s version %q, want the revision 3", typ, v)
@@ -185,6 +191,17 @@ func TestServerDelta(t *testing.T) {
 		t.Fatalf("got %s version %q", r.GetTypeUrl(), r.GetSystemVersionInfo())
 	}
 	sameResources(t, "delta listeners", deltaByName(t, r), want.Listeners)
+	// Each resource is its translation's encoding, versioned as
+	// go-control-plane versions it.
+	for _, res := range r.GetResources() {
+		b, err := cachev3.MarshalResource(want.Listeners[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(res.GetResource().GetValue(), b) || res.GetVersion() != cachev3.HashResource(b) {
+			t.Errorf("delta listener %q: not the translation's encoding and hash", res.GetName())
+		}
+	}
 	// Later requests carry no node: the server remembers the stream's.
 	d.send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: resourcev3.ListenerType, ResponseNonce: r.GetNonce()})
 	eventually(t, "the delta ACK", func() bool {
@@ -229,20 +246,35 @@ func TestServerAnswersOneNamedResource(t *testing.T) {
 	}
 }
 
-// The content hashes Translate computes while validating are those hashOf
-// computes for lists Translate did not build (deny-all), so a type's
-// version depends only on its content.
-func TestTranslateHashesAreHashOf(t *testing.T) {
+// A type's content hash (its version changes exactly when it does) is
+// the SHA-256 of its resources' digests, whether the server encoded them
+// from a translation or from deny-all.
+func TestContentHashesAreOfTheResources(t *testing.T) {
 	res, err := Translate(smartCitySnapshot(t, 3), Node{ID: gw}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.hashes == nil {
-		t.Fatal("Translate left the hashes out")
+	deny, err := DenyAll(Options{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for i, list := range lists(res) {
-		if got := hashOf(list); got != res.hashes[i] {
-			t.Errorf("%s: hashOf %x, Translate %x", typeURLs[i], got, res.hashes[i])
+	for _, r := range []*Resources{res, deny} {
+		enc, err := encodeAll(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, list := range lists(r) {
+			h := sha256.New()
+			for _, m := range list {
+				d, err := digestOf(m)
+				if err != nil {
+					t.Fatal(err)
+				}
+				h.Write(d[:])
+			}
+			if got := hashEncoded(enc[i]); !bytes.Equal(got[:], h.Sum(nil)) {
+				t.Errorf("%s: content hash is not that of the resources' digests", typeURLs[i])
+			}
 		}
 	}
 }

@@ -192,9 +192,6 @@ type Resources struct {
 	Routes    []types.Resource
 	Clusters  []types.Resource
 	Endpoints []types.Resource
-	// hashes are the lists' content hashes (hashOf), which Translate gets
-	// for free while it validates; nil when not computed.
-	hashes *[4][sha256.Size]byte
 }
 
 // Translate builds the configuration of node from snap. It is pure: the same
@@ -204,29 +201,26 @@ func Translate(snap *topology.Snapshot, node Node, opts Options) (*Resources, er
 	if err := opts.Validate(); err != nil {
 		return nil, fmt.Errorf("xds options: %w", err)
 	}
-	kind, err := Classify(snap.Index(), node)
+	kind, err := admitted(snap, node, opts)
 	if err != nil {
 		return nil, err
 	}
-	if want := ExpectedPeer(snap.Index(), node, kind); opts.RequirePeer && (want == "" || node.Peer != want) {
-		return nil, unknownNode(node, fmt.Sprintf("its connection's identity %q is not the node's %q", node.Peer, want))
-	}
 	var res *Resources
-	// known holds digests computed (and validated) already.
-	var known map[types.Resource][sha256.Size]byte
+	// known holds resources validated already.
+	var known map[types.Resource]bool
 	switch kind {
 	case KindGateway:
 		p, err := planGateway(snap, node.ID)
 		if err != nil {
 			return nil, err
 		}
-		routes, digest, err := sharedGatewayRoutes(snap.Index(), p)
+		routes, _, err := sharedGatewayRoutes(snap.Index(), p) // validated
 		if err != nil {
 			return nil, fmt.Errorf("xds node %q: route configuration: %w", node.ID, err)
 		}
-		known = map[types.Resource][sha256.Size]byte{routes: digest}
+		known = map[types.Resource]bool{routes: true}
 		res = &Resources{
-			Listeners: []types.Resource{gatewayListener(p, opts)},
+			Listeners: []types.Resource{gatewayListener(p.listenerIn(), opts)},
 			Routes:    []types.Resource{routes},
 			Clusters:  gatewayClusters(p, opts),
 			Endpoints: gatewayEndpoints(p),
@@ -238,23 +232,31 @@ func Translate(snap *topology.Snapshot, node Node, opts Options) (*Resources, er
 			return nil, err
 		}
 	}
-	res.hashes = new([4][sha256.Size]byte)
-	for i, list := range [][]types.Resource{res.Listeners, res.Routes, res.Clusters, res.Endpoints} {
+	for _, list := range lists(res) {
 		slices.SortFunc(list, func(a, b types.Resource) int { return cmp.Compare(name(a), name(b)) })
-		h := sha256.New()
 		for _, r := range list {
-			digest, ok := known[r]
-			if !ok {
-				var err error
-				if digest, err = validateDigest(r); err != nil {
-					return nil, fmt.Errorf("xds node %q: %T %q: %w", node.ID, r, name(r), err)
-				}
+			if _, ok := known[r]; ok {
+				continue
 			}
-			h.Write(digest[:])
+			if _, err := validateDigest(r); err != nil {
+				return nil, fmt.Errorf("xds node %q: %T %q: %w", node.ID, r, name(r), err)
+			}
 		}
-		h.Sum(res.hashes[i][:0])
 	}
 	return res, nil
+}
+
+// admitted is Classify, and with opts.RequirePeer the check that the node
+// holds its own identity.
+func admitted(snap *topology.Snapshot, node Node, opts Options) (NodeKind, error) {
+	kind, err := Classify(snap.Index(), node)
+	if err != nil {
+		return "", err
+	}
+	if want := ExpectedPeer(snap.Index(), node, kind); opts.RequirePeer && (want == "" || node.Peer != want) {
+		return "", unknownNode(node, fmt.Sprintf("its connection's identity %q is not the node's %q", node.Peer, want))
+	}
+	return kind, nil
 }
 
 // name is a resource's xDS name.
@@ -436,13 +438,19 @@ func digestOf(m proto.Message) ([sha256.Size]byte, error) {
 		return [sha256.Size]byte{}, err
 	}
 	*buf = b
+	return digestBytes(m.ProtoReflect().Descriptor().FullName(), b), nil
+}
+
+// digestBytes is digestOf a message of type fullName whose deterministic
+// encoding is b.
+func digestBytes(fullName protoreflect.FullName, b []byte) [sha256.Size]byte {
 	h := sha256.New()
-	h.Write([]byte(m.ProtoReflect().Descriptor().FullName()))
+	h.Write([]byte(fullName))
 	h.Write([]byte{0})
 	h.Write(b)
 	var out [sha256.Size]byte
 	h.Sum(out[:0])
-	return out, nil
+	return out
 }
 
 // digestBufs holds digestOf's encoding buffers: each is garbage the moment

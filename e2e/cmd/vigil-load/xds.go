@@ -8,13 +8,17 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -54,10 +58,42 @@ func runXDS(args []string) error {
 	quarantines := fs.Int("quarantines", 50, "gateways that get one device quarantined (at most -gateways)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "bound on each run")
 	useTLS := fs.Bool("tls", false, "run the member with proxy TLS: every gateway has its own mutual-TLS connection with its own SVID (-streams-per-conn is then 1)")
-	bin, dir, err := setup(fs, args)
-	defer os.RemoveAll(dir)
+	other := fs.String("bin", "", "a vigil binary to measure instead of this checkout's (for before/after runs)")
+	memberGOGC := fs.String("member-gogc", "", "run the member with this GOGC (Go's GC target percentage, or off; this tool keeps its own)")
+	memberMemLimit := fs.String("member-memlimit", "", "run the member with this GOMEMLIMIT (Go's soft memory limit, e.g. 3GiB)")
+	bdp := fs.Bool("grpc-bdp", false, "let the simulated gateways use grpc-go's dynamic HTTP/2 windows, which PING the member on every response they receive (as proxyless grpc-go gateways do); by default their windows are fixed, like Envoy's")
+	profiles := fs.String("pprof", "", "write CPU profiles of the member (over its --debug-pprof-addr) and of this tool for the connect and push phases to this directory")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	fmt.Println(harness.Hardware())
+	dir, err := os.MkdirTemp("", "vigil-load-")
 	if err != nil {
 		return err
+	}
+	defer os.RemoveAll(dir)
+	bin := *other
+	if bin == "" { // this checkout's
+		if bin, err = harness.Build(filepath.Join(dir, "bin")); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("member binary %s\n", bin)
+	// Members inherit this process's environment; this process read its
+	// own GOGC and GOMEMLIMIT when it started.
+	for _, e := range []struct{ name, value string }{{"GOGC", *memberGOGC}, {"GOMEMLIMIT", *memberMemLimit}} {
+		if e.value == "" {
+			continue
+		}
+		if err := os.Setenv(e.name, e.value); err != nil {
+			return err
+		}
+		fmt.Printf("member %s=%s\n", e.name, e.value)
+	}
+	if *profiles != "" {
+		if err := os.MkdirAll(*profiles, 0o755); err != nil {
+			return err
+		}
 	}
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -65,9 +101,12 @@ func runXDS(args []string) error {
 			return fmt.Errorf("-gateways: bad count %q", s)
 		}
 		r := xdsRun{bin: bin, dir: filepath.Join(dir, "gw"+strconv.Itoa(n)), gateways: n, perGW: *perGW,
-			perConn: max(1, *perConn), quarantines: min(n, *quarantines), timeout: *timeout, tls: *useTLS}
+			perConn: max(1, *perConn), quarantines: min(n, *quarantines), timeout: *timeout, tls: *useTLS, profiles: *profiles, bdp: *bdp}
 		if r.tls {
 			r.perConn = 1
+		}
+		if err := raiseOpenFiles((n+r.perConn-1)/r.perConn + 1024); err != nil {
+			return fmt.Errorf("%d gateways: %w", n, err)
 		}
 		if err := r.run(); err != nil {
 			return fmt.Errorf("%d gateways: %w", n, err)
@@ -81,6 +120,8 @@ type xdsRun struct {
 	gateways, perGW, perConn, quarantines int
 	timeout                               time.Duration
 	tls                                   bool
+	profiles                              string // directory for CPU profiles, "" for none
+	bdp                                   bool   // grpc-go's dynamic windows
 }
 
 func (r *xdsRun) run() error {
@@ -113,6 +154,13 @@ func (r *xdsRun) run() error {
 		cert, key, bundle := ca.Write(fatal{}, ca.Issue(fatal{}, topology.NodeSPIFFEID(doc.TrustDomain, "n1"), "127.0.0.1"), r.dir, "member")
 		flags = []string{"--proxy-tls-cert", cert, "--proxy-tls-key", key, "--proxy-tls-ca", bundle}
 	}
+	var pprofAddr string
+	if r.profiles != "" {
+		if pprofAddr, err = harness.FreeAddr(); err != nil {
+			return err
+		}
+		flags = append(flags, "--debug-pprof-addr", pprofAddr)
+	}
 	c, err := startCluster(r.bin, r.dir, harness.Options{Members: 1, Timeout: 3 * time.Minute, Args: flags})
 	if err != nil {
 		return err
@@ -139,7 +187,13 @@ func (r *xdsRun) run() error {
 			id, _ := ix.SPIFFEID(topology.GatewaySubject(doc.Gateways[i].Name))
 			creds = credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{ca.Issue(fatal{}, id).TLS}, RootCAs: ca.Pool, ServerName: "127.0.0.1"})
 		}
-		if conns[i], err = grpc.NewClient(c.Member(0).XDSAddr, grpc.WithTransportCredentials(creds)); err != nil {
+		opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+		if !r.bdp {
+			// Envoy's HTTP/2 windows are fixed (256 MiB by default) and it
+			// sends no bandwidth-delay PINGs.
+			opts = append(opts, grpc.WithStaticStreamWindowSize(256<<20), grpc.WithStaticConnWindowSize(256<<20))
+		}
+		if conns[i], err = grpc.NewClient(c.Member(0).XDSAddr, opts...); err != nil {
 			return err
 		}
 		defer conns[i].Close()
@@ -157,7 +211,9 @@ func (r *xdsRun) run() error {
 	var wg sync.WaitGroup
 	defer wg.Wait() // after stopStreams (defers run last-in first-out)
 	defer stopStreams()
+	prof := r.profile(pprofAddr, "connect", 20*time.Second)
 	cpu0, _ := procCPU(pid)
+	self0, _ := procCPU(os.Getpid())
 	start := time.Now()
 	for i := range gws {
 		gw := doc.Gateways[i]
@@ -169,7 +225,11 @@ func (r *xdsRun) run() error {
 		wg.Add(1)
 		go func() { defer wg.Done(); g.run(streamCtx, conns[i/r.perConn]) }()
 	}
-	fmt.Printf("%d ADS streams (SotW) over %d gRPC connections, node.id = gateway, node.cluster = zone\n", len(gws), nConns)
+	windows := "fixed HTTP/2 windows (like Envoy)"
+	if r.bdp {
+		windows = "grpc-go's dynamic HTTP/2 windows"
+	}
+	fmt.Printf("%d ADS streams (SotW) over %d gRPC connections with %s, node.id = gateway, node.cluster = zone\n", len(gws), nConns, windows)
 	var initial latencies
 	if err := waitAll(ctx, gws, 5*time.Minute, func(g *gwStream) (time.Time, bool) {
 		return g.initialAt, !g.initialAt.IsZero()
@@ -178,8 +238,15 @@ func (r *xdsRun) run() error {
 	}
 	connected := time.Since(start)
 	cpu1, _ := procCPU(pid)
+	self1, _ := procCPU(os.Getpid())
 	fmt.Printf("every stream ACKed LDS, CDS, RDS and EDS: %v after opening them (per stream: %v)\n", round(connected), initial)
-	fmt.Printf("member CPU while they connected: %.2fs\n", (cpu1 - cpu0).Seconds())
+	fmt.Printf("member CPU while they connected: %.2fs (this load tool: %.2fs)\n", (cpu1 - cpu0).Seconds(), (self1 - self0).Seconds())
+	if err := prof.wait(); err != nil {
+		return err
+	}
+	if err := r.heapProfile(pprofAddr, "connected"); err != nil {
+		return err
+	}
 	printProc(pid, "member with all streams connected")
 
 	// 3. Flow change: one more path on sensor-telemetry changes the routes
@@ -199,7 +266,10 @@ func (r *xdsRun) run() error {
 		}
 	}
 	header(fmt.Sprintf("flow change -> %d affected gateways ACK the new RDS", len(affected)))
+	prof = r.profile(pprofAddr, "push", 4*time.Second)
 	cpu0, _ = procCPU(pid)
+	self0, _ = procCPU(os.Getpid())
+	sys0 := procSyscalls(pid)
 	sent := time.Now()
 	rev, err = api.ApplyTopology(ctx, data)
 	if err != nil {
@@ -213,9 +283,19 @@ func (r *xdsRun) run() error {
 		return fmt.Errorf("flow change (revision %d): %w", rev, err)
 	}
 	cpu1, _ = procCPU(pid)
+	self1, _ = procCPU(os.Getpid())
 	fmt.Printf("PUT committed after %v (revision %d)\n", round(committed), rev)
 	fmt.Printf("from sending the PUT until each stream ACKed RDS >= %d: %v\n", rev, flow)
-	fmt.Printf("member CPU during the push: %.2fs\n", (cpu1 - cpu0).Seconds())
+	fmt.Printf("member CPU during the push: %.2fs (this load tool: %.2fs)\n", (cpu1 - cpu0).Seconds(), (self1 - self0).Seconds())
+	if sys1 := procSyscalls(pid); sys0.ok && sys1.ok {
+		fmt.Printf("member syscalls during the push: %d reads, %d writes\n", sys1.reads-sys0.reads, sys1.writes-sys0.writes)
+	}
+	if err := prof.wait(); err != nil {
+		return err
+	}
+	if err := r.heapProfile(pprofAddr, "pushed"); err != nil {
+		return err
+	}
 	printProc(pid, "member after the push")
 
 	// 4. Quarantine one device of each of K gateways, one after another.
@@ -265,6 +345,121 @@ func (r *xdsRun) run() error {
 	fmt.Println("flow change -> every affected gateway has ACKed: p99 <= 1 s")
 	fmt.Println("quarantine -> RBAC ACKed by every affected gateway: p99 <= 250 ms")
 	return nil
+}
+
+// raiseOpenFiles makes sure this process may open want file descriptors
+// (a TLS connection per gateway): Go raises the soft limit to the hard one
+// at start; a hard limit below want is an error naming it. The member
+// raises its own the same way.
+func raiseOpenFiles(want int) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	if lim.Cur >= uint64(want) {
+		return nil
+	}
+	if lim.Max < uint64(want) {
+		return fmt.Errorf("RLIMIT_NOFILE hard limit %d is below the %d file descriptors the run needs (raise it: ulimit -Hn)", lim.Max, want)
+	}
+	lim.Cur = uint64(want)
+	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+}
+
+// phaseProfile is a CPU profile of the member and of this tool over one
+// phase of a run (-pprof).
+type phaseProfile struct {
+	done    chan error
+	started time.Time
+	d       time.Duration
+	self    *os.File
+}
+
+// profile starts CPU profiles of the member (over d, which must cover the
+// phase: the member's profiler takes whole seconds) and of this process
+// (until wait), written to <profiles>/<gateways>-<phase>-{member,tool}.pprof.
+// Without -pprof it does nothing.
+func (r *xdsRun) profile(addr, phase string, d time.Duration) *phaseProfile {
+	if r.profiles == "" {
+		return nil
+	}
+	base := filepath.Join(r.profiles, fmt.Sprintf("%d-%s", r.gateways, phase))
+	p := &phaseProfile{done: make(chan error, 1), started: time.Now(), d: d}
+	go func() {
+		url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds()))
+		resp, err := http.Get(url)
+		if err != nil {
+			p.done <- err
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			p.done <- fmt.Errorf("%s: %s", url, resp.Status)
+			return
+		}
+		f, err := os.Create(base + "-member.pprof")
+		if err != nil {
+			p.done <- err
+			return
+		}
+		_, err = io.Copy(f, resp.Body)
+		p.done <- errors.Join(err, f.Close())
+	}()
+	if f, err := os.Create(base + "-tool.pprof"); err == nil && pprof.StartCPUProfile(f) == nil {
+		p.self = f
+	}
+	time.Sleep(50 * time.Millisecond) // let the member's profile begin first
+	return p
+}
+
+// heapProfile writes the member's heap profile (in use and allocated,
+// after a GC) to <profiles>/<gateways>-heap-<when>.pprof and prints how
+// many goroutines it runs (-pprof).
+func (r *xdsRun) heapProfile(addr, when string) error {
+	if r.profiles == "" {
+		return nil
+	}
+	resp, err := http.Get("http://" + addr + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(filepath.Join(r.profiles, fmt.Sprintf("%d-heap-%s.pprof", r.gateways, when)))
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, resp.Body)
+	if err := errors.Join(err, f.Close()); err != nil {
+		return err
+	}
+	g, err := http.Get("http://" + addr + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		return err
+	}
+	defer g.Body.Close()
+	head, err := io.ReadAll(io.LimitReader(g.Body, 256))
+	if err != nil {
+		return err
+	}
+	first, _, _ := strings.Cut(string(head), "\n") // "goroutine profile: total N"
+	fmt.Printf("member %s (%s)\n", first, when)
+	return nil
+}
+
+// wait stops this tool's profile and waits for the member's, so that the
+// next phase does not run into it.
+func (p *phaseProfile) wait() error {
+	if p == nil {
+		return nil
+	}
+	if p.self != nil {
+		pprof.StopCPUProfile()
+		p.self.Close()
+	}
+	if left := time.Until(p.started.Add(p.d)); left > 0 {
+		fmt.Printf("(waiting %v for the member's CPU profile)\n", round(left))
+	}
+	return <-p.done
 }
 
 // waitAll polls streams until done reports each of them done, collecting
@@ -676,6 +871,33 @@ func procCPU(pid int) (time.Duration, error) {
 		ticks += n
 	}
 	return time.Duration(ticks) * 10 * time.Millisecond, nil
+}
+
+// syscalls counts a process's read and write system calls (syscr and
+// syscw of /proc/<pid>/io).
+type syscalls struct {
+	reads, writes int64
+	ok            bool
+}
+
+func procSyscalls(pid int) syscalls {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return syscalls{}
+	}
+	var out syscalls
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(line, ": ")
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		switch {
+		case err != nil:
+		case k == "syscr":
+			out.reads, out.ok = n, true
+		case k == "syscw":
+			out.writes = n
+		}
+	}
+	return out
 }
 
 // printProc prints a process's RSS (and peak) and CPU time so far.
