@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -388,16 +389,8 @@ func (p *peerStreams) status() []StreamPeer {
 	for _, sp := range p.peers {
 		out = append(out, *sp)
 	}
-	sortPeers(out)
+	slices.SortFunc(out, func(a, b StreamPeer) int { return strings.Compare(a.Member, b.Member) })
 	return out
-}
-
-func sortPeers(ps []StreamPeer) {
-	for i := 1; i < len(ps); i++ {
-		for j := i; j > 0 && ps[j].Member < ps[j-1].Member; j-- {
-			ps[j], ps[j-1] = ps[j-1], ps[j]
-		}
-	}
 }
 
 func (p *peerStreams) set(id string, fn func(*StreamPeer)) {

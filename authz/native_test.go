@@ -166,7 +166,7 @@ func randomDocument(rng *rand.Rand) *topology.Document {
 			}
 			for range rng.IntN(3) {
 				p := flowPaths[rng.IntN(len(flowPaths))]
-				if !containsString(fl.HTTP.Paths, p) {
+				if !slices.Contains(fl.HTTP.Paths, p) {
 					fl.HTTP.Paths = append(fl.HTTP.Paths, p)
 				}
 			}
@@ -174,24 +174,6 @@ func randomDocument(rng *rand.Rand) *topology.Document {
 		doc.Flows = append(doc.Flows, fl)
 	}
 	return doc
-}
-
-func containsRule(l []*topology.Rule, r *topology.Rule) bool {
-	for _, v := range l {
-		if v == r {
-			return true
-		}
-	}
-	return false
-}
-
-func containsString(l []string, s string) bool {
-	for _, v := range l {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // randomState quarantines, scores and attests random devices and gateways.
@@ -261,7 +243,7 @@ func randomCheck(rng *rand.Rand, ix *topology.Index) *authv3.CheckRequest {
 		if flows := ix.RulesFrom(sub); len(flows) > 0 {
 			f := flows[rng.IntN(len(flows))]
 			for _, svc := range svcs {
-				if containsRule(ix.RulesTo(topology.ServiceSubject(svc.Name)), f) {
+				if slices.Contains(ix.RulesTo(topology.ServiceSubject(svc.Name)), f) {
 					host = svc.Hosts[0]
 				}
 			}
