@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
+	"sync/atomic"
 	"time"
 
 	"github.com/vigil-iot/vigil/raft"
@@ -17,7 +20,12 @@ type writeHandler func(w http.ResponseWriter, r *http.Request, body []byte) erro
 
 // write runs a write on this member if it leads, and otherwise forwards it
 // to the leader. While there is no leader (an election after a failure) it
-// retries until writeDeadline. A forwarded request is never forwarded again.
+// retries until writeDeadline, unless this member is cut off from the
+// quorum: then it answers at once with the partition (CodePartitioned),
+// having proposed nothing. A leader that cannot be reached for
+// leaderUnreachable is answered the same way when the member has meanwhile
+// lost contact, or as unreachable otherwise. A forwarded request is never
+// forwarded again.
 func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) error {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		limit, deadline := int64(maxRequestBytes), writeDeadline
@@ -38,6 +46,11 @@ func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) 
 		forwarded := r.Header.Get(headerForwarded) != ""
 		retry := time.NewTicker(50 * time.Millisecond)
 		defer retry.Stop()
+		var unreachableSince time.Time // the first failed forward of a streak
+		// maybeApplied is set once a forward failed after the leader may
+		// have received it: the write's outcome is then unknown, and the
+		// answer must say so rather than that it was refused.
+		maybeApplied := false
 		for {
 			err := h(w, r, body)
 			var nl *raft.NotLeaderError
@@ -46,10 +59,36 @@ func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) 
 			}
 			if nl.LeaderID != "" && nl.LeaderID != s.cfg.Store.ID() {
 				if m, ok := s.cfg.Store.Member(nl.LeaderID); ok && m.APIAddr != "" {
-					if s.forward(w, r, m.APIAddr, body) {
+					done, sent := s.forward(w, r, m.APIAddr, body)
+					if done {
 						return nil
 					}
+					maybeApplied = maybeApplied || sent
+					if unreachableSince.IsZero() {
+						unreachableSince = time.Now()
+					}
 				}
+			} else {
+				unreachableSince = time.Time{}
+			}
+			var stop error
+			if s.cfg.Partitioned != nil {
+				stop = s.cfg.Partitioned()
+			}
+			if stop == nil && !unreachableSince.IsZero() && time.Since(unreachableSince) > leaderUnreachable {
+				stop = &Error{Status: http.StatusServiceUnavailable, Code: CodePartitioned,
+					Message: fmt.Sprintf("member %s has not reached the leader %s's API for %s, though raft still hears from it",
+						s.cfg.Store.ID(), nl.LeaderID, leaderUnreachable)}
+			}
+			if stop != nil {
+				if maybeApplied {
+					return &Error{Status: http.StatusGatewayTimeout, Code: CodeTimeout,
+						Message: stop.Error() + "; an earlier attempt to forward this write was cut off, so it may or may not have been applied: read before retrying"}
+				}
+				if e, ok := stop.(*Error); ok {
+					e.Message += "; the write was not proposed: retry on another member, or later"
+				}
+				return stop
 			}
 			select {
 			case <-ctx.Done():
@@ -60,18 +99,29 @@ func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) 
 	}
 }
 
+// leaderUnreachable is how long a follower keeps trying to forward a write
+// to a leader it cannot reach before it gives up.
+const leaderUnreachable = 2 * time.Second
+
 // forward relays a write to the leader and its answer to the client. It
-// reports false, having written nothing, when the leader could not take the
-// request (unreachable, or no longer leading) so that the caller retries.
-func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, body []byte) bool {
+// reports done false, having written nothing, when the leader did not take
+// the request (unreachable, or no longer leading) so that the caller
+// retries; sent is then true if the request may have reached the leader
+// (the connection failed after it was written), so it may have been
+// applied.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, body []byte) (done, sent bool) {
 	if err := checkCleartext(baseURL(addr)); err != nil {
 		s.cfg.Logger.Error("api: cannot forward a write to the leader", "leader", addr, "err", err)
-		return false
+		return false, false
 	}
 	req, err := http.NewRequestWithContext(r.Context(), r.Method, baseURL(addr)+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
-		return false
+		return false, false
 	}
+	var wrote atomic.Bool
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		WroteRequest: func(httptrace.WroteRequestInfo) { wrote.Store(true) },
+	}))
 	for _, h := range []string{"Authorization", "Content-Type", "Accept"} {
 		if v := r.Header.Get(h); v != "" {
 			req.Header.Set(h, v)
@@ -83,12 +133,13 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, bo
 	resp, err := s.cfg.Connector.http.Do(req)
 	if err != nil {
 		s.cfg.Logger.Debug("api: forward to leader failed", "leader", addr, "err", err)
-		return false
+		return false, wrote.Load()
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusServiceUnavailable {
+		// The leader proposed nothing: it no longer leads, or is cut off.
 		io.Copy(io.Discard, resp.Body)
-		return false
+		return false, false
 	}
 	for _, h := range []string{"Content-Type", headerRevision} {
 		if v := resp.Header.Get(h); v != "" {
@@ -97,5 +148,5 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, bo
 	}
 	w.WriteHeader(resp.StatusCode)
 	io.Copy(w, resp.Body)
-	return true
+	return true, true
 }

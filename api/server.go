@@ -90,6 +90,11 @@ type ServerConfig struct {
 	Console Console
 	Logger  *slog.Logger
 	Now     func() time.Time
+	// Partitioned is nil while the member hears from its cluster's quorum,
+	// and otherwise why not (a *raft.PartitionError): a write then fails
+	// at once rather than waiting out its deadline for a leader. Nil
+	// means never partitioned.
+	Partitioned func() error
 }
 
 // Server serves the HTTP API of one member.
@@ -194,8 +199,12 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		apiErr = &Error{Status: http.StatusBadRequest, Code: CodeBadDocument, Message: err.Error() + "; nothing was changed"}
 	case errors.Is(err, raft.ErrRejected):
 		apiErr = &Error{Status: http.StatusUnprocessableEntity, Code: CodeRejected, Message: err.Error()}
+	case errors.As(err, new(*raft.PartitionError)):
+		apiErr = &Error{Status: http.StatusServiceUnavailable, Code: CodePartitioned, Message: err.Error()}
 	case errors.Is(err, raft.ErrNotLeader):
 		apiErr = &Error{Status: http.StatusServiceUnavailable, Code: CodeNoLeader, Message: err.Error() + "; retry"}
+	case errors.Is(err, raft.ErrOutcomeUnknown):
+		apiErr = &Error{Status: http.StatusGatewayTimeout, Code: CodeTimeout, Message: err.Error() + ": read before retrying"}
 	case errors.Is(err, context.DeadlineExceeded):
 		apiErr = &Error{Status: http.StatusGatewayTimeout, Code: CodeTimeout, Message: err.Error()}
 	default:

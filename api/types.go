@@ -31,8 +31,12 @@ const (
 	CodeUnauthenticated = "unauthenticated"
 	CodeForbidden       = "forbidden"
 	CodeNoLeader        = "no_leader"
-	CodeTimeout         = "timeout"
-	CodeInternal        = "internal"
+	// CodePartitioned: the member asked is cut off from its cluster's
+	// quorum, so the write was not proposed; it keeps enforcing what it
+	// last knew. Retry on another member, or later.
+	CodePartitioned = "partitioned"
+	CodeTimeout     = "timeout"
+	CodeInternal    = "internal"
 	// CodeIncidentExists: the subject already has an unresolved incident,
 	// whose ID is the message.
 	CodeIncidentExists = "incident_exists"

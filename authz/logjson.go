@@ -58,6 +58,10 @@ func appendDecisionEntry(b []byte, seq uint64, prev string, d *Decision) ([]byte
 	b = appendJSONString(b, d.PolicyHash)
 	b = append(b, `,"latency_us":`...)
 	b = strconv.AppendInt(b, d.LatencyUS, 10)
+	if d.StaleMS != 0 {
+		b = append(b, `,"stale_ms":`...)
+		b = strconv.AppendInt(b, d.StaleMS, 10)
+	}
 	return append(b, '}'), nil
 }
 

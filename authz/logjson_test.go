@@ -34,7 +34,7 @@ func TestDecisionLineMatchesEncodingJSON(t *testing.T) {
 		d := &Decision{ID: pick(), Time: time.Unix(rng.Int64N(4e9), rng.Int64N(1e9)).In(time.FixedZone("x", rng.IntN(7200))),
 			Node: pick(), Revision: 0, Subject: pick(), Gateway: pick(), Caller: pick(), Source: pick(), Service: pick(),
 			Attestation: pick(), Risk: rng.IntN(3) * rng.IntN(101), Method: pick(), Path: pick(), Allowed: rng.IntN(2) == 0,
-			HTTPStatus: []int{0, 200, 401, 403, 429}[rng.IntN(5)], Reason: pick(), PolicyHash: pick(), LatencyUS: rng.Int64N(1e6)}
+			HTTPStatus: []int{0, 200, 401, 403, 429}[rng.IntN(5)], Reason: pick(), PolicyHash: pick(), LatencyUS: rng.Int64N(1e6), StaleMS: rng.Int64N(3) * rng.Int64N(1e7)}
 		if i%3 == 0 {
 			d.Revision = 1 << 40
 		}

@@ -78,6 +78,7 @@ const (
 	CauseRestricted                   // the subject's risk restricts it to essential flows
 	CauseMalformed                    // the request could not be read
 	CauseOther                        // anything else: member not ready, policy error or a custom policy's reason
+	CauseStale                        // the member has been cut off from its quorum past --max-staleness: essential flows only
 )
 
 var causeNames = [...]string{
@@ -92,11 +93,12 @@ var causeNames = [...]string{
 	CauseRestricted:      "restricted",
 	CauseMalformed:       "malformed",
 	CauseOther:           "other",
+	CauseStale:           "stale",
 }
 
 // String is the cause's name: "none", "unknown-identity", "forward-refused",
 // "quarantined", "attestation", "no-flow", "unknown-service",
-// "rate-limited", "restricted", "malformed" or "other".
+// "rate-limited", "restricted", "malformed", "other" or "stale".
 func (c Cause) String() string {
 	if int(c) < len(causeNames) {
 		return causeNames[c]

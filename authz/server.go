@@ -54,6 +54,13 @@ type Config struct {
 	// bounded channel and drops what does not fit) and must copy the
 	// Observation if it keeps it: the pointer is reused once it returns.
 	Observer func(*Observation)
+	// Staleness, when set, says how long this member has been cut off
+	// from its cluster's quorum (zero while in contact), by the host's own
+	// clock rather than Now. Every
+	// decision records it; past MaxStaleness (when not zero) only the
+	// subject's essential flows are allowed, whatever the policy says.
+	Staleness    func() time.Duration
+	MaxStaleness time.Duration
 }
 
 // Server is the ext_authz Check service of one member.
@@ -142,6 +149,11 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decisi
 	if snap != nil {
 		d.Revision = snap.Revision()
 	}
+	var stale time.Duration
+	if s.cfg.Staleness != nil {
+		stale = s.cfg.Staleness()
+		d.StaleMS = stale.Milliseconds()
+	}
 	d.Source = peerid.Addr(ctx)
 	if s.cfg.RequireCaller {
 		// Who asks comes first: a caller that may not ask at all gets
@@ -200,6 +212,15 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decisi
 		return Deny(result, d.ID)
 	}
 	flow = res.allowingFlow()
+	if s.cfg.MaxStaleness > 0 && stale > s.cfg.MaxStaleness && (flow == nil || !flow.Essential) {
+		// Cut off for too long to trust what this replica allows: only
+		// the subject's essential flows still pass (the first essential
+		// flow that matches, which need not be the policy's first).
+		if flow = firstAllowing(res.flows, r.Method, r.Path, true); flow == nil {
+			return deny(CauseStale, fmt.Sprintf("member %s has been cut off from its cluster for %s, longer than its --max-staleness %s: only essential flows are allowed",
+				s.cfg.Node, stale.Round(time.Second), s.cfg.MaxStaleness))
+		}
+	}
 	// A device's request is counted once, at its gateway, where the
 	// principal is the device itself. The cloud edge's Check for the same
 	// request names the device in XFCC (r.Forwarded) and spends nothing:

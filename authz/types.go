@@ -30,6 +30,10 @@ type Decision struct {
 	Reason     string `json:"reason"`
 	PolicyHash string `json:"policy_hash"`
 	LatencyUS  int64  `json:"latency_us"`
+	// StaleMS is how long the deciding member had been cut off from its
+	// cluster's quorum, in milliseconds: the decision was made from a
+	// replica that may be that much behind. Left out while in contact.
+	StaleMS int64 `json:"stale_ms,omitempty"`
 }
 
 // Result is what a policy decided, in the result forms of the OPA-Envoy

@@ -174,6 +174,7 @@ func (n *Node) status() any {
 		st = map[string]any{"authz": n.authz.status()}
 	}
 	st["audit"] = n.audit.status()
+	st["quorum"] = n.quorum.status()
 	if n.monitor != nil {
 		st["monitor"] = n.monitor.Status()
 	}

@@ -90,7 +90,8 @@ func (n *Node) startAuthz(ctx context.Context) (*authzPart, error) {
 	p.server = authz.NewServer(authz.Config{
 		Node: n.cfg.ID, Snapshot: n.store.Current, Ready: n.Ready, Engine: engine, Log: dlog,
 		EvalTimeout: cfg.EvalTimeout, Logger: n.cfg.Logger, RequireCaller: n.proxyTLS != nil,
-		Observer: n.observer(),
+		Observer:  n.observer(),
+		Staleness: n.quorum.staleness, MaxStaleness: n.cfg.MaxStaleness,
 	})
 	p.server.Register(p.grpc)
 	n.registerAttestGRPC(p.grpc) // gateways' evidence, same port and caller rule (attestgrpc.go)

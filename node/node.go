@@ -65,7 +65,11 @@ type Config struct {
 	// HeartbeatTimeout and ElectionTimeout tune failure detection; zero
 	// keeps the raft package's defaults.
 	HeartbeatTimeout, ElectionTimeout time.Duration
-	Logger                            *slog.Logger
+	// MaxStaleness is how long a member cut off from its cluster's quorum
+	// keeps allowing every flow its replica allows; past it only essential
+	// flows are allowed. Zero never restricts.
+	MaxStaleness time.Duration
+	Logger       *slog.Logger
 }
 
 // DefaultConfig holds the documented defaults.
@@ -130,6 +134,8 @@ type Node struct {
 	// hub fans decisions out to the console's live streams.
 	hub *console.Hub
 	api *api.Server
+	// quorum tells whether this member is cut off from the cluster.
+	quorum *quorum
 }
 
 // proxyServer is a gRPC server for proxies: mutual TLS with ProxyTLS when
@@ -231,7 +237,8 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, store: store, apiLn: ln, apiAddr: advertise, peer: api.PeerToken(key), conn: conn, proxyTLS: proxyTLS,
-		decisions: newDecisionMetrics(), hub: &console.Hub{}}
+		decisions: newDecisionMetrics(), hub: &console.Hub{},
+		quorum: newQuorum(store, cfg.ElectionTimeout, cfg.MaxStaleness)}
 	if n.authz, err = n.startAuthz(context.Background()); err != nil {
 		ln.Close()
 		store.Close()
@@ -270,7 +277,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	}
 	n.api = api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Connector: conn,
 		Ready: n.Ready, Node: n.status, XDS: n.xds, Attestor: n.attest, Monitor: mon, Metrics: n.metricsHandler(),
-		DryRun: n.dryRunner(), Console: n.consoleParts(), Logger: log})
+		DryRun: n.dryRunner(), Console: n.consoleParts(), Logger: log, Partitioned: n.quorum.partitioned})
 	n.api.HandleSPIRE(n.spire.api())
 	n.http = &http.Server{
 		Handler:           n.api,

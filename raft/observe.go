@@ -63,6 +63,13 @@ type leaderWatch struct {
 	term    uint64
 }
 
+// last is the last leader seen, empty before the first.
+func (w *leaderWatch) last() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return string(w.id)
+}
+
 func (w *leaderWatch) observer() *hraft.Observer {
 	return hraft.NewObserver(nil, false, func(o *hraft.Observation) bool {
 		lo, ok := o.Data.(hraft.LeaderObservation)

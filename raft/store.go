@@ -279,12 +279,21 @@ func timeoutOf(ctx context.Context) time.Duration {
 }
 
 func (s *Store) leaderErr(err error) error {
-	if errors.Is(err, hraft.ErrNotLeader) || errors.Is(err, hraft.ErrLeadershipLost) ||
-		errors.Is(err, hraft.ErrLeadershipTransferInProgress) {
-		return s.notLeader()
+	if errors.Is(err, hraft.ErrNotLeader) || errors.Is(err, hraft.ErrLeadershipTransferInProgress) {
+		return s.notLeader() // nothing was proposed: safe to retry elsewhere
+	}
+	if errors.Is(err, hraft.ErrLeadershipLost) {
+		// Proposed, then the leadership was lost: the entry may yet be
+		// committed by the next leader. Not a NotLeaderError, so that no
+		// one retries it as if it had been refused.
+		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
 	}
 	return fmt.Errorf("raft: %w", err)
 }
+
+// ErrOutcomeUnknown wraps the error of a write that was proposed but whose
+// fate this member cannot know: it may or may not be applied.
+var ErrOutcomeUnknown = errors.New("the write was proposed, then this member lost the leadership; it may or may not be applied")
 
 // proposal is a command submitted to raft and when it was.
 type proposal struct {

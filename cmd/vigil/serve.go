@@ -62,6 +62,7 @@ func (m *memberFlags) register(cmd *cobra.Command) {
 	f.DurationVar(&m.cfg.HeartbeatTimeout, "raft-heartbeat-timeout", 500*time.Millisecond,
 		"how long a follower waits for the leader before standing for election; lower fails over faster but risks needless elections on a loaded host")
 	f.DurationVar(&m.cfg.ElectionTimeout, "raft-election-timeout", 500*time.Millisecond, "how long a candidate waits for votes")
+	f.DurationVar(&m.cfg.MaxStaleness, "max-staleness", node.DefaultMaxStaleness, "how long a member cut off from its cluster's quorum keeps allowing every flow its last-known state allows; past it only essential flows are allowed (0: never restrict). Decisions made while cut off are marked stale_ms in the decision log")
 	registerSPIREFlags(f, &m.cfg.SPIRE)
 	registerSPIREEdgeFlags(f, &m.cfg.SPIRE.Options)
 	registerMonitorFlags(f, &m.cfg.Monitor)

@@ -1,0 +1,90 @@
+package node
+
+import (
+	"time"
+
+	"github.com/vigil-iot/vigil/raft"
+)
+
+// DefaultMaxStaleness is how long a member cut off from the quorum keeps
+// allowing every flow its last-known state allows; past it only essential
+// flows are allowed (--max-staleness).
+const DefaultMaxStaleness = 30 * time.Minute
+
+// quorum tells whether this member is cut off from its cluster's quorum.
+//
+// A follower hears from its leader every few tens of milliseconds; one that
+// has heard nothing for cutOffAfter (twice the election timeout, at least a
+// second) is counted as cut off. That is longer than a normal election
+// takes, so a member waiting out an election after its leader failed keeps
+// holding writes for the new leader rather than refusing them, and short
+// enough that a write on a member cut off by a partition is refused within
+// about a second instead of waiting out the write deadline.
+//
+// While cut off the member keeps deciding from its replica: every decision
+// records how stale it is (Decision.StaleMS) and, past maxStaleness, only
+// essential flows are allowed.
+type quorum struct {
+	store        *raft.Store
+	started      time.Time
+	cutOffAfter  time.Duration
+	maxStaleness time.Duration // 0: never restrict
+}
+
+func newQuorum(store *raft.Store, electionTimeout, maxStaleness time.Duration) *quorum {
+	if electionTimeout <= 0 {
+		electionTimeout = 500 * time.Millisecond
+	}
+	return &quorum{store: store, started: time.Now(), cutOffAfter: max(time.Second, 2*electionTimeout),
+		maxStaleness: maxStaleness}
+}
+
+// staleness is how long this member has been cut off: zero while it hears
+// from a leader, else the time since it last did.
+func (q *quorum) staleness() time.Duration {
+	now := time.Now()
+	last := q.store.LastContact()
+	if last.IsZero() {
+		last = q.started
+	}
+	if age := now.Sub(last); age > q.cutOffAfter {
+		return age
+	}
+	return 0
+}
+
+// partitioned is nil while the member is in contact with the quorum, and
+// otherwise the error a write on it gets.
+func (q *quorum) partitioned() error {
+	c := q.store.Contact()
+	age := c.Age(time.Now(), q.started)
+	if age <= q.cutOffAfter {
+		return nil
+	}
+	return &raft.PartitionError{Member: q.store.ID(), For: age, LastLeader: c.LastLeader, Term: c.Term,
+		Revision: q.store.Current().Revision()}
+}
+
+// status is the "quorum" part of GET /v1/node.
+func (q *quorum) status() map[string]any {
+	c := q.store.Contact()
+	now := time.Now()
+	age := c.Age(now, q.started)
+	out := map[string]any{
+		"contact":      age <= q.cutOffAfter,
+		"leader":       c.LeaderID,
+		"lastLeader":   c.LastLeader,
+		"term":         c.Term,
+		"cutOffAfter":  q.cutOffAfter.String(),
+		"maxStaleness": q.maxStaleness.String(),
+	}
+	if !c.Last.IsZero() {
+		out["lastContact"] = c.Last.UTC()
+	}
+	if age > q.cutOffAfter {
+		out["stale"] = true
+		out["staleFor"] = age.Round(time.Millisecond).String()
+		out["restricted"] = q.maxStaleness > 0 && age > q.maxStaleness
+	}
+	return out
+}
