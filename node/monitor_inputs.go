@@ -38,6 +38,10 @@ func (m *monitorPart) decision(o *authz.Observation) {
 		return
 	case authz.CauseMalformed:
 		return
+	case authz.CauseStale:
+		// This member was cut off too long to trust its replica: the
+		// device did nothing, so nothing counts against it.
+		return
 	default:
 		ev.Cause = o.Cause.String()
 	}
