@@ -114,7 +114,10 @@ type StateOp struct {
 	// Nonce, with OpSetAttestation, is the hex nonce the evidence answered
 	// and NonceExpires its expiry: every replica refuses a nonce already
 	// used (a replay), wherever the evidence was verified, and remembers it
-	// until it expires.
+	// until it expires. With OpQuarantine it is the ID of a quarantine a
+	// member took locally while cut off from its quorum, proposed when the
+	// partition healed: the same refusal makes it apply once, however
+	// often it is proposed. No other operation carries one.
 	Nonce        string    `json:"nonce,omitempty"`
 	NonceExpires time.Time `json:"nonceExpires,omitzero"`
 }

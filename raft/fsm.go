@@ -292,7 +292,7 @@ func (f *fsm) applyState(index uint64, ops []StateOp) Result {
 	}
 	for _, op := range ops {
 		if op.Nonce != "" {
-			f.nonces.use(op.Nonce, op.NonceExpires, op.Attestation.VerifiedAt)
+			f.nonces.use(op.Nonce, op.NonceExpires, op.time())
 		}
 	}
 	rev := topology.Revision(index)
@@ -340,9 +340,6 @@ func applyOp(prev *topology.SubjectState, op *StateOp) (*topology.SubjectState, 
 		if a.Status != "" && a.Status != topology.AttestationPassed && a.Status != topology.AttestationFailed {
 			return nil, fmt.Errorf("attestation status %q", a.Status)
 		}
-		if op.Nonce != "" && (len(op.Nonce) != 64 || op.NonceExpires.IsZero()) {
-			return nil, errors.New("a nonce is 64 hex digits with an expiry")
-		}
 		next.Attestation = a
 	case OpClearAttestation:
 		next.Attestation = nil
@@ -360,7 +357,28 @@ func applyOp(prev *topology.SubjectState, op *StateOp) (*topology.SubjectState, 
 	default:
 		return nil, fmt.Errorf("unknown operation %q", op.Op)
 	}
+	if op.Nonce != "" {
+		// Checked after the operation's own payload, which op.time reads.
+		switch {
+		case op.Op != OpSetAttestation && op.Op != OpQuarantine:
+			return nil, fmt.Errorf("operation %q carries no nonce", op.Op)
+		case len(op.Nonce) != 64 || op.NonceExpires.IsZero():
+			return nil, errors.New("a nonce is 64 hex digits with an expiry")
+		}
+	}
 	return &next, nil
+}
+
+// time is when the proposer says the operation happened, for a nonce's
+// bookkeeping: an attestation's verification, a quarantine's start.
+func (op *StateOp) time() time.Time {
+	switch {
+	case op.Attestation != nil:
+		return op.Attestation.VerifiedAt
+	case op.Quarantine != nil:
+		return op.Quarantine.Since
+	}
+	return op.NonceExpires
 }
 
 // Members returns the registered members by ID.

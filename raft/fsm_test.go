@@ -262,3 +262,25 @@ func TestIncompleteDocumentsAreRejectedNotReportedApplied(t *testing.T) {
 		t.Fatal("an incomplete document took effect or stayed pending")
 	}
 }
+
+// TestNonceOnOtherOperationsIsRefused: a nonce on an operation that takes
+// none (here a risk write, as POST /v1/state could send) was accepted by
+// the proposer's check and then crashed every replica applying it, for
+// good, since the entry stays in the log. Now the proposer refuses it, and
+// so does every replica.
+func TestNonceOnOtherOperationsIsRefused(t *testing.T) {
+	nonce := strings.Repeat("ab", 32)
+	op := StateOp{Subject: topology.DeviceSubject("d1"), Op: OpSetRisk, Risk: &topology.Risk{Score: 5},
+		Nonce: nonce, NonceExpires: time.Now().Add(time.Hour)}
+	if err := checkOps([]StateOp{op}); err == nil || !strings.Contains(err.Error(), "carries no nonce") {
+		t.Fatalf("checkOps = %v, want a refusal of the nonce", err)
+	}
+	if _, err := applyOp(nil, &op); err == nil {
+		t.Fatal("applyOp accepted a risk write with a nonce")
+	}
+	q := StateOp{Subject: topology.DeviceSubject("d1"), Op: OpQuarantine,
+		Quarantine: &topology.Quarantine{Reason: "r", Since: time.Now()}, Nonce: nonce, NonceExpires: time.Now().Add(time.Hour)}
+	if err := checkOps([]StateOp{q}); err != nil {
+		t.Fatalf("a quarantine with a nonce (a local quarantine's ID) is refused: %v", err)
+	}
+}
