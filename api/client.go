@@ -194,6 +194,14 @@ func (c *Client) Quarantine(ctx context.Context, kind topology.Kind, name, reaso
 	return &out, c.send(ctx, http.MethodPost, subjectPath(kind, name)+"/quarantine", QuarantineRequest{Reason: reason}, &out)
 }
 
+// QuarantineLocal quarantines a device or gateway on this member alone, at
+// once, even while it is cut off from its cluster; the member proposes it
+// to the cluster when it can.
+func (c *Client) QuarantineLocal(ctx context.Context, kind topology.Kind, name, reason string) (*LocalQuarantineResponse, error) {
+	var out LocalQuarantineResponse
+	return &out, c.send(ctx, http.MethodPost, subjectPath(kind, name)+"/quarantine?local=true", QuarantineRequest{Reason: reason}, &out)
+}
+
 // Release lifts a quarantine.
 func (c *Client) Release(ctx context.Context, kind topology.Kind, name string) (*Subject, error) {
 	var out Subject

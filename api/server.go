@@ -95,6 +95,9 @@ type ServerConfig struct {
 	// at once rather than waiting out its deadline for a leader. Nil
 	// means never partitioned.
 	Partitioned func() error
+	// Local takes a quarantine on this member alone (see
+	// raft.Store.QuarantineLocal); nil refuses ?local=true.
+	Local func(topology.Subject, topology.Quarantine) (raft.LocalQuarantine, error)
 }
 
 // Server serves the HTTP API of one member.
@@ -353,8 +356,35 @@ func (s *Server) quarantine(kind topology.Kind) writeHandler {
 		}
 		op := raft.StateOp{Subject: topology.Subject{Kind: kind, Name: r.PathValue("name")}, Op: raft.OpQuarantine,
 			Quarantine: &topology.Quarantine{Reason: req.Reason, By: actorOf(r), Since: s.cfg.Now().UTC()}}
+		if local := r.URL.Query().Get("local"); local == "true" || local == "1" {
+			return s.quarantineLocal(w, r, op)
+		}
 		return s.applyOne(w, r, op)
 	}
+}
+
+// quarantineLocal takes op on this member alone (POST .../quarantine?local=true):
+// in force here at once, proposed to the cluster when this member can reach
+// it. It is answered here, never forwarded.
+func (s *Server) quarantineLocal(w http.ResponseWriter, r *http.Request, op raft.StateOp) error {
+	if s.cfg.Local == nil {
+		return badRequest("this member takes no local quarantines")
+	}
+	lq, err := s.cfg.Local(op.Subject, *op.Quarantine)
+	if errors.Is(err, raft.ErrRejected) && !s.cfg.Store.Current().Index().Exists(op.Subject) {
+		return notFound("no %s named %q", op.Subject.Kind, op.Subject.Name)
+	}
+	if err != nil {
+		return err
+	}
+	s.cfg.Logger.Warn("api: local quarantine: in force on this member, proposed to the cluster when it can be",
+		"subject", op.Subject.String(), "by", actorOf(r), "id", lq.ID[:16])
+	v, err := subjectView(s.cfg.Store.Current(), op.Subject)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusAccepted, LocalQuarantineResponse{Subject: *v, LocalID: lq.ID, Pending: true})
+	return nil
 }
 
 func (s *Server) release(kind topology.Kind) writeHandler {
@@ -401,6 +431,11 @@ func (s *Server) updateState(w http.ResponseWriter, r *http.Request, body []byte
 		case raft.OpEnroll:
 			return badRequest("ops[%d]: enroll keys with POST /v1/devices/{name}/enroll, which records who enrolled them", i)
 		case raft.OpQuarantine:
+			if op.Nonce != "" && actorOf(r) == PeerActor {
+				// A member proposing a quarantine it took while cut off
+				// (--local): who took it and when are its own record.
+				continue
+			}
 			if op.Quarantine != nil {
 				q := *op.Quarantine
 				q.By, q.Since = actorOf(r), now

@@ -79,6 +79,15 @@ type Subject struct {
 	State       *topology.SubjectState `json:"state,omitempty"`
 }
 
+// LocalQuarantineResponse answers POST .../quarantine?local=true (202): the
+// subject as this member now enforces it, and the ID its proposal to the
+// cluster carries. Pending until the cluster has committed it.
+type LocalQuarantineResponse struct {
+	Subject
+	LocalID string `json:"localId"`
+	Pending bool   `json:"pending"`
+}
+
 // JoinRequest asks the cluster to add a member as a voter.
 type JoinRequest = raft.Member
 

@@ -69,7 +69,10 @@ type Config struct {
 	// keeps allowing every flow its replica allows; past it only essential
 	// flows are allowed. Zero never restricts.
 	MaxStaleness time.Duration
-	Logger       *slog.Logger
+	// Clock is this member's wall clock for what it decides and records
+	// with (clock.go); default time.Now. Raft's timers never read it.
+	Clock  func() time.Time
+	Logger *slog.Logger
 }
 
 // DefaultConfig holds the documented defaults.
@@ -107,6 +110,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
 	}
 	return errors.Join(errs...)
 }
@@ -277,7 +283,8 @@ func Start(cfg Config) (_ *Node, err error) {
 	}
 	n.api = api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Connector: conn,
 		Ready: n.Ready, Node: n.status, XDS: n.xds, Attestor: n.attest, Monitor: mon, Metrics: n.metricsHandler(),
-		DryRun: n.dryRunner(), Console: n.consoleParts(), Logger: log, Partitioned: n.quorum.partitioned})
+		DryRun: n.dryRunner(), Console: n.consoleParts(), Logger: log, Partitioned: n.quorum.partitioned, Now: cfg.Clock,
+		Local: n.store.QuarantineLocal})
 	n.api.HandleSPIRE(n.spire.api())
 	n.http = &http.Server{
 		Handler:           n.api,
@@ -348,6 +355,7 @@ func (n *Node) Run(ctx context.Context) error {
 			return nil
 		},
 		n.becomeReady,
+		n.proposeLocal,
 		n.attest.run,
 		n.audit.run,
 	}, append(append(n.authz.parts(), n.xds.parts()...), n.spire.parts()...)...)

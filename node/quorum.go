@@ -78,6 +78,10 @@ func (q *quorum) status() map[string]any {
 		"cutOffAfter":  q.cutOffAfter.String(),
 		"maxStaleness": q.maxStaleness.String(),
 	}
+	if pending := q.store.LocalPending(); len(pending) > 0 {
+		// Quarantines taken here while cut off, not yet committed.
+		out["localPending"] = len(pending)
+	}
 	if !c.Last.IsZero() {
 		out["lastContact"] = c.Last.UTC()
 	}

@@ -68,12 +68,17 @@ type fsm struct {
 	nonces      *usedNonces // attestation nonces used and not yet expired
 	incidents   *incidents
 	lastIndex   uint64
+
+	// base is the committed state; the hub publishes it with this
+	// member's local changes over it (see local.go).
+	base  atomic.Pointer[topology.Snapshot]
+	local localOverlay
 }
 
 var _ hraft.FSM = (*fsm)(nil)
 
 func newFSM(log *slog.Logger) *fsm {
-	return &fsm{
+	f := &fsm{
 		log:         log,
 		hub:         newHub(topology.EmptySnapshot()),
 		members:     make(map[string]Member),
@@ -82,6 +87,8 @@ func newFSM(log *slog.Logger) *fsm {
 		nonces:      newUsedNonces(),
 		incidents:   newIncidents(),
 	}
+	f.base.Store(topology.EmptySnapshot())
+	return f
 }
 
 // Apply applies one committed entry. It panics on an entry it cannot
@@ -145,10 +152,8 @@ func mustDecode(l *hraft.Log, body []byte, v any) {
 	}
 }
 
-func (f *fsm) current() *topology.Snapshot {
-	s, _ := f.hub.snapshot()
-	return s
-}
+// current is the committed state, without this member's local changes.
+func (f *fsm) current() *topology.Snapshot { return f.base.Load() }
 
 func rejected(rev topology.Revision, format string, args ...any) Result {
 	return Result{Revision: rev, Err: fmt.Errorf("%w: %s", ErrRejected, fmt.Sprintf(format, args...))}
@@ -197,7 +202,7 @@ func (f *fsm) applyChunk(index uint64, c *documentChunk) Result {
 	rev := topology.Revision(index)
 	// Keep the runtime state of subjects that still exist; drop the rest.
 	state := cur.State().Retain(ix.Exists)
-	f.hub.publish(Event{Snapshot: topology.NewSnapshot(rev, rev, ix, state), Document: true})
+	f.publish(Event{Snapshot: topology.NewSnapshot(rev, rev, ix, state), Document: true})
 	return Result{Revision: rev}
 }
 
@@ -300,7 +305,7 @@ func (f *fsm) applyState(index uint64, ops []StateOp) Result {
 		return strings.Compare(a.String(), b.String())
 	})
 	snap := topology.NewSnapshot(rev, cur.DocumentRevision(), ix, cur.State().With(updates))
-	f.hub.publish(Event{Snapshot: snap, Subjects: subjects})
+	f.publish(Event{Snapshot: snap, Subjects: subjects})
 	return Result{Revision: rev}
 }
 

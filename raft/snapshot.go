@@ -164,7 +164,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	f.members, f.checkpoints, f.pending, f.lastIndex = members, checkpoints, pending, img.LastIndex
 	f.nonces = restoreNonces(img.Nonces)
 	f.incidents = restoreIncidents(img.Incidents)
-	f.hub.publish(Event{Snapshot: snap, Restored: true, Document: true})
+	f.publish(Event{Snapshot: snap, Restored: true, Document: true})
 	return nil
 }
 

@@ -96,6 +96,7 @@ type Store struct {
 	docMu sync.Mutex   // one document replacement at a time from this leader
 	// leaders counts the leader changes this member sees (LeaderChanges).
 	leaders leaderWatch
+	lead    leadership // VerifiedLeader's confirmation (leadership.go)
 }
 
 // Open starts a member. With existing raft state in DataDir it rejoins its
@@ -145,6 +146,10 @@ func Open(cfg Config) (*Store, error) {
 	rc.NoLegacyTelemetry = true
 
 	s := &Store{cfg: cfg, fsm: newFSM(cfg.Logger), logs: logs, trans: trans, layer: layer}
+	if err := s.fsm.openLocal(cfg.DataDir); err != nil {
+		s.closeParts()
+		return nil, fmt.Errorf("raft: local quarantines: %w", err)
+	}
 	cached, err := hraft.NewLogCache(1024, logs)
 	if err != nil {
 		s.closeParts()
@@ -219,7 +224,9 @@ func (s *Store) Close() error {
 }
 
 // Current is the latest committed snapshot on this member.
-func (s *Store) Current() *topology.Snapshot { return s.fsm.current() }
+// It includes this member's local quarantines (QuarantineLocal), which are
+// in force here though not yet committed.
+func (s *Store) Current() *topology.Snapshot { snap, _ := s.fsm.hub.snapshot(); return snap }
 
 // Subscribe delivers every change committed after the returned snapshot.
 func (s *Store) Subscribe() (*Subscription, *topology.Snapshot) { return s.fsm.hub.subscribe() }

@@ -12,12 +12,31 @@ type Snapshot struct {
 	docRevision Revision
 	index       *Index
 	state       *State
+	local       uint64
 }
 
 // NewSnapshot assembles a snapshot. docRevision is the revision at which the
 // document in index was applied (zero if none was).
 func NewSnapshot(revision, docRevision Revision, index *Index, state *State) *Snapshot {
 	return &Snapshot{revision: revision, docRevision: docRevision, index: index, state: state}
+}
+
+// WithLocal is s with state replaced by one that holds changes this member
+// made on its own, not yet committed (a quarantine taken while cut off
+// from its cluster), as local generation gen (at least 1). It has s's
+// revision: those changes belong to no revision until committed.
+func (s *Snapshot) WithLocal(gen uint64, state *State) *Snapshot {
+	return &Snapshot{revision: s.revision, docRevision: s.docRevision, index: s.index, state: state, local: gen}
+}
+
+// Local is the generation of this member's uncommitted changes the
+// snapshot holds (see WithLocal); zero for a committed state.
+func (s *Snapshot) Local() uint64 { return s.local }
+
+// Newer reports whether s comes after o: a later revision, or the same one
+// with later local changes.
+func (s *Snapshot) Newer(o *Snapshot) bool {
+	return s.revision > o.revision || s.revision == o.revision && s.local > o.local
 }
 
 // EmptySnapshot is the state of a store before anything was committed.

@@ -17,6 +17,7 @@ type nodeState struct {
 	versions    [len(typeURLs)]string
 	built       bool
 	revision    topology.Revision
+	local       uint64 // the build's snapshot's local generation
 	quarantined map[topology.Subject]bool
 	// snapshot is what the cache serves the node; parts are the gateway
 	// parts it was built from, which its next build reuses.
@@ -89,7 +90,7 @@ func (s *Server) prepare(id string, snap *topology.Snapshot, prev *gatewayParts)
 // if some type changed. Callers hold s.mu.
 func (s *Server) installLocked(id string, n *nodeState, b *build) {
 	rev := b.snap.Revision()
-	if s.closed || s.nodes[id] != n || n.built && rev <= n.revision {
+	if s.closed || s.nodes[id] != n || n.built && !(rev > n.revision || rev == n.revision && b.snap.Local() > n.local) {
 		return
 	}
 	switch {
@@ -103,6 +104,11 @@ func (s *Server) installLocked(id string, n *nodeState, b *build) {
 	}
 	s.status.setDenyAll(id, b.denyAll)
 	version := strconv.FormatUint(uint64(rev), 10)
+	if g := b.snap.Local(); g > 0 {
+		// Local changes over rev (a quarantine taken while this member
+		// was cut off): a version of their own, so the ACK names them.
+		version += "-local" + strconv.FormatUint(g, 10)
+	}
 	changed := !n.built
 	out := &nodeSnapshot{}
 	for i, list := range b.lists {
@@ -114,7 +120,7 @@ func (s *Server) installLocked(id string, n *nodeState, b *build) {
 		}
 		out.versions[i] = n.versions[i]
 	}
-	n.built, n.revision, n.parts = true, rev, b.parts
+	n.built, n.revision, n.local, n.parts = true, rev, b.snap.Local(), b.parts
 	n.quarantined = quarantinedOf(id, b.snap)
 	if !changed {
 		return

@@ -267,7 +267,7 @@ func (s *Server) Update(snap *topology.Snapshot, c Change) {
 	if s.closed || snap == nil {
 		return
 	}
-	if s.last == nil || snap.Revision() >= s.last.Revision() {
+	if s.last == nil || !s.last.Newer(snap) {
 		s.last = snap
 	}
 	all := c.Document || c.Restored
@@ -370,7 +370,7 @@ func (s *Server) currentLocked() *topology.Snapshot {
 	switch {
 	case cur == nil && s.last == nil:
 		return topology.EmptySnapshot()
-	case cur == nil || s.last != nil && s.last.Revision() > cur.Revision():
+	case cur == nil || s.last != nil && s.last.Newer(cur):
 		return s.last
 	}
 	return cur

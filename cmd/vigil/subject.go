@@ -41,6 +41,7 @@ func newSubjectCmd(kindName string) *cobra.Command {
 
 	var qFlags clientFlags
 	var reason string
+	var local bool
 	quarantine := &cobra.Command{
 		Use:   "quarantine NAME --reason TEXT",
 		Short: "Cut a " + kindName + " off everywhere until it is released",
@@ -53,6 +54,16 @@ func newSubjectCmd(kindName string) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if local {
+				lq, err := cl.QuarantineLocal(cmd.Context(), kind, args[0], reason)
+				if err != nil {
+					return err
+				}
+				return qFlags.print(cmd.OutOrStdout(), lq, func(w io.Writer) {
+					fmt.Fprintf(w, "%s %s quarantined on this member only (over revision %d); it is proposed to the cluster, once, when this member reaches a leader (local id %s)\n",
+						kindName, lq.Name, lq.Revision, lq.LocalID[:16])
+				})
+			}
 			s, err := cl.Quarantine(cmd.Context(), kind, args[0], reason)
 			if err != nil {
 				return err
@@ -64,6 +75,7 @@ func newSubjectCmd(kindName string) *cobra.Command {
 	}
 	qFlags.register(quarantine, true)
 	quarantine.Flags().StringVar(&reason, "reason", "", "why (recorded with the quarantine)")
+	quarantine.Flags().BoolVar(&local, "local", false, "for a member cut off from its cluster (writes fail with \"partitioned\"): quarantine on the member --addr names alone, at once (its ext_authz and its gateways' xDS), and propose it to the cluster, exactly once, when the partition heals")
 
 	var rFlags clientFlags
 	release := &cobra.Command{
