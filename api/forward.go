@@ -57,9 +57,12 @@ func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) 
 			if !errors.As(err, &nl) || forwarded {
 				return err
 			}
-			if nl.LeaderID != "" && nl.LeaderID != s.cfg.Store.ID() {
+			// Cut off: the leader it may still name is out of reach, so
+			// nothing is sent (see stop below).
+			cutOff := s.cfg.Partitioned != nil && s.cfg.Partitioned() != nil
+			if !cutOff && nl.LeaderID != "" && nl.LeaderID != s.cfg.Store.ID() {
 				if m, ok := s.cfg.Store.Member(nl.LeaderID); ok && m.APIAddr != "" {
-					done, sent := s.forward(w, r, m.APIAddr, body)
+					done, sent := s.forwardWhileInContact(w, r, m.APIAddr, body)
 					if done {
 						return nil
 					}
@@ -97,6 +100,35 @@ func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) 
 			}
 		}
 	}
+}
+
+// forwardWhileInContact is forward, given up as soon as this member finds
+// itself cut off from the quorum: a leader that a partition hides would
+// otherwise hold the write until its deadline.
+func (s *Server) forwardWhileInContact(w http.ResponseWriter, r *http.Request, addr string, body []byte) (done, sent bool) {
+	if s.cfg.Partitioned == nil {
+		return s.forward(w, r, addr, body)
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if s.cfg.Partitioned() != nil {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return s.forward(w, r.WithContext(ctx), addr, body)
 }
 
 // leaderUnreachable is how long a follower keeps trying to forward a write

@@ -41,6 +41,14 @@ type Options struct {
 	// Timeout bounds each wait (a member's /healthz, the cluster forming, a
 	// leader being elected, a stop); default 30s.
 	Timeout time.Duration
+	// Faults, when set, puts a proxy of this FaultNet in front of each
+	// member's raft and API listeners and makes members advertise the
+	// proxies, so that all traffic between members (raft, forwarded writes,
+	// joins) passes through it and a test can cut, delay, drop and reset
+	// it per pair of member IDs. Tests' own clients (Client) use the real
+	// addresses and are not subject to faults. The cluster names sources
+	// by PID (PIDIdentifier) and its Close closes the FaultNet.
+	Faults *FaultNet
 }
 
 // Cluster is a set of `vigil serve` processes on 127.0.0.1. Member i (from
@@ -62,10 +70,15 @@ type Member struct {
 	AuthzAddr string
 	XDSAddr   string
 	LogPath   string
+	// RaftAdvertise and APIAdvertise are the addresses other members dial:
+	// the member's proxies with Options.Faults, else RaftAddr and APIAddr.
+	RaftAdvertise string
+	APIAdvertise  string
 
 	args   []string
 	mu     sync.Mutex
 	proc   *Process
+	paused bool // proc is stopped by Pause
 	starts int
 }
 
@@ -109,6 +122,11 @@ func New(opts Options) (*Cluster, error) {
 		opts.Timeout = 30 * time.Second
 	}
 	c := &Cluster{opts: opts}
+	if opts.Faults != nil {
+		// By PID, looked up per connection: a restarted member keeps its
+		// name, and the harness's own clients are "client".
+		opts.Faults.SetIdentify(PIDIdentifier(c.pids))
+	}
 	if c.opts.Dir == "" {
 		dir, err := os.MkdirTemp("", "vigil-e2e-")
 		if err != nil {
@@ -136,9 +154,19 @@ func New(opts Options) (*Cluster, error) {
 		m.args = []string{"serve", "--node-id", m.ID, "--data-dir", m.DataDir,
 			"--api-addr", m.APIAddr, "--raft-addr", m.RaftAddr, "--authz-addr", m.AuthzAddr, "--xds-addr", m.XDSAddr,
 			"--log-level", opts.LogLevel}
+		m.RaftAdvertise, m.APIAdvertise = m.RaftAddr, m.APIAddr
+		if f := opts.Faults; f != nil {
+			if m.RaftAdvertise, err = f.Proxy(m.ID, m.RaftAddr); err != nil {
+				return c, err
+			}
+			if m.APIAdvertise, err = f.Proxy(m.ID, m.APIAddr); err != nil {
+				return c, err
+			}
+			m.args = append(m.args, "--raft-advertise", m.RaftAdvertise, "--api-advertise", m.APIAdvertise)
+		}
 		if i > 0 {
 			first := c.members[0]
-			m.args = append(m.args, "--join", first.APIAddr,
+			m.args = append(m.args, "--join", first.APIAdvertise,
 				"--cluster-key-file", filepath.Join(first.DataDir, "cluster.key"),
 				"--token-file", c.TokenFile())
 		}
@@ -167,6 +195,20 @@ func (c *Cluster) Size() int { return len(c.members) }
 
 // Member returns member i (from 0).
 func (c *Cluster) Member(i int) *Member { return c.members[i] }
+
+// Faults is Options.Faults: the FaultNet between members, or nil.
+func (c *Cluster) Faults() *FaultNet { return c.opts.Faults }
+
+// pids maps the running members' IDs to their PIDs.
+func (c *Cluster) pids() map[string]int {
+	out := make(map[string]int, len(c.members))
+	for i, m := range c.members {
+		if pid := c.PID(i); pid != 0 {
+			out[m.ID] = pid
+		}
+	}
+	return out
+}
 
 // TokenFile is the operators' token file the founding member wrote.
 func (c *Cluster) TokenFile() string { return filepath.Join(c.members[0].DataDir, "api-tokens") }
@@ -233,7 +275,7 @@ func (c *Cluster) Restart(i int) error {
 		m.mu.Unlock()
 		return fmt.Errorf("start %s: %w", m.ID, err)
 	}
-	m.proc = p
+	m.proc, m.paused = p, false
 	m.mu.Unlock()
 	go func() {
 		<-p.Done()
@@ -263,7 +305,8 @@ func (c *Cluster) waitHealthy(i int, p *Process) error {
 	return fmt.Errorf("waited %v for %s's /healthz at %s: %v", c.opts.Timeout, m.ID, m.APIAddr, last)
 }
 
-// Kill sends SIGKILL to member i's process and waits for it to be gone.
+// Kill sends SIGKILL to member i's process and waits for it to be gone. A
+// paused member is killed too: SIGKILL ends a stopped process.
 func (c *Cluster) Kill(i int) error {
 	m := c.members[i]
 	m.mu.Lock()
@@ -275,6 +318,58 @@ func (c *Cluster) Kill(i int) error {
 	if err := p.Kill(); err != nil {
 		return fmt.Errorf("kill %s: %w", m.ID, err)
 	}
+	m.mu.Lock()
+	if m.proc == p {
+		m.paused = false
+	}
+	m.mu.Unlock()
+	return nil
+}
+
+// Pause stops member i's process with SIGSTOP, as a long GC pause or a
+// frozen VM would: its sockets stay open but it answers nothing. While
+// paused, a member counts as not running for WaitLeader, Leader and
+// Followers (RunningMembers still lists it), and WaitReady fails.
+func (c *Cluster) Pause(i int) error {
+	return c.pause(i, true)
+}
+
+// Resume continues member i after Pause, with SIGCONT.
+func (c *Cluster) Resume(i int) error {
+	return c.pause(i, false)
+}
+
+// Paused reports whether member i is paused.
+func (c *Cluster) Paused(i int) bool {
+	m := c.members[i]
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.paused && m.proc != nil && !m.proc.Exited()
+}
+
+func (c *Cluster) pause(i int, stop bool) error {
+	m := c.members[i]
+	verb := "resume"
+	if stop {
+		verb = "pause"
+	}
+	stopSig, contSig, err := pauseSignals()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", verb, m.ID, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.proc == nil || m.proc.Exited() {
+		return fmt.Errorf("%s %s: it is not running", verb, m.ID)
+	}
+	sig := contSig
+	if stop {
+		sig = stopSig
+	}
+	if err := m.proc.Signal(sig); err != nil {
+		return fmt.Errorf("%s %s: %w", verb, m.ID, err)
+	}
+	m.paused = stop
 	return nil
 }
 
@@ -283,6 +378,12 @@ func (c *Cluster) Kill(i int) error {
 // exits with a non-zero status.
 func (c *Cluster) Stop(i int) error {
 	m := c.members[i]
+	if c.Paused(i) {
+		// A stopped process would only act on SIGTERM once continued.
+		if err := c.Resume(i); err != nil {
+			return fmt.Errorf("stop %s: %w", m.ID, err)
+		}
+	}
 	m.mu.Lock()
 	p := m.proc
 	m.mu.Unlock()
@@ -299,12 +400,16 @@ func (c *Cluster) Stop(i int) error {
 	return nil
 }
 
-// Close kills every member still running and removes the cluster's
-// directory if the cluster created it.
+// Close kills every member still running (paused ones too), closes
+// Options.Faults, and removes the cluster's directory if the cluster
+// created it.
 func (c *Cluster) Close() error {
 	var errs []error
 	for i := range c.members {
 		errs = append(errs, c.Kill(i))
+	}
+	if c.opts.Faults != nil {
+		errs = append(errs, c.opts.Faults.Close())
 	}
 	if c.tempDir {
 		errs = append(errs, os.RemoveAll(c.opts.Dir))
@@ -333,8 +438,8 @@ func (c *Cluster) WaitReady() error {
 				return fmt.Errorf("unknown member %q", ms.ID)
 			case !ms.Voter:
 				return fmt.Errorf("%s is not a voter", ms.ID)
-			case ms.APIAddr != want.APIAddr:
-				return fmt.Errorf("%s registered API address %q, want %q", ms.ID, ms.APIAddr, want.APIAddr)
+			case ms.APIAddr != want.APIAdvertise:
+				return fmt.Errorf("%s registered API address %q, want %q", ms.ID, ms.APIAddr, want.APIAdvertise)
 			}
 		}
 		return nil
@@ -357,7 +462,7 @@ func (c *Cluster) Followers() ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	return slices.DeleteFunc(c.RunningMembers(), func(i int) bool { return i == l }), nil
+	return slices.DeleteFunc(c.activeMembers(), func(i int) bool { return i == l }), nil
 }
 
 // waitView polls every running member's /v1/cluster/status until they
@@ -375,13 +480,19 @@ func (c *Cluster) waitView(what string, check func(*api.ClusterStatus) error, al
 	return -1, fmt.Errorf("waited %v for %s: %v", c.opts.Timeout, what, last)
 }
 
+// activeMembers lists the members that run and are not paused: those that
+// answer.
+func (c *Cluster) activeMembers() []int {
+	return slices.DeleteFunc(c.RunningMembers(), c.Paused)
+}
+
 func (c *Cluster) viewOnce(check func(*api.ClusterStatus) error, allRunning bool) (int, error) {
-	running := c.RunningMembers()
+	running := c.activeMembers()
 	if len(running) == 0 {
-		return -1, errors.New("no member is running")
+		return -1, errors.New("no member is running (and not paused)")
 	}
 	if allRunning && len(running) != len(c.members) {
-		return -1, fmt.Errorf("only members %v of %d are running", running, len(c.members))
+		return -1, fmt.Errorf("only members %v of %d are running and not paused", running, len(c.members))
 	}
 	leaderID := ""
 	for _, i := range running {
@@ -403,8 +514,8 @@ func (c *Cluster) viewOnce(check func(*api.ClusterStatus) error, allRunning bool
 		}
 	}
 	l := c.index(leaderID)
-	if l < 0 || !c.Running(l) {
-		return -1, fmt.Errorf("leader %q is not a running member", leaderID)
+	if l < 0 || !c.Running(l) || c.Paused(l) {
+		return -1, fmt.Errorf("leader %q is not a running, unpaused member", leaderID)
 	}
 	return l, nil
 }
