@@ -65,8 +65,9 @@ func lightCheck(device, host, method, path string) *authv3.CheckRequest {
 // quarantines committed before included, and marks those decisions stale in
 // its decision log and /v1/node; past --max-staleness it allows only
 // essential flows; `quarantine --local` takes effect on it at once and is
-// committed exactly once when the partition heals; the majority keeps
-// accepting writes throughout.
+// committed exactly once when the partition heals; a crash and restart
+// while cut off brings back the state it had applied, not an older one; the
+// majority keeps accepting writes throughout.
 func TestPartitionedMemberKeepsEnforcing(t *testing.T) {
 	fn := harness.NewFaultNet()
 	c := harness.Start(t, harness.Options{Binary: vigilBin, Members: 3, Faults: fn,
@@ -192,6 +193,30 @@ func TestPartitionedMemberKeepsEnforcing(t *testing.T) {
 	}
 	if quorum = nodeQuorum(node); quorum["restricted"] != true || quorum["localPending"] != float64(1) {
 		t.Fatalf("/v1/node quorum past --max-staleness: %v; want restricted and one local quarantine pending", quorum)
+	}
+
+	// A crash while cut off: the member comes back deciding from the
+	// state it had applied (not its older snapshot), its local quarantine
+	// included, and still counts its staleness from its last contact.
+	if err := c.Kill(cut); err != nil {
+		t.Fatal(err)
+	}
+	restartAt := time.Now()
+	if err := c.Restart(cut); err != nil {
+		t.Fatalf("restart while cut off: %v", err)
+	}
+	t.Logf("restarted while cut off: ready after %v", time.Since(restartAt).Round(time.Millisecond))
+	authz, _ = authzClient(t, c, cut)
+	for _, dev := range []string{"slc-1", "slc-3"} {
+		if ok, body := decide(lightCheck(dev, "telemetry.city.example", "POST", "/api/v1/telemetry")); ok {
+			t.Fatalf("after a restart while cut off, %s (quarantined before: committed or local) was allowed: %s", dev, body)
+		}
+	}
+	if ok, body := decide(firmware); ok || !strings.Contains(body, "only essential flows are allowed") {
+		t.Fatalf("after a restart while cut off, past --max-staleness a non-essential flow: allowed=%v %s", ok, body)
+	}
+	if ok, body := decide(telemetry); !ok {
+		t.Fatalf("after a restart while cut off, the essential flow was denied: %s", body)
 	}
 
 	// Heal: the local quarantine is committed, once, by the operator who

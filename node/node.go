@@ -406,6 +406,16 @@ func (n *Node) becomeReady(ctx context.Context) error {
 			n.cfg.Logger.Info("member is ready: caught up with the cluster", "revision", n.store.Current().Revision())
 			return nil
 		}
+		if r := n.store.Resumed(); r.Index > 0 && n.quorum.partitioned() != nil {
+			// Restarted while cut off: it holds again what it had
+			// applied before it stopped, no older, and decides from
+			// that, marked stale, rather than denying everything until
+			// the partition heals.
+			n.ready.Store(true)
+			n.cfg.Logger.Warn("member is ready while cut off from its cluster: deciding from the state it had applied before it stopped, marked stale",
+				"index", r.Index, "revision", n.store.Current().Revision(), "last_contact", r.LastContact)
+			return nil
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(100 * time.Millisecond):

@@ -35,7 +35,13 @@ func newQuorum(store *raft.Store, electionTimeout, maxStaleness time.Duration) *
 	if electionTimeout <= 0 {
 		electionTimeout = 500 * time.Millisecond
 	}
-	return &quorum{store: store, started: time.Now(), cutOffAfter: max(time.Second, 2*electionTimeout),
+	// A member that restarted counts from its last contact before the
+	// restart, not from its start: its replica is that old.
+	started := time.Now()
+	if lc := store.Resumed().LastContact; !lc.IsZero() && lc.Before(started) {
+		started = lc
+	}
+	return &quorum{store: store, started: started, cutOffAfter: max(time.Second, 2*electionTimeout),
 		maxStaleness: maxStaleness}
 }
 

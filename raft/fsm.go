@@ -104,6 +104,11 @@ func (f *fsm) Apply(l *hraft.Log) any {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if l.Index <= f.lastIndex {
+		// Already applied: this member replayed its own log at start
+		// (applied.go) and raft now applies the same entry.
+		return Result{Revision: f.current().Revision()}
+	}
 	f.lastIndex = l.Index
 	switch t {
 	case cmdDocumentChunk:
@@ -274,6 +279,11 @@ func (f *fsm) applyState(index uint64, ops []StateOp) Result {
 			if exp, used := f.nonces.used[op.Nonce]; used || batchNonces[op.Nonce] {
 				problems = append(problems, fmt.Sprintf("ops[%d]: %s: nonce %s… was already used (valid until %s): a replayed attestation",
 					i, op.Subject, op.Nonce[:min(16, len(op.Nonce))], exp.UTC().Format(time.RFC3339)))
+				continue
+			}
+			if f.nonces.forgot(op.NonceExpires) {
+				problems = append(problems, fmt.Sprintf("ops[%d]: %s: nonce %s… expires at %s, no later than nonces the log has forgotten (until %s), so a replay cannot be told: a member's clock is ahead of the verifier's",
+					i, op.Subject, op.Nonce[:min(16, len(op.Nonce))], op.NonceExpires.UTC().Format(time.RFC3339), f.nonces.forgotten.UTC().Format(time.RFC3339)))
 				continue
 			}
 			batchNonces[op.Nonce] = true

@@ -97,6 +97,10 @@ type Store struct {
 	// leaders counts the leader changes this member sees (LeaderChanges).
 	leaders leaderWatch
 	lead    leadership // VerifiedLeader's confirmation (leadership.go)
+	// resumed is what Open recovered from this member's own log, and
+	// stopMark ends the goroutine keeping the applied mark (applied.go).
+	resumed            Resumed
+	stopMark, markDone chan struct{}
 }
 
 // Open starts a member. With existing raft state in DataDir it rejoins its
@@ -176,6 +180,9 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s.raft = r
 	r.RegisterObserver(s.leaders.observer())
+	s.replayOwn(logs)
+	s.stopMark, s.markDone = make(chan struct{}), make(chan struct{})
+	go s.keepMark(s.stopMark, s.markDone)
 	cfg.Logger.Info("raft member started", "id", cfg.ID, "addr", string(trans.LocalAddr()),
 		"existing_state", hasState, "bootstrap", !hasState && cfg.Bootstrap)
 	return s, nil
@@ -219,6 +226,11 @@ func (s *Store) Close() error {
 		}
 	}
 	err := s.raft.Shutdown().Error()
+	if s.stopMark != nil {
+		close(s.stopMark)
+		<-s.markDone
+		s.stopMark = nil
+	}
 	s.closeParts()
 	return err
 }
