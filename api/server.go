@@ -103,6 +103,7 @@ type ServerConfig struct {
 // Server serves the HTTP API of one member.
 type Server struct {
 	cfg   ServerConfig
+	warns warnLimiter // unauthenticated requests' warnings (lograte.go)
 	mux   *http.ServeMux
 	links loginLinks
 	fleet fleetIndex
@@ -178,7 +179,9 @@ func (s *Server) route(pattern string, h func(http.ResponseWriter, *http.Request
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		actor, ok := s.cfg.Tokens.Actor(r)
 		if !ok {
-			s.cfg.Logger.Warn("api: unauthenticated request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+			if ok, held := s.warns.allow("unauthenticated", time.Now()); ok {
+				s.cfg.Logger.Warn("api: unauthenticated request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "held_back", held)
+			}
 			writeError(w, &Error{Status: http.StatusUnauthorized, Code: CodeUnauthenticated, Message: "a valid bearer token is required"})
 			return
 		}
