@@ -62,7 +62,7 @@ func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) 
 			cutOff := s.cfg.Partitioned != nil && s.cfg.Partitioned() != nil
 			if !cutOff && nl.LeaderID != "" && nl.LeaderID != s.cfg.Store.ID() {
 				if m, ok := s.cfg.Store.Member(nl.LeaderID); ok && m.APIAddr != "" {
-					done, sent := s.forwardWhileInContact(w, r, m.APIAddr, body)
+					done, sent := s.forwardWhileInContact(w, r, nl.LeaderID, m.APIAddr, body)
 					if done {
 						return nil
 					}
@@ -102,13 +102,14 @@ func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) 
 	}
 }
 
-// forwardWhileInContact is forward, given up as soon as this member finds
-// itself cut off from the quorum: a leader that a partition hides would
-// otherwise hold the write until its deadline.
-func (s *Server) forwardWhileInContact(w http.ResponseWriter, r *http.Request, addr string, body []byte) (done, sent bool) {
-	if s.cfg.Partitioned == nil {
-		return s.forward(w, r, addr, body)
-	}
+// forwardWhileInContact is forward to leader at addr, given up as soon as
+// this member finds itself cut off from the quorum or follows another
+// leader: a leader that a partition hides, or one stalled and already
+// replaced, would otherwise hold the write until its deadline. The write
+// loop then retries with the new leader; a write the old one may have
+// applied is applied again, which for Vigil's writes (set a state, replace
+// a document, nonces refused twice) changes nothing.
+func (s *Server) forwardWhileInContact(w http.ResponseWriter, r *http.Request, leader, addr string, body []byte) (done, sent bool) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	stop := make(chan struct{})
@@ -121,7 +122,11 @@ func (s *Server) forwardWhileInContact(w http.ResponseWriter, r *http.Request, a
 			case <-stop:
 				return
 			case <-t.C:
-				if s.cfg.Partitioned() != nil {
+				if s.cfg.Partitioned != nil && s.cfg.Partitioned() != nil {
+					cancel()
+					return
+				}
+				if id, _ := s.cfg.Store.Leader(); id != "" && id != leader {
 					cancel()
 					return
 				}
