@@ -5,7 +5,7 @@
 GO       ?= go
 FUZZTIME ?= 30s
 
-.PHONY: all build test fmt-check vet re2 unit e2e fuzz bench clean spire
+.PHONY: all build test fmt-check vet re2 unit e2e fuzz bench soak clean spire
 
 all: build
 
@@ -183,6 +183,21 @@ bench:
 	@$(bench_run) 'vigil-load console' 10m $(BENCH_LOAD) console $(B_CONSOLE)
 	@echo; echo "make bench: done $$(date -u +%FT%TZ); load average $$(cut -d' ' -f1-3 /proc/loadavg)"
 	@if [ -s $(BENCH_FAIL) ]; then echo "make bench: these steps failed:"; cat $(BENCH_FAIL); exit 1; fi
+
+# `make soak` (not part of `make test`: TestSoak skips unless VIGIL_SOAK is
+# set) runs e2e/soak_test.go: a 3-member cluster behind a fault network under
+# continuous writes, min_revision reads and ext_authz Checks through every
+# member, with a random fault every 10 s (isolations, one-way cuts, slow and
+# lossy links, resets, SIGSTOP, SIGKILL and restart), then a porcupine check
+# of the history and a report (operations, Checks, faults, unavailability,
+# convergence, RSS/fd/goroutine growth) on stdout and in
+# e2e/artifacts/soak/report.txt. SOAK is its length (default 20m;
+# SOAK=5m make soak); the test's -timeout is SOAK plus 15 minutes (Go adds
+# up "20m15m" to 35m). VIGIL_SOAK_SEED=<n> repeats a run's fault schedule.
+SOAK ?= 20m
+
+soak:
+	cd e2e && VIGIL_SOAK=$(SOAK) $(GO) test -count=1 -v -run '^TestSoak$$' -timeout $(SOAK)15m .
 
 # The real spire-server and spire-agent (version pinned in tools/spire/go.mod),
 # built once into ${VIGIL_SPIRE_CACHE:-$HOME/.cache/vigil/spire}/<version>/,

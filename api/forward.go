@@ -25,7 +25,10 @@ type writeHandler func(w http.ResponseWriter, r *http.Request, body []byte) erro
 // having proposed nothing. A leader that cannot be reached for
 // leaderUnreachable is answered the same way when the member has meanwhile
 // lost contact, or as unreachable otherwise. A forwarded request is never
-// forwarded again.
+// forwarded again, and a write is sent to a leader at most once: a forward
+// that failed after the request went out is answered as of unknown
+// outcome (CodeTimeout), since a second copy could be applied after writes
+// acknowledged in between.
 func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) error {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		limit, deadline := int64(maxRequestBytes), writeDeadline
@@ -47,10 +50,6 @@ func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) 
 		retry := time.NewTicker(50 * time.Millisecond)
 		defer retry.Stop()
 		var unreachableSince time.Time // the first failed forward of a streak
-		// maybeApplied is set once a forward failed after the leader may
-		// have received it: the write's outcome is then unknown, and the
-		// answer must say so rather than that it was refused.
-		maybeApplied := false
 		for {
 			err := h(w, r, body)
 			var nl *raft.NotLeaderError
@@ -66,7 +65,15 @@ func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) 
 					if done {
 						return nil
 					}
-					maybeApplied = maybeApplied || sent
+					if sent {
+						// The leader may have applied it: sending it
+						// again could apply it a second time, after
+						// writes acknowledged meanwhile (the soak saw
+						// exactly that). Only the client can tell, by
+						// reading.
+						return &Error{Status: http.StatusGatewayTimeout, Code: CodeTimeout,
+							Message: fmt.Sprintf("the write was forwarded to the leader %s and the answer was lost (the connection failed, or the leader changed or became unreachable); it may or may not have been applied: read before retrying", nl.LeaderID)}
+					}
 					if unreachableSince.IsZero() {
 						unreachableSince = time.Now()
 					}
@@ -84,10 +91,6 @@ func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) 
 						s.cfg.Store.ID(), nl.LeaderID, leaderUnreachable)}
 			}
 			if stop != nil {
-				if maybeApplied {
-					return &Error{Status: http.StatusGatewayTimeout, Code: CodeTimeout,
-						Message: stop.Error() + "; an earlier attempt to forward this write was cut off, so it may or may not have been applied: read before retrying"}
-				}
 				if e, ok := stop.(*Error); ok {
 					e.Message += "; the write was not proposed: retry on another member, or later"
 				}
@@ -105,10 +108,9 @@ func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) 
 // forwardWhileInContact is forward to leader at addr, given up as soon as
 // this member finds itself cut off from the quorum or follows another
 // leader: a leader that a partition hides, or one stalled and already
-// replaced, would otherwise hold the write until its deadline. The write
-// loop then retries with the new leader; a write the old one may have
-// applied is applied again, which for Vigil's writes (set a state, replace
-// a document, nonces refused twice) changes nothing.
+// replaced, would otherwise hold the write until its deadline. A write
+// given up after it was sent is answered as of unknown outcome, never sent
+// again (see write).
 func (s *Server) forwardWhileInContact(w http.ResponseWriter, r *http.Request, leader, addr string, body []byte) (done, sent bool) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()

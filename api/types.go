@@ -35,8 +35,13 @@ const (
 	// quorum, so the write was not proposed; it keeps enforcing what it
 	// last knew. Retry on another member, or later.
 	CodePartitioned = "partitioned"
-	CodeTimeout     = "timeout"
-	CodeInternal    = "internal"
+	// CodeDiskFull: the member asked leads and its data dir is full, so
+	// the write was not applied (503, Retry-After); it hands its
+	// leadership to another member and keeps enforcing what it knows.
+	// Retry, through any member.
+	CodeDiskFull = "disk_full"
+	CodeTimeout  = "timeout"
+	CodeInternal = "internal"
 	// CodeIncidentExists: the subject already has an unresolved incident,
 	// whose ID is the message.
 	CodeIncidentExists = "incident_exists"

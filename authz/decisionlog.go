@@ -140,8 +140,11 @@ type DecisionLog struct {
 	aggregated atomic.Uint64 // denies folded into aggregate entries
 	aggEntries atomic.Uint64
 	degraded   atomic.Bool // the file cannot be written
-	failures   atomic.Uint64
-	lastErr    atomic.Pointer[string]
+	// unlogged counts the decisions Record dropped while degraded, for
+	// the next gap entry (the writer counts those it drops itself).
+	unlogged atomic.Uint64
+	failures atomic.Uint64
+	lastErr  atomic.Pointer[string]
 
 	// Owned by Run.
 	f    *os.File
@@ -200,7 +203,7 @@ func OpenDecisionLog(cfg DecisionLogConfig) (*DecisionLog, error) {
 
 // resume sets seq and prev from the end of the file, ending a torn tail
 // with a chain_restart marker.
-func (l *DecisionLog) resume() error {
+func (l *DecisionLog) resume() (err error) {
 	t, err := readLogTail(l.f)
 	if err != nil {
 		return err
@@ -226,8 +229,12 @@ func (l *DecisionLog) resume() error {
 		}
 		out = append(append(out, marker...), '\n')
 		l.advance(marker)
-		l.cfg.Logger.Warn("decision log ended in a torn write; started a new chain segment",
-			"path", l.cfg.Path, "torn_bytes", len(t.torn), "seq", l.seq)
+		defer func() {
+			if err == nil {
+				l.cfg.Logger.Warn("decision log ended in a torn write; started a new chain segment",
+					"path", l.cfg.Path, "torn_bytes", len(t.torn), "seq", l.seq)
+			}
+		}()
 	default:
 		l.head.Store(&headMark{seq: l.seq, hash: string(l.prev[:])})
 		return nil
@@ -362,8 +369,11 @@ func (l *DecisionLog) Record(d *Decision) {
 	// still put a decision in the queue (see Run).
 	l.inflight.Add(1)
 	defer l.inflight.Add(-1)
-	if l.closed.Load() || l.degraded.Load() {
+	if closed := l.closed.Load(); closed || l.degraded.Load() {
 		l.dropped.Add(1)
+		if !closed {
+			l.unlogged.Add(1) // the gap entry written on recovery counts it
+		}
 		return
 	}
 	if !l.cfg.Strict && len(l.queue) == cap(l.queue) {
@@ -696,25 +706,55 @@ func (w *decisionWriter) fail(err error) {
 // recover tries, at most every recoverInterval, to write a degraded log
 // again: it continues the chain from the file as it is (resume) and writes
 // a gap entry for what was dropped.
+//
+// The gap entry counts every decision dropped since the failure: those the
+// writer dropped and those Record turned away. A Record that saw the log
+// degraded just before it healed counts its decision a moment later; a
+// second gap entry, at the next tick, records such stragglers.
 func (w *decisionWriter) recover(now time.Time) {
-	if !w.l.degraded.Load() || now.Sub(w.lastAttempt) < recoverInterval {
+	if !w.l.degraded.Load() {
+		if w.l.unlogged.Load() > 0 && now.Sub(w.lastAttempt) >= flushInterval {
+			n := w.l.unlogged.Swap(0)
+			if err := w.writeGap(w.failedAt, w.lastAttempt, n); err != nil {
+				w.l.unlogged.Add(n) // in the gap entry of the next recovery
+				w.fail(err)
+			}
+		}
+		return
+	}
+	if now.Sub(w.lastAttempt) < recoverInterval {
 		return
 	}
 	w.lastAttempt = now
 	if err := w.l.resume(); err != nil {
 		return
 	}
-	gap := gapEntry{Gap: "write-failed", Time: w.failedAt.UTC(), Until: now.UTC(), Dropped: w.gapDropped, Error: clip(*w.l.lastErr.Load(), maxLoggedReason)}
-	if err := w.append(func(seq uint64, prev string) any { gap.Seq, gap.Prev = seq, prev; return gap }); err != nil {
+	// Taken now, put back if the entry cannot be written.
+	w.gapDropped += w.l.unlogged.Swap(0)
+	if w.writeGap(w.failedAt, now, w.gapDropped) != nil {
 		return
 	}
-	if err := w.buf.Flush(); err != nil {
-		w.buf.Reset(w.l.f)
-		return
-	}
-	w.l.head.Store(&headMark{seq: w.l.seq, hash: string(w.l.prev[:])})
+	dropped := w.gapDropped
 	w.gapDropped = 0
 	w.l.degraded.Store(false)
 	w.l.cfg.Logger.Info("decision log writable again; a gap entry records the decisions dropped",
-		"path", w.l.cfg.Path, "dropped", gap.Dropped, "seq", w.l.seq)
+		"path", w.l.cfg.Path, "dropped", dropped, "seq", w.l.seq)
+}
+
+// writeGap writes and flushes, from an empty buffer, a gap entry for
+// dropped decisions lost between from and until. On a failure the buffer
+// is left empty and the chain is where the file says only after the next
+// resume.
+func (w *decisionWriter) writeGap(from, until time.Time, dropped uint64) error {
+	gap := gapEntry{Gap: "write-failed", Time: from.UTC(), Until: until.UTC(), Dropped: dropped, Error: clip(*w.l.lastErr.Load(), maxLoggedReason)}
+	err := w.append(func(seq uint64, prev string) any { gap.Seq, gap.Prev = seq, prev; return gap })
+	if err == nil {
+		err = w.buf.Flush()
+	}
+	if err != nil {
+		w.buf.Reset(w.l.f)
+		return err
+	}
+	w.l.head.Store(&headMark{seq: w.l.seq, hash: string(w.l.prev[:])})
+	return nil
 }

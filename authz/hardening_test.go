@@ -307,4 +307,20 @@ func TestAFullDiskDoesNotStopDecidingAndHeals(t *testing.T) {
 	if !bytes.Contains(data, []byte(`"gap":"write-failed"`)) {
 		t.Fatalf("no gap entry in the healed log (%d entries)", rep.Entries)
 	}
+	// Every dropped decision is accounted for by a gap entry: those the
+	// writer dropped and those Record turned away while the log was
+	// degraded.
+	var inGaps uint64
+	for line := range bytes.Lines(data) {
+		var gap struct {
+			Gap     string `json:"gap"`
+			Dropped uint64 `json:"dropped"`
+		}
+		if json.Unmarshal(line, &gap) == nil && gap.Gap == "write-failed" {
+			inGaps += gap.Dropped
+		}
+	}
+	if inGaps != st.Dropped {
+		t.Fatalf("gap entries account for %d dropped decisions, the log dropped %d", inGaps, st.Dropped)
+	}
 }

@@ -342,6 +342,11 @@ func (res *resolution) subjectValue() ast.Value {
 	return obj
 }
 
+// MaxClockSkew is how far ahead of a member's clock the verification time
+// of an attestation may be: further, the verifying member's clock is ahead
+// (or this one's behind) and the attestation is not acceptable here.
+const MaxClockSkew = time.Minute
+
 // attestationProblem says why an attestation is not acceptable now, or "".
 func attestationProblem(a *topology.Attestation, c *topology.Class, now time.Time) string {
 	if a.Failed() {
@@ -353,6 +358,14 @@ func attestationProblem(a *topology.Attestation, c *topology.Class, now time.Tim
 	}
 	if !now.Before(a.ExpiresAt) {
 		return fmt.Sprintf("it expired at %s", a.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	if ahead := a.VerifiedAt.Sub(now); ahead > MaxClockSkew {
+		// Verified by a member whose clock is ahead of this one's: its
+		// age cannot be told here, and counted from its own times it
+		// would outlive maxAge by the skew. Denied until this member's
+		// clock reaches it (or the device attests again).
+		return fmt.Sprintf("it was verified at %s by %s, %s ahead of this member's clock: the members' clocks disagree",
+			a.VerifiedAt.UTC().Format(time.RFC3339), a.Verifier, ahead.Round(time.Second))
 	}
 	if c == nil || c.MaxAge == 0 {
 		return ""

@@ -46,7 +46,7 @@ var _ api.Attestor = (*attestor)(nil)
 func newAttestor(n *Node) *attestor {
 	m := hmac.New(sha256.New, []byte(n.peer))
 	m.Write([]byte("vigil attestation nonce key v1"))
-	return &attestor{store: n.store, key: m.Sum(nil), member: n.cfg.ID, ttl: attest.DefaultNonceTTL, now: time.Now, log: n.cfg.Logger,
+	return &attestor{store: n.store, key: m.Sum(nil), member: n.cfg.ID, ttl: attest.DefaultNonceTTL, now: n.cfg.Clock, log: n.cfg.Logger,
 		batches: make(chan *pendingResult, 4096), metrics: newAttestMetrics(),
 		leader: func(addr string) *api.Client { return n.conn.Client(addr, n.peer) }}
 }
@@ -318,6 +318,12 @@ func (a *attestor) Attest(ctx context.Context, device string, raw []byte) (api.A
 			a.monitor.replayed(device, res.Format, res.EvidenceDigest, now)
 		}
 		return api.AttestResponse{}, apiErr(http.StatusConflict, api.CodeReplay, "nonce already used: this evidence is a replay")
+	}
+	if errors.Is(err, raft.ErrRejected) && strings.Contains(err.Error(), "forgotten") {
+		// A replay, or a member whose clock is ahead made the log forget
+		// nonces early (raft/nonces.go): refused either way.
+		a.log.Warn("security: attestation refused: the log may have forgotten its nonce (is a member's clock ahead?)",
+			"device", device, "evidence", res.EvidenceDigest, "nonce_expires", expires)
 	}
 	if err != nil {
 		return api.AttestResponse{}, err

@@ -124,7 +124,7 @@ func (c *checkpointer) checkpoint(ctx context.Context) {
 	if last != nil && last.Seq == seq && last.Hash == hash {
 		return
 	}
-	cp := raft.SignedCheckpoint{Node: id, Seq: seq, Hash: hash, Time: time.Now().UTC()}
+	cp := raft.SignedCheckpoint{Node: id, Seq: seq, Hash: hash, Time: c.n.cfg.Clock().UTC()}
 	raft.SignCheckpoint(c.key, &cp)
 	err := c.submit(ctx, cp)
 	c.mu.Lock()
@@ -167,7 +167,8 @@ var numbers = regexp.MustCompile(`[0-9a-f]{16,}|[0-9]+`)
 func errorKind(msg string) string { return numbers.ReplaceAllString(msg, "#") }
 
 // status describes the member's parts for GET /v1/node: the authorizer's,
-// and under "audit" its decision-log checkpoints.
+// under "audit" its decision-log checkpoints, and under "disk" its data
+// dir's free space (disk.go).
 func (n *Node) status() any {
 	st, ok := n.authz.status().(map[string]any)
 	if !ok {
@@ -175,6 +176,7 @@ func (n *Node) status() any {
 	}
 	st["audit"] = n.audit.status()
 	st["quorum"] = n.quorum.status()
+	st["disk"] = n.disk.status()
 	if n.monitor != nil {
 		st["monitor"] = n.monitor.Status()
 	}

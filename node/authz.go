@@ -49,6 +49,7 @@ type authzPart struct {
 // start, with OPA's error), opens the decision log and binds the listener.
 func (n *Node) startAuthz(ctx context.Context) (*authzPart, error) {
 	cfg := n.cfg.Authz
+	n.warnClock()
 	if cfg.DecisionLog == "" {
 		cfg.DecisionLog = filepath.Join(n.cfg.DataDir, "decisions.log")
 	}
@@ -90,7 +91,7 @@ func (n *Node) startAuthz(ctx context.Context) (*authzPart, error) {
 	p.server = authz.NewServer(authz.Config{
 		Node: n.cfg.ID, Snapshot: n.store.Current, Ready: n.Ready, Engine: engine, Log: dlog,
 		EvalTimeout: cfg.EvalTimeout, Logger: n.cfg.Logger, RequireCaller: n.proxyTLS != nil,
-		Observer:  n.observer(),
+		Observer: n.observer(), Now: n.cfg.Clock,
 		Staleness: n.quorum.staleness, MaxStaleness: n.cfg.MaxStaleness,
 	})
 	p.server.Register(p.grpc)

@@ -61,7 +61,7 @@ func (d *dryRun) DryRun(ctx context.Context, candidate *topology.Index, opts api
 		opts.MaxLines = api.DefaultDryRunLines
 	}
 	opts.MaxLines = min(opts.MaxLines, api.MaxDryRunLines)
-	now := time.Now()
+	now := d.n.cfg.Clock()
 	// One snapshot for the whole run: the current topology and the state
 	// of every subject as of the same revision.
 	snap := d.n.store.Current()

@@ -170,7 +170,7 @@ func jsonString(s string) string { b, _ := json.Marshal(s); return string(b) }
 func (m *monitorPart) seal(ctx context.Context, inc topology.Incident, info subjectInfo, by string) topology.Action {
 	act := topology.Action{Name: "evidence", By: by}
 	head, entries, err := m.writeBundle(ctx, inc, info)
-	act.At = time.Now().UTC()
+	act.At = m.n.cfg.Clock().UTC()
 	if err != nil {
 		act.Outcome, act.Detail = topology.ActionFailed, clipReason(err.Error())
 		m.log.Error("monitor: sealing evidence failed", "incident", inc.ID, "err", err)
@@ -183,7 +183,7 @@ func (m *monitorPart) seal(ctx context.Context, inc topology.Incident, info subj
 }
 
 func (m *monitorPart) writeBundle(ctx context.Context, inc topology.Incident, info subjectInfo) (head string, entries int, err error) {
-	until := time.Now().UTC()
+	until := m.n.cfg.Clock().UTC()
 	since := until.Add(-m.cfg.EvidenceWindow)
 	path := filepath.Join(m.evidenceDir(), inc.ID+".log")
 	tmp := path + ".tmp"

@@ -63,6 +63,7 @@ type memberCollector struct {
 	ready, raftState, term, applied, revision, members, leader *prometheus.Desc
 	decisions                                                  *prometheus.Desc
 	logWritten, logDropped, logDegraded                        *prometheus.Desc
+	diskFree, diskFull                                         *prometheus.Desc
 	proxies, streams, pendingAcks, nacked                      *prometheus.Desc
 	monEvents, monDropped, monForwarded, monFindings           *prometheus.Desc
 	monSuppressed, monQuarantines, monAtRisk, monPublishFailed *prometheus.Desc
@@ -85,6 +86,8 @@ func newMemberCollector(n *Node, d *decisionMetrics) *memberCollector {
 		logWritten:       desc("vigil_decision_log_written_total", "Decisions written to this member's decision log."),
 		logDropped:       desc("vigil_decision_log_dropped_total", "Decisions the decision log could not write (queue full, disk full)."),
 		logDegraded:      desc("vigil_decision_log_degraded", "1 while the decision log cannot be written, else 0."),
+		diskFree:         desc("vigil_data_dir_free_bytes", "Bytes free to this member on its data dir's file system, as last sampled (every second)."),
+		diskFull:         desc("vigil_data_dir_full", "1 while this member's data dir is full (under 16 MiB free, or a write failed for lack of space): it takes no writes and hands its leadership over, else 0."),
 		proxies:          desc("vigil_xds_proxies_connected", "Proxies (Envoy or gRPC) with an open xDS stream to this member."),
 		streams:          desc("vigil_xds_streams", "Open xDS streams on this member."),
 		pendingAcks:      desc("vigil_xds_resources_unacked", "Resource types sent to a connected proxy and not acknowledged yet."),
@@ -139,6 +142,11 @@ func (c *memberCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.logWritten, ls.Written)
 	counter(c.logDropped, ls.Dropped)
 	gauge(c.logDegraded, b(ls.Degraded))
+	full, free, known := n.disk.state()
+	gauge(c.diskFull, b(full))
+	if known {
+		gauge(c.diskFree, float64(free))
+	}
 	var connected, streams, unacked, nacked int
 	for _, p := range n.xds.server.Status() {
 		if p.Connected {
@@ -354,7 +362,7 @@ type spireCollector struct {
 func newSPIRECollector(rec *spire.Reconciler) *spireCollector {
 	return &spireCollector{rec: rec,
 		passes: prometheus.NewDesc("vigil_spire_reconcile_passes_total",
-			"SPIRE reconcile passes this member made as leader, by pass (full: every entry compared; subjects: those a change named) and result (ok; failed: the pass failed as a whole and is retried).",
+			"SPIRE reconcile passes this member made as leader, by pass (full: every entry compared; subjects: those a change named) and result (ok; failed: the pass failed as a whole and is retried; unconfirmed: stopped before its next change because a quorum did not confirm this member still leads).",
 			[]string{"pass", "result"}, nil),
 		errors: prometheus.NewDesc("vigil_spire_reconcile_errors_total",
 			"SPIRE registration entries and agent bindings a reconcile pass went on without, by op (plan: the topology asks for one that cannot be made; create, update, delete: the server refused).",
@@ -378,12 +386,12 @@ func (c *spireCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *spireCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.rec.Stats()
 	for _, p := range []struct {
-		pass string
-		ok   uint64
-		bad  uint64
-	}{{"full", st.Passes.Full, st.Failed.Full}, {"subjects", st.Passes.Subjects, st.Failed.Subjects}} {
+		pass          string
+		ok, bad, lost uint64
+	}{{"full", st.Passes.Full, st.Failed.Full, st.Unconfirmed.Full}, {"subjects", st.Passes.Subjects, st.Failed.Subjects, st.Unconfirmed.Subjects}} {
 		ch <- prometheus.MustNewConstMetric(c.passes, prometheus.CounterValue, float64(p.ok), p.pass, "ok")
 		ch <- prometheus.MustNewConstMetric(c.passes, prometheus.CounterValue, float64(p.bad), p.pass, "failed")
+		ch <- prometheus.MustNewConstMetric(c.passes, prometheus.CounterValue, float64(p.lost), p.pass, "unconfirmed")
 	}
 	for i, op := range spire.ErrorOps {
 		ch <- prometheus.MustNewConstMetric(c.errors, prometheus.CounterValue, float64(st.Errors[i]), op)

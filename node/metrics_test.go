@@ -117,6 +117,8 @@ func TestMetrics(t *testing.T) {
 		`vigil_authz_decisions_total{cause="no-flow",result="deny"} 1`,
 		`vigil_authz_decision_duration_seconds_count 2`,
 		`vigil_decision_log_dropped_total 0`,
+		`vigil_data_dir_full 0`,
+		`vigil_data_dir_free_bytes `,
 		`vigil_xds_proxies_connected 0`,
 		`vigil_monitor_events_judged_total`,
 		`vigil_incidents{status="open"} 0`,

@@ -89,7 +89,7 @@ type monitorPart struct {
 
 func (m *monitorPart) failed(counter *atomic.Uint64, what string, err error) {
 	counter.Add(1)
-	m.lastError.Store(time.Now().UTC().Format(time.RFC3339) + " " + what + ": " + err.Error())
+	m.lastError.Store(m.n.cfg.Clock().UTC().Format(time.RFC3339) + " " + what + ": " + err.Error())
 }
 
 // followReleases forgets what the monitor holds about a subject an
@@ -279,7 +279,7 @@ func (m *monitorPart) attribute(ix *topology.Index, ev *monitor.Event) bool {
 // access logs and signals carry their own times, and one far in the
 // future would pin a window open and a finding undecayed.
 func (m *monitorPart) clampTime(ev *monitor.Event) {
-	now := time.Now().UnixNano()
+	now := m.n.cfg.Clock().UnixNano()
 	if d := ev.At - now; d > int64(time.Minute) || d < -int64(time.Minute) {
 		ev.At = now
 	}
@@ -345,8 +345,8 @@ func (m *monitorPart) Ingest(_ context.Context, body []byte) error {
 // Signal takes a gateway's signal.
 func (m *monitorPart) Signal(_ context.Context, sub topology.Subject, req api.SignalRequest, actor string) (api.SignalResponse, error) {
 	at := req.At
-	if at.IsZero() || at.After(time.Now().Add(time.Minute)) {
-		at = time.Now()
+	if now := m.n.cfg.Clock(); at.IsZero() || at.After(now.Add(time.Minute)) {
+		at = now
 	}
 	if !m.observe(monitor.Event{Kind: monitor.EventSignal, At: at.UnixNano(), SubKind: sub.Kind, Subject: sub.Name,
 		Gateway: req.Gateway, Name: req.Signal, Detail: req.Detail}) {
@@ -593,7 +593,7 @@ func (m *monitorPart) reconcile(ctx context.Context) {
 		}
 	}
 	snap := m.n.store.Current()
-	now := time.Now()
+	now := m.n.cfg.Clock()
 	type lost struct {
 		sub topology.Subject
 		st  *topology.SubjectState
@@ -645,7 +645,7 @@ type play struct {
 const publishBatch = 256
 
 func (m *monitorPart) respond(ctx context.Context, all bool) {
-	now := time.Now().UTC()
+	now := m.n.cfg.Clock().UTC()
 	pend := m.eng.Pending(now, all)
 	if len(pend) == 0 {
 		return
@@ -864,7 +864,7 @@ func (m *monitorPart) playbook(ctx context.Context, p *play) {
 		}
 	}
 	// Alert first: the SOC should hear of it before the slow evidence.
-	alert := topology.Action{At: time.Now().UTC(), Name: "alert", By: by, Outcome: topology.ActionSkipped, Detail: "no SIEM export configured"}
+	alert := topology.Action{At: m.n.cfg.Clock().UTC(), Name: "alert", By: by, Outcome: topology.ActionSkipped, Detail: "no SIEM export configured"}
 	if m.alerts != nil {
 		alert.Outcome, alert.Detail = topology.ActionOK, m.alerts.incident(inc, p.info)
 	}

@@ -142,6 +142,8 @@ type Node struct {
 	api *api.Server
 	// quorum tells whether this member is cut off from the cluster.
 	quorum *quorum
+	// disk watches the data dir's free space (disk.go).
+	disk *diskWatch
 }
 
 // proxyServer is a gRPC server for proxies: mutual TLS with ProxyTLS when
@@ -245,6 +247,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	n := &Node{cfg: cfg, store: store, apiLn: ln, apiAddr: advertise, peer: api.PeerToken(key), conn: conn, proxyTLS: proxyTLS,
 		decisions: newDecisionMetrics(), hub: &console.Hub{},
 		quorum: newQuorum(store, cfg.ElectionTimeout, cfg.MaxStaleness)}
+	n.disk = newDiskWatch(cfg.DataDir, cfg.ID, store, log)
 	if n.authz, err = n.startAuthz(context.Background()); err != nil {
 		ln.Close()
 		store.Close()
@@ -281,7 +284,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	} else {
 		n.xds.server.RegisterALS(n.xds.grpc, nil)
 	}
-	n.api = api.NewServer(api.ServerConfig{Store: store, Tokens: tokens, PeerToken: n.peer, Connector: conn,
+	n.api = api.NewServer(api.ServerConfig{Store: diskGate{store, n.disk}, Tokens: tokens, PeerToken: n.peer, Connector: conn,
 		Ready: n.Ready, Node: n.status, XDS: n.xds, Attestor: n.attest, Monitor: mon, Metrics: n.metricsHandler(),
 		DryRun: n.dryRunner(), Console: n.consoleParts(), Logger: log, Partitioned: n.quorum.partitioned, Now: cfg.Clock,
 		Local: n.store.QuarantineLocal})
@@ -356,8 +359,10 @@ func (n *Node) Run(ctx context.Context) error {
 		},
 		n.becomeReady,
 		n.proposeLocal,
+		n.endStreamsWhenCutOff,
 		n.attest.run,
 		n.audit.run,
+		n.disk.run,
 	}, append(append(n.authz.parts(), n.xds.parts()...), n.spire.parts()...)...)
 	if n.monitor != nil {
 		parts = append(parts, n.monitor.parts()...)

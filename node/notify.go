@@ -49,7 +49,7 @@ func (m *monitorPart) notifyOwner(ctx context.Context, inc topology.Incident, in
 		act.Outcome, act.Detail = topology.ActionSkipped, fmt.Sprintf("owner %q has no webhook (set --owner-webhook)", ownerName(info.Owner))
 	}
 	if target == "" {
-		act.At = time.Now().UTC()
+		act.At = m.n.cfg.Clock().UTC()
 		return act
 	}
 	body, _ := json.Marshal(OwnerNotification{Owner: ownerName(info.Owner), Incident: inc.ID, Status: inc.Status, Title: inc.Title,
@@ -78,7 +78,7 @@ func (m *monitorPart) notifyOwner(ctx context.Context, inc topology.Incident, in
 		}
 		resp.Body.Close()
 		if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-			act.At, act.Outcome, act.Detail = time.Now().UTC(), topology.ActionOK, fmt.Sprintf("owner %s notified at %s (HTTP %d)", ownerName(info.Owner), shown, resp.StatusCode)
+			act.At, act.Outcome, act.Detail = m.n.cfg.Clock().UTC(), topology.ActionOK, fmt.Sprintf("owner %s notified at %s (HTTP %d)", ownerName(info.Owner), shown, resp.StatusCode)
 			return act
 		}
 		lastErr = fmt.Errorf("HTTP %d", resp.StatusCode)
@@ -86,7 +86,7 @@ func (m *monitorPart) notifyOwner(ctx context.Context, inc topology.Incident, in
 			break
 		}
 	}
-	act.At, act.Outcome, act.Detail = time.Now().UTC(), topology.ActionFailed, clipReason(fmt.Sprintf("owner %s at %s: %v", ownerName(info.Owner), shown, lastErr))
+	act.At, act.Outcome, act.Detail = m.n.cfg.Clock().UTC(), topology.ActionFailed, clipReason(fmt.Sprintf("owner %s at %s: %v", ownerName(info.Owner), shown, lastErr))
 	return act
 }
 

@@ -14,12 +14,13 @@ const DefaultMaxStaleness = 30 * time.Minute
 // quorum tells whether this member is cut off from its cluster's quorum.
 //
 // A follower hears from its leader every few tens of milliseconds; one that
-// has heard nothing for cutOffAfter (twice the election timeout, at least a
-// second) is counted as cut off. That is longer than a normal election
-// takes, so a member waiting out an election after its leader failed keeps
-// holding writes for the new leader rather than refusing them, and short
-// enough that a write on a member cut off by a partition is refused within
-// about a second instead of waiting out the write deadline.
+// has heard nothing for cutOffAfter (three election timeouts, at least
+// 1.5 s) is counted as cut off. That is longer than an election usually
+// takes here (0.6–1.4 s after a leader stalls; a split vote can take 2 s),
+// so a member waiting out an election keeps holding writes for the new
+// leader rather than refusing them, and short enough that a write on a
+// member cut off by a partition is answered within 2 s instead of waiting
+// out the write deadline.
 //
 // While cut off the member keeps deciding from its replica: every decision
 // records how stale it is (Decision.StaleMS) and, past maxStaleness, only
@@ -41,7 +42,7 @@ func newQuorum(store *raft.Store, electionTimeout, maxStaleness time.Duration) *
 	if lc := store.Resumed().LastContact; !lc.IsZero() && lc.Before(started) {
 		started = lc
 	}
-	return &quorum{store: store, started: started, cutOffAfter: max(time.Second, 2*electionTimeout),
+	return &quorum{store: store, started: started, cutOffAfter: max(1500*time.Millisecond, 3*electionTimeout),
 		maxStaleness: maxStaleness}
 }
 

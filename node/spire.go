@@ -49,9 +49,14 @@ func (n *Node) startSPIRE() (*spirePart, error) {
 		return nil, err
 	}
 	rec, err := spire.NewReconciler(spire.Config{Client: cl, Options: cfg.Options, Resync: cfg.Resync, Parallel: cfg.Parallel, Logger: n.cfg.Logger,
+		Now: n.cfg.Clock,
 		// Only the leader changes SPIRE, and only once it has applied what
 		// the cluster committed: a stale snapshot would undo a quarantine.
-		IsLeader: func() bool { return n.store.IsLeader() && n.Ready() }})
+		IsLeader: func() bool { return n.store.IsLeader() && n.Ready() },
+		// And only while a quorum confirms it leads: a leader that was
+		// stalled (SIGSTOP, a VM pause) still believes it leads when it
+		// resumes, while another member may lead and have changed SPIRE.
+		VerifyLeader: n.store.VerifiedLeader})
 	if err != nil {
 		cl.Close()
 		return nil, err
@@ -96,8 +101,9 @@ func (p *spirePart) api() api.SPIRE {
 // Token issues a join token bound to a gateway or an agent-class device.
 func (p *spirePart) Token(ctx context.Context, snap *topology.Snapshot, s topology.Subject, ttl time.Duration) (any, error) {
 	tok, err := p.rec.Onboard(ctx, snap, s, ttl)
-	if errors.Is(err, spire.ErrNotLeader) {
-		// Leading but not caught up yet: the API's write path retries.
+	if errors.Is(err, spire.ErrNotLeader) || errors.Is(err, spire.ErrNotConfirmed) {
+		// Leading but not caught up yet, or not confirmed (deposed): the
+		// API's write path retries, at the leader.
 		id, addr := p.store.Leader()
 		return nil, &raft.NotLeaderError{LeaderID: id, LeaderAddr: addr}
 	}

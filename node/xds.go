@@ -30,6 +30,9 @@ type xdsPart struct {
 	store  *raft.Store
 	// metrics counts pushes and answers for GET /metrics.
 	metrics *xdsMetrics
+	// streams is ln, tracking connections to close when the member is
+	// cut off.
+	streams *xdsStreams
 }
 
 func (n *Node) startXDS() (*xdsPart, error) {
@@ -52,7 +55,8 @@ func (n *Node) startXDS() (*xdsPart, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xds listen on %s: %w", cfg.Addr, err)
 	}
-	p := &xdsPart{server: srv, ln: ln, grpc: n.proxyServer(xds.MaxRequestBytes, xdsFlowControl...), store: n.store, metrics: m}
+	streams := trackConns(ln)
+	p := &xdsPart{server: srv, ln: streams, grpc: n.proxyServer(xds.MaxRequestBytes, xdsFlowControl...), store: n.store, metrics: m, streams: streams}
 	srv.Register(p.grpc)
 	return p, nil
 }

@@ -36,7 +36,7 @@ func (s *Store) Contact() Contact {
 		return c
 	}
 	c.LeaderID, _ = s.Leader()
-	c.Last = s.raft.LastContact()
+	c.Last = s.lastContact()
 	return c
 }
 
@@ -46,7 +46,7 @@ func (s *Store) LastContact() time.Time {
 	if s.raft.State() == hraft.Leader {
 		return time.Now()
 	}
-	return s.raft.LastContact()
+	return s.lastContact()
 }
 
 // Age is how long ago the member last heard from a leader, as of now; since

@@ -12,10 +12,19 @@ import "time"
 // the same entry. Entries arrive in roughly increasing expiry; the queue is
 // trimmed from its front, so a nonce whose expiry is out of order is kept
 // a little longer, never forgotten early.
+//
+// Early by the proposer's clock, though: a member whose clock is ahead
+// makes every replica forget nonces that the other members' clocks still
+// accept. forgotten is the latest expiry of a nonce forgotten so far, and
+// a nonce that expires no later is refused (forgot): it may have been used
+// and forgotten. So a nonce is used once whatever the members' clocks;
+// what a clock far ahead costs is that the others' nonces are refused
+// until their clocks catch up (they fail closed).
 type usedNonces struct {
-	used  map[string]time.Time
-	queue []nonceUse // from head on
-	head  int
+	used      map[string]time.Time
+	queue     []nonceUse // from head on
+	head      int
+	forgotten time.Time
 }
 
 type nonceUse struct {
@@ -35,6 +44,9 @@ func (n *usedNonces) use(nonce string, expires, now time.Time) {
 		if n.used[u.Nonce].Equal(u.Expires) {
 			delete(n.used, u.Nonce)
 		}
+		if u.Expires.After(n.forgotten) {
+			n.forgotten = u.Expires
+		}
 		n.queue[n.head] = nonceUse{}
 		n.head++
 	}
@@ -44,11 +56,17 @@ func (n *usedNonces) use(nonce string, expires, now time.Time) {
 	}
 }
 
-// image is the queue, for snapshots; restore rebuilds from it.
+// forgot reports whether a nonce that expires at expires may have been
+// used and forgotten already.
+func (n *usedNonces) forgot(expires time.Time) bool { return !expires.After(n.forgotten) }
+
+// image is the queue, for snapshots; restore rebuilds from it and
+// forgotten.
 func (n *usedNonces) image() []nonceUse { return append([]nonceUse(nil), n.queue[n.head:]...) }
 
-func restoreNonces(img []nonceUse) *usedNonces {
+func restoreNonces(img []nonceUse, forgotten time.Time) *usedNonces {
 	n := newUsedNonces()
+	n.forgotten = forgotten
 	for _, u := range img {
 		n.used[u.Nonce] = u.Expires
 		n.queue = append(n.queue, u)

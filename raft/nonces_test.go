@@ -57,3 +57,57 @@ func TestANonceIsUsedOnceAcrossTheCluster(t *testing.T) {
 		t.Fatal("an expired nonce is still remembered")
 	}
 }
+
+// TestANonceIsUsedOnceWhateverTheClocks: a member whose clock is two hours
+// ahead records a result; every replica then forgets the nonces that
+// expired by that clock, which the other members' clocks still accept.
+// Such a nonce is refused (it may have been used), never taken as new; a
+// nonce issued afterwards is accepted, until the skewed member's own
+// nonces are forgotten too, when the others' are refused (fail closed).
+func TestANonceIsUsedOnceWhateverTheClocks(t *testing.T) {
+	f := loadedFSM(t)
+	idx := f.lastIndex + 1
+	at := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
+	const skew = 2 * time.Hour
+	apply := func(ops ...StateOp) error {
+		r := f.Apply(entry(t, idx, cmdState, stateBatch{Ops: ops})).(Result)
+		idx++
+		return r.Err
+	}
+	nonce := func(c byte) string { return strings.Repeat(string(c), 64) }
+	if err := apply(attestOp("dev-00001", nonce('a'), at)); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(attestOp("dev-00002", nonce('b'), at.Add(skew))); err != nil {
+		t.Fatal(err)
+	}
+	// a's evidence again, ten seconds later by a correct clock: a's nonce
+	// is still valid there, and the log no longer holds it.
+	replay := attestOp("dev-00001", nonce('a'), at.Add(10*time.Second))
+	replay.NonceExpires = at.Add(time.Minute) // the nonce carries its expiry
+	err := apply(replay)
+	if !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), "forgotten") {
+		t.Fatalf("a nonce forgotten early, used again: %v; want it rejected", err)
+	}
+	if err := apply(attestOp("dev-00003", nonce('c'), at.Add(20*time.Second))); err != nil {
+		t.Fatalf("a nonce issued after the forgotten ones: %v", err)
+	}
+
+	// The skewed member's next result forgets its own first nonce: the
+	// others' nonces, expiring before it, are refused from then on.
+	if err := apply(attestOp("dev-00002", nonce('d'), at.Add(skew+5*time.Minute))); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(attestOp("dev-00004", nonce('e'), at.Add(30*time.Second))); !errors.Is(err, ErrRejected) {
+		t.Fatalf("a correct clock's nonce after the skewed member's were forgotten: %v; want it rejected", err)
+	}
+
+	// A restored replica refuses what the others refuse.
+	g := newFSM(quietLogger())
+	if err := g.Restore(io.NopCloser(bytes.NewReader(persist(t, f)))); err != nil {
+		t.Fatal(err)
+	}
+	if !g.nonces.forgotten.Equal(f.nonces.forgotten) || !g.nonces.forgot(at.Add(90*time.Second)) {
+		t.Fatalf("restored forgotten %v, want %v", g.nonces.forgotten, f.nonces.forgotten)
+	}
+}

@@ -61,6 +61,11 @@ type leaderWatch struct {
 	mu      sync.Mutex
 	id      hraft.ServerID
 	term    uint64
+	// leading is whether this member leads, and steppedDown when it last
+	// stopped leading (unix nanoseconds, 0 if it never has), from raft's
+	// state changes.
+	leading     atomic.Bool
+	steppedDown atomic.Int64
 }
 
 // last is the last leader seen, empty before the first.
@@ -72,6 +77,14 @@ func (w *leaderWatch) last() string {
 
 func (w *leaderWatch) observer() *hraft.Observer {
 	return hraft.NewObserver(nil, false, func(o *hraft.Observation) bool {
+		if st, ok := o.Data.(hraft.RaftState); ok {
+			if st == hraft.Leader {
+				w.leading.Store(true)
+			} else if w.leading.Swap(false) {
+				w.steppedDown.Store(time.Now().UnixNano())
+			}
+			return false
+		}
 		lo, ok := o.Data.(hraft.LeaderObservation)
 		if !ok || lo.LeaderID == "" {
 			return false
@@ -85,4 +98,19 @@ func (w *leaderWatch) observer() *hraft.Observer {
 		}
 		return false
 	})
+}
+
+// lastContact is when this member last heard from a leader: raft's own
+// answer (the last message from a leader, for a follower), or when this
+// member itself stopped leading, if that is later. A leader that has just
+// handed over or stepped down was in touch with its quorum until then,
+// though as a follower it has not heard from the next leader yet.
+func (s *Store) lastContact() time.Time {
+	last := s.raft.LastContact()
+	if ns := s.leaders.steppedDown.Load(); ns != 0 {
+		if led := time.Unix(0, ns); led.After(last) {
+			return led
+		}
+	}
+	return last
 }

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	hraft "github.com/hashicorp/raft"
 
@@ -30,8 +31,10 @@ type snapshotImage struct {
 	// Checkpoints are the members' decision-log checkpoints, by member ID
 	// (absent from images written before they existed).
 	Checkpoints []checkpointImage `json:"checkpoints,omitempty"`
-	// Nonces are the attestation nonces used and not yet expired.
-	Nonces []nonceUse `json:"nonces,omitempty"`
+	// Nonces are the attestation nonces used and not yet expired, and
+	// NoncesForgotten the latest expiry of one forgotten (usedNonces).
+	Nonces          []nonceUse `json:"nonces,omitempty"`
+	NoncesForgotten time.Time  `json:"noncesForgotten,omitzero"`
 	// Incidents are the monitor's incidents, in the order opened.
 	Incidents []*topology.Incident `json:"incidents,omitempty"`
 }
@@ -76,6 +79,7 @@ func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 		Nonces:      f.nonces.image(),
 		Incidents:   f.incidents.image(),
 	}
+	img.NoncesForgotten = f.nonces.forgotten
 	if cur.HasDocument() {
 		img.Document = cur.Index().Document()
 	}
@@ -162,7 +166,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.members, f.checkpoints, f.pending, f.lastIndex = members, checkpoints, pending, img.LastIndex
-	f.nonces = restoreNonces(img.Nonces)
+	f.nonces = restoreNonces(img.Nonces, img.NoncesForgotten)
 	f.incidents = restoreIncidents(img.Incidents)
 	f.publish(Event{Snapshot: snap, Restored: true, Document: true})
 	return nil

@@ -70,6 +70,11 @@ func (r *Reconciler) Onboard(ctx context.Context, snap *topology.Snapshot, s top
 	if td != ix.TrustDomain() {
 		return nil, fmt.Errorf("%w: %q, server %q", ErrTrustDomain, ix.TrustDomain(), td)
 	}
+	// A token is a credential: a deposed leader that has not noticed must
+	// not issue one (nor the binding that gives it an identity).
+	if err := r.confirm(ctx); err != nil {
+		return nil, err
+	}
 	token, expires, err := r.cfg.Client.CreateJoinToken(ctx, ttl)
 	if err != nil {
 		return nil, err
@@ -80,6 +85,9 @@ func (r *Reconciler) Onboard(ctx context.Context, snap *topology.Snapshot, s top
 	b, err := bindingFor(ix, s, r.cfg.Options.bindingID(s, hex.EncodeToString(nonce)), agentID, &r.cfg.Options)
 	if err != nil {
 		return nil, err
+	}
+	if err := r.confirm(ctx); err != nil {
+		return nil, fmt.Errorf("bind the join token to %s: %w", s, err)
 	}
 	errs, err := r.cfg.Client.CreateEntries(ctx, []Entry{b})
 	if err == nil && len(errs) > 0 {

@@ -21,7 +21,13 @@ type Config struct {
 	// IsLeader reports whether this member may change the server: the
 	// leader, once caught up. Required.
 	IsLeader func() bool
-	Logger   *slog.Logger
+	// VerifyLeader confirms, right before each change to the server, that
+	// a quorum still follows this member: IsLeader is the member's own
+	// view, which a stalled leader keeps when it resumes. It is asked
+	// before every batch, so it must be cheap when asked again soon
+	// (raft.Store.VerifiedLeader is). nil: IsLeader is trusted.
+	VerifyLeader func(context.Context) bool
+	Logger       *slog.Logger
 	// Debounce coalesces bursts of changes (default 100ms); a quarantine
 	// is acted on at once.
 	Debounce time.Duration
@@ -101,6 +107,11 @@ type Status struct {
 	Last     *Result `json:"last,omitempty"`
 	LastFull *Result `json:"lastFull,omitempty"`
 	Error    string  `json:"error,omitempty"`
+	// Lag is Stats.Lag, as a duration ("3.2s"): how long the oldest
+	// committed change not yet applied to the server has waited, a pass
+	// under way included (one stuck on a server that does not answer).
+	// Empty when the server is up to date or this member does not lead.
+	Lag string `json:"lag,omitempty"`
 }
 
 // Reconciler keeps a SPIRE server's entries and agent bindings equal to
@@ -135,6 +146,10 @@ type Stats struct {
 	// another trust domain) and were retried; full passes and those over
 	// the subjects a change named apart.
 	Passes, Failed PassCounts
+	// Unconfirmed counts the passes stopped before their next change to
+	// the server because a quorum did not confirm this member's
+	// leadership (VerifyLeader): a deposed leader that had not noticed.
+	Unconfirmed PassCounts
 	// Errors counts, by ErrorOps, the entries and agent bindings that
 	// otherwise successful passes went on without.
 	Errors [len(ErrorOps)]uint64
@@ -217,6 +232,9 @@ func (r *Reconciler) Status() Status {
 	st := r.status
 	st.Leader = r.cfg.IsLeader()
 	st.Pending = r.full || len(r.subjects) > 0
+	if oldest := earliest(r.pendingSince, r.inflightSince); st.Leader && !oldest.IsZero() {
+		st.Lag = max(r.cfg.Now().Sub(oldest), 0).Round(time.Millisecond).String()
+	}
 	return st
 }
 
@@ -232,6 +250,12 @@ func (r *Reconciler) Stats() Stats {
 	return st
 }
 
+// maxRetry is the longest wait between failed passes: a SPIRE server that
+// comes back after an outage gets the waiting quarantines' deletions within
+// about this long (it was 30 s; a pass costs one call to a server that is
+// down).
+const maxRetry = 5 * time.Second
+
 // Run applies changes until ctx ends. It only acts while IsLeader is true;
 // on becoming leader it compares everything, and every Resync again.
 func (r *Reconciler) Run(ctx context.Context) error {
@@ -242,6 +266,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	var debounce, retry <-chan time.Time
 	backoff := time.Second
 	leading := false
+	unconfirmed := false // said so once
 	pass := func() {
 		debounce = nil
 		if !r.cfg.IsLeader() {
@@ -254,10 +279,23 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			return
 		}
 		full, err := r.runPending(ctx)
+		if errors.Is(err, ErrNotConfirmed) && ctx.Err() == nil {
+			// Deposed, most likely: the next pass finds IsLeader false
+			// and drops the work; a leader that lost a round of
+			// heartbeats retries it.
+			if !unconfirmed {
+				r.log.Warn("spire: this member believes it leads but a quorum did not confirm it; changing nothing on the SPIRE server")
+			}
+			unconfirmed = true
+			retry = time.After(backoff)
+			backoff = min(2*backoff, maxRetry)
+			return
+		}
+		unconfirmed = false
 		if err != nil && ctx.Err() == nil {
 			r.log.Error("spire: reconcile failed; retrying", "err", err, "in", backoff)
 			retry = time.After(backoff)
-			backoff = min(2*backoff, 30*time.Second)
+			backoff = min(2*backoff, maxRetry)
 			return
 		}
 		backoff = time.Second
@@ -297,6 +335,23 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	}
 }
 
+// ErrNotConfirmed is the error of a change this member did not make
+// because a quorum did not confirm, just before, that it still leads.
+var ErrNotConfirmed = errors.New("spire: this member's leadership is not confirmed by a quorum; the SPIRE server was not changed")
+
+// confirm is asked right before each change to the server (a batch of
+// entries, an agent's ban or eviction, a join token): a member that
+// believes it leads but is not confirmed changes nothing. The answer is
+// cached by VerifyLeader for a fraction of the election timeout, so a
+// pass costs a round of heartbeats, not one per batch; a pass longer
+// than that is confirmed again between batches.
+func (r *Reconciler) confirm(ctx context.Context) error {
+	if r.cfg.VerifyLeader == nil || r.cfg.VerifyLeader(ctx) {
+		return nil
+	}
+	return ErrNotConfirmed
+}
+
 func (r *Reconciler) markFull() {
 	r.mu.Lock()
 	r.full = true
@@ -321,11 +376,16 @@ func (r *Reconciler) runPending(ctx context.Context) (bool, error) {
 	if snap == nil || !full && len(subjects) == 0 {
 		return false, nil
 	}
+	// Confirmed before the pass reads the server (a full pass reads every
+	// entry), and again before each change (cached meanwhile).
+	err := r.confirm(ctx)
+	if err != nil {
+		r.record(nil, err, full)
+	}
 	// The named subjects go first even when a full pass is due: a
 	// quarantine must not wait for a pass over the whole fleet.
 	var res *Result
-	var err error
-	if len(subjects) > 0 {
+	if err == nil && len(subjects) > 0 {
 		res, err = r.reconcileSubjects(ctx, snap, subjects)
 		r.record(res, err, false)
 	}
@@ -348,6 +408,10 @@ func (r *Reconciler) runPending(ctx context.Context) (bool, error) {
 func (r *Reconciler) record(res *Result, err error, full bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if errors.Is(err, ErrNotConfirmed) {
+		r.stats.Unconfirmed.add(full)
+		return
+	}
 	if err != nil {
 		r.stats.Failed.add(full)
 		r.status.Error = err.Error()
@@ -571,6 +635,9 @@ func inBatches[T any](ctx context.Context, r *Reconciler, items []T, g *guard, d
 			for b := range batches {
 				err := g.before(ctx)
 				if err == nil {
+					err = r.confirm(ctx)
+				}
+				if err == nil {
 					err = do(ctx, b)
 				}
 				if err != nil {
@@ -684,6 +751,9 @@ func (r *Reconciler) applyAgents(ctx context.Context, a agentActions, res *Resul
 		res.fail(opPlan, err)
 	}
 	for _, id := range a.Ban {
+		if err := r.confirm(ctx); err != nil {
+			return err
+		}
 		if err := r.cfg.Client.BanAgent(ctx, id); err != nil {
 			return err
 		}
@@ -691,6 +761,9 @@ func (r *Reconciler) applyAgents(ctx context.Context, a agentActions, res *Resul
 		r.log.Info("spire: agent banned", "agent", id)
 	}
 	for _, id := range a.Evict {
+		if err := r.confirm(ctx); err != nil {
+			return err
+		}
 		if err := r.cfg.Client.DeleteAgent(ctx, id); err != nil {
 			return err
 		}

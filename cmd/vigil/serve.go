@@ -211,5 +211,6 @@ a YAML file of flag names and values (e.g. "node-id: n1").`,
 	// Hidden: for measurements on the member's own host (BENCHMARKS.md).
 	cmd.Flags().StringVar(&pprofAddr, "debug-pprof-addr", "", "serve Go's profiler (/debug/pprof/) on this loopback address")
 	_ = cmd.Flags().MarkHidden("debug-pprof-addr")
+	registerDebugClock(cmd.Flags(), &m.cfg) // hidden: fault tests (debugclock.go)
 	return cmd
 }

@@ -52,25 +52,38 @@ func PIDIdentifier(pids func() map[string]int) func(net.Addr) string {
 
 var errNoSocket = errors.New("no such socket")
 
-// socketInode is the inode of the TCP socket bound locally to addr.
+// socketInode is the inode of the TCP socket bound locally to addr whose
+// peer is a socket of this process: the dialing side of a connection that
+// a listener of this process (a FaultNet proxy's) accepted. Linux gives
+// one ephemeral port to several connections at once when they go to
+// different destinations, so addr alone may also name sockets that other
+// processes connected elsewhere.
 func socketInode(addr netip.AddrPort) (uint64, error) {
 	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	var rows []tcpSocket
 	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		data, err := os.ReadFile(table)
 		if err != nil {
 			continue // no IPv6 here, say
 		}
-		if inode, err := findInode(data, addr); err == nil {
-			return inode, nil
-		}
+		rows = append(rows, parseTable(data)...)
 	}
-	return 0, errNoSocket
+	return findInode(rows, addr, func(inode uint64) bool {
+		return ownsSocket(os.Getpid(), fmt.Sprintf("socket:[%d]", inode))
+	})
 }
 
-// findInode scans a /proc/net/tcp{,6} table for a socket whose local
-// address is addr (compared unmapped) and that has an inode: sockets in
+// tcpSocket is a row of /proc/net/tcp{,6}.
+type tcpSocket struct {
+	local, remote netip.AddrPort
+	inode         uint64
+}
+
+// parseTable reads the rows of a /proc/net/tcp{,6} table (addresses
+// compared unmapped), skipping those without an inode: sockets in
 // TIME_WAIT show inode 0 and belong to no process.
-func findInode(table []byte, addr netip.AddrPort) (uint64, error) {
+func parseTable(table []byte) []tcpSocket {
+	var out []tcpSocket
 	sc := bufio.NewScanner(bytes.NewReader(table))
 	sc.Scan() // the header
 	for sc.Scan() {
@@ -79,15 +92,30 @@ func findInode(table []byte, addr netip.AddrPort) (uint64, error) {
 		if len(fields) < 10 {
 			continue
 		}
-		local, err := parseProcAddr(fields[1])
-		if err != nil || local != addr {
+		local, err1 := parseProcAddr(fields[1])
+		remote, err2 := parseProcAddr(fields[2])
+		inode, err3 := strconv.ParseUint(fields[9], 10, 64)
+		if err1 != nil || err2 != nil || err3 != nil || inode == 0 {
 			continue
 		}
-		inode, err := strconv.ParseUint(fields[9], 10, 64)
-		if err != nil || inode == 0 {
+		out = append(out, tcpSocket{local, remote, inode})
+	}
+	return out
+}
+
+// findInode picks the socket bound locally to addr whose peer (the socket
+// bound to its remote address and connected back to addr) ours reports
+// as this process's.
+func findInode(rows []tcpSocket, addr netip.AddrPort, ours func(inode uint64) bool) (uint64, error) {
+	for _, r := range rows {
+		if r.local != addr {
 			continue
 		}
-		return inode, nil
+		for _, peer := range rows {
+			if peer.local == r.remote && peer.remote == addr && ours(peer.inode) {
+				return r.inode, nil
+			}
+		}
 	}
 	return 0, errNoSocket
 }
