@@ -120,7 +120,8 @@ func NewFaultNet() *FaultNet {
 // connection to target; to names the destination (a member ID such as
 // "n2"). It returns the proxy's address.
 func (f *FaultNet) Proxy(to, target string) (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// Not a port FreeAddr gave a member that has not bound it yet.
+	ln, err := listenLoopback()
 	if err != nil {
 		return "", fmt.Errorf("fault proxy for %s: %w", to, err)
 	}

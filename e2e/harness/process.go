@@ -147,3 +147,32 @@ func FreeAddr() (string, error) {
 	}
 	return "", errors.New("find a free port: the kernel keeps offering ports already handed out")
 }
+
+// listenLoopback listens on a new 127.0.0.1 port that FreeAddr has not
+// handed out (a member may not have bound it yet) and never will.
+func listenLoopback() (net.Listener, error) {
+	ports.mu.Lock()
+	defer ports.mu.Unlock()
+	if ports.given == nil {
+		ports.given = make(map[int]bool)
+	}
+	var held []net.Listener // refused ones, kept open so the kernel offers others
+	defer func() {
+		for _, ln := range held {
+			ln.Close()
+		}
+	}()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		if !ports.given[port] {
+			ports.given[port] = true
+			return ln, nil
+		}
+		held = append(held, ln)
+	}
+	return nil, errors.New("the kernel keeps offering ports already handed out")
+}
