@@ -42,6 +42,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -94,6 +95,22 @@ type diskWatch struct {
 	refused  uint64    // writes refused while full
 	handErr  string    // the last failed hand-over, while full
 	handedAt time.Time // the last hand-over
+
+	// fullAt is since (unix nanoseconds) while full, else 0: read on
+	// every Check (fullFor), so not under mu.
+	fullAt atomic.Int64
+}
+
+// fullFor is how long the data dir has been full as of now, zero when it
+// is not. A full follower cannot append what the cluster commits, so its
+// replica is that much behind at most: its decisions count as stale for
+// that long (see quorum.staleness).
+func (d *diskWatch) fullFor(now time.Time) time.Duration {
+	at := d.fullAt.Load()
+	if at == 0 {
+		return 0
+	}
+	return max(now.Sub(time.Unix(0, at)), 0)
 }
 
 type diskLevel int
@@ -179,9 +196,13 @@ func (d *diskWatch) judge(now time.Time) {
 	}
 	was := d.level
 	d.level = level
+	if level != diskFull {
+		d.fullAt.Store(0)
+	}
 	switch {
 	case level == diskFull:
 		d.since = now
+		d.fullAt.Store(now.UnixNano())
 		d.log.Error("data dir is full: this member takes no writes (as leader it hands its leadership over), "+
 			"keeps deciding from what it has applied, and drops decision-log lines until there is space again",
 			"data_dir", d.dir, "free", bytesText(d.free), "total", bytesText(d.total), "reason", d.reason())

@@ -179,3 +179,27 @@ func TestDiskWatchHandsOver(t *testing.T) {
 		t.Errorf("the hand-over was not logged:\n%s", log)
 	}
 }
+
+// TestDiskFullMakesDecisionsStale: while the data dir is full the member
+// can append nothing the cluster commits, so its decisions count as stale
+// for as long (and past --max-staleness only essential flows pass).
+func TestDiskFullMakesDecisionsStale(t *testing.T) {
+	var free atomic.Uint64
+	free.Store(10 << 30)
+	d, _ := testDiskWatch(&free)
+	now := time.Now()
+	d.sampleAt(now)
+	if got := d.fullFor(now.Add(time.Minute)); got != 0 {
+		t.Fatalf("with space, fullFor = %v", got)
+	}
+	free.Store(1 << 20)
+	d.sampleAt(now)
+	if got := d.fullFor(now.Add(90 * time.Second)); got != 90*time.Second {
+		t.Fatalf("full for 90s: fullFor = %v", got)
+	}
+	free.Store(10 << 30)
+	d.sampleAt(now.Add(2 * time.Minute))
+	if got := d.fullFor(now.Add(3 * time.Minute)); got != 0 {
+		t.Fatalf("space again: fullFor = %v", got)
+	}
+}

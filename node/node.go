@@ -248,6 +248,7 @@ func Start(cfg Config) (_ *Node, err error) {
 		decisions: newDecisionMetrics(), hub: &console.Hub{},
 		quorum: newQuorum(store, cfg.ElectionTimeout, cfg.MaxStaleness)}
 	n.disk = newDiskWatch(cfg.DataDir, cfg.ID, store, log)
+	n.quorum.diskFullFor = n.disk.fullFor
 	if n.authz, err = n.startAuthz(context.Background()); err != nil {
 		ln.Close()
 		store.Close()

@@ -30,6 +30,10 @@ type quorum struct {
 	started      time.Time
 	cutOffAfter  time.Duration
 	maxStaleness time.Duration // 0: never restrict
+	// diskFullFor, when set, is how long the data dir has been full: a
+	// member that cannot append what the cluster commits is as stale as
+	// one that cannot hear it.
+	diskFullFor func(time.Time) time.Duration
 }
 
 func newQuorum(store *raft.Store, electionTimeout, maxStaleness time.Duration) *quorum {
@@ -46,18 +50,24 @@ func newQuorum(store *raft.Store, electionTimeout, maxStaleness time.Duration) *
 		maxStaleness: maxStaleness}
 }
 
-// staleness is how long this member has been cut off: zero while it hears
-// from a leader, else the time since it last did.
+// staleness is how long this member's replica may have been behind: the
+// time since it last heard from a leader once it counts as cut off, or
+// since its data dir filled (it can then append nothing), whichever is
+// longer; zero otherwise.
 func (q *quorum) staleness() time.Duration {
 	now := time.Now()
 	last := q.store.LastContact()
 	if last.IsZero() {
 		last = q.started
 	}
+	var stale time.Duration
 	if age := now.Sub(last); age > q.cutOffAfter {
-		return age
+		stale = age
 	}
-	return 0
+	if q.diskFullFor != nil {
+		stale = max(stale, q.diskFullFor(now))
+	}
+	return stale
 }
 
 // partitioned is nil while the member is in contact with the quorum, and
