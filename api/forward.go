@@ -57,44 +57,34 @@ func (s *Server) write(h writeHandler) func(http.ResponseWriter, *http.Request) 
 				return err
 			}
 			// Cut off: the leader it may still name is out of reach, so
-			// nothing is sent (see stop below).
-			cutOff := s.cfg.Partitioned != nil && s.cfg.Partitioned() != nil
-			if !cutOff && nl.LeaderID != "" && nl.LeaderID != s.cfg.Store.ID() {
-				if m, ok := s.cfg.Store.Member(nl.LeaderID); ok && m.APIAddr != "" {
-					done, sent := s.forwardWhileInContact(w, r, nl.LeaderID, m.APIAddr, body)
-					if done {
-						return nil
-					}
-					if sent {
-						// The leader may have applied it: sending it
-						// again could apply it a second time, after
-						// writes acknowledged meanwhile (the soak saw
-						// exactly that). Only the client can tell, by
-						// reading.
-						return &Error{Status: http.StatusGatewayTimeout, Code: CodeTimeout,
-							Message: fmt.Sprintf("the write was forwarded to the leader %s and the answer was lost (the connection failed, or the leader changed or became unreachable); it may or may not have been applied: read before retrying", nl.LeaderID)}
-					}
-					if unreachableSince.IsZero() {
-						unreachableSince = time.Now()
-					}
-				}
-			} else {
-				unreachableSince = time.Time{}
-			}
-			var stop error
+			// nothing is sent and nothing proposed.
 			if s.cfg.Partitioned != nil {
-				stop = s.cfg.Partitioned()
-			}
-			if stop == nil && !unreachableSince.IsZero() && time.Since(unreachableSince) > leaderUnreachable {
-				stop = &Error{Status: http.StatusServiceUnavailable, Code: CodePartitioned,
-					Message: fmt.Sprintf("member %s has not reached the leader %s's API for %s, though raft still hears from it",
-						s.cfg.Store.ID(), nl.LeaderID, leaderUnreachable)}
-			}
-			if stop != nil {
-				if e, ok := stop.(*Error); ok {
-					e.Message += "; the write was not proposed: retry on another member, or later"
+				if perr := s.cfg.Partitioned(); perr != nil {
+					return perr
 				}
-				return stop
+			}
+			if nl.LeaderID == "" || nl.LeaderID == s.cfg.Store.ID() {
+				unreachableSince = time.Time{} // an election: wait for its leader
+			} else if m, ok := s.cfg.Store.Member(nl.LeaderID); ok && m.APIAddr != "" {
+				done, sent := s.forwardWhileInContact(w, r, nl.LeaderID, m.APIAddr, body)
+				if done {
+					return nil
+				}
+				if sent {
+					// The leader may have applied it: sending it again
+					// could apply it a second time, after writes
+					// acknowledged meanwhile (the soak saw exactly that).
+					// Only the client can tell, by reading.
+					return &Error{Status: http.StatusGatewayTimeout, Code: CodeTimeout,
+						Message: fmt.Sprintf("the write was forwarded to the leader %s and the answer was lost (the connection failed, or the leader changed or became unreachable); it may or may not have been applied: read before retrying", nl.LeaderID)}
+				}
+				if unreachableSince.IsZero() {
+					unreachableSince = time.Now()
+				} else if time.Since(unreachableSince) > leaderUnreachable {
+					return &Error{Status: http.StatusServiceUnavailable, Code: CodePartitioned,
+						Message: fmt.Sprintf("member %s has not reached the leader %s's API for %s, though raft still hears from it; the write was not proposed: retry on another member, or later",
+							s.cfg.Store.ID(), nl.LeaderID, leaderUnreachable)}
+				}
 			}
 			select {
 			case <-ctx.Done():

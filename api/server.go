@@ -359,8 +359,14 @@ func (s *Server) quarantine(kind topology.Kind) writeHandler {
 		}
 		op := raft.StateOp{Subject: topology.Subject{Kind: kind, Name: r.PathValue("name")}, Op: raft.OpQuarantine,
 			Quarantine: &topology.Quarantine{Reason: req.Reason, By: actorOf(r), Since: s.cfg.Now().UTC()}}
-		if local := r.URL.Query().Get("local"); local == "true" || local == "1" {
-			return s.quarantineLocal(w, r, op)
+		if v := r.URL.Query().Get("local"); v != "" {
+			local, err := strconv.ParseBool(v)
+			if err != nil {
+				return badRequest("local=%q: want true or false", v)
+			}
+			if local {
+				return s.quarantineLocal(w, r, op)
+			}
 		}
 		return s.applyOne(w, r, op)
 	}
@@ -428,15 +434,26 @@ func (s *Server) updateState(w http.ResponseWriter, r *http.Request, body []byte
 	now := s.cfg.Now().UTC()
 	for i := range req.Ops {
 		op := &req.Ops[i]
+		if (op.Nonce != "" || !op.NonceExpires.IsZero()) && (op.Op != raft.OpQuarantine || actorOf(r) != PeerActor) {
+			// Nonces are Vigil's own: a member proposing a quarantine it
+			// took while cut off. One chosen by a client could make
+			// every replica remember it, or refuse others, for as long
+			// as it liked.
+			return badRequest("ops[%d]: a nonce is set only by Vigil", i)
+		}
 		switch op.Op {
 		case raft.OpSetAttestation, raft.OpClearAttestation:
 			return badRequest("ops[%d]: attestations cannot be written through the API; they come from verified evidence", i)
 		case raft.OpEnroll:
 			return badRequest("ops[%d]: enroll keys with POST /v1/devices/{name}/enroll, which records who enrolled them", i)
 		case raft.OpQuarantine:
-			if op.Nonce != "" && actorOf(r) == PeerActor {
+			if op.Nonce != "" {
 				// A member proposing a quarantine it took while cut off
-				// (--local): who took it and when are its own record.
+				// (--local): who took it and when are its own record,
+				// but not a time ahead of this member's clock.
+				if op.Quarantine != nil && op.Quarantine.Since.After(now.Add(time.Minute)) {
+					return badRequest("ops[%d]: a local quarantine taken at %s, ahead of this member's clock", i, op.Quarantine.Since.Format(time.RFC3339))
+				}
 				continue
 			}
 			if op.Quarantine != nil {

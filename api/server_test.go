@@ -356,6 +356,11 @@ func TestStateBatchesCannotForgeWhoOrAttest(t *testing.T) {
 	_, err = c.UpdateState(ctx, []raft.StateOp{{Subject: topology.DeviceSubject("s-2"), Op: raft.OpSetAttestation,
 		Attestation: &topology.Attestation{Method: "tpm", VerifiedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)}}})
 	apiError(t, err, 400, CodeBadRequest)
+	// A nonce is Vigil's own: an operator's would be remembered by every
+	// replica for as long as it says.
+	_, err = c.UpdateState(ctx, []raft.StateOp{{Subject: topology.DeviceSubject("s-2"), Op: raft.OpQuarantine,
+		Quarantine: &topology.Quarantine{Reason: "r"}, Nonce: strings.Repeat("ab", 32), NonceExpires: time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)}})
+	apiError(t, err, 400, CodeBadRequest)
 }
 
 func TestTokensAreNeverSentInClearTextOffThisMachine(t *testing.T) {

@@ -96,6 +96,9 @@ var causeNames = [...]string{
 	CauseStale:           "stale",
 }
 
+// NumCauses is how many causes there are, for tables indexed by Cause.
+const NumCauses = Cause(len(causeNames))
+
 // String is the cause's name: "none", "unknown-identity", "forward-refused",
 // "quarantined", "attestation", "no-flow", "unknown-service",
 // "rate-limited", "restricted", "malformed", "other" or "stale".

@@ -217,9 +217,11 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, d *Decisi
 		// the subject's essential flows still pass (the first essential
 		// flow that matches, which need not be the policy's first).
 		if flow = firstAllowing(res.flows, r.Method, r.Path, true); flow == nil {
-			return deny(CauseStale, fmt.Sprintf("member %s has been cut off from its cluster for %s, longer than its --max-staleness %s: only essential flows are allowed",
+			return deny(CauseStale, fmt.Sprintf("member %s has been cut off from its cluster, or unable to store what it commits, for %s, longer than its --max-staleness %s: only essential flows are allowed",
 				s.cfg.Node, stale.Round(time.Second), s.cfg.MaxStaleness))
 		}
+		// The log names the flow that allows it now, not the policy's.
+		result.Reason = fmt.Sprintf("allowed by flow %q", flow.Name)
 	}
 	// A device's request is counted once, at its gateway, where the
 	// principal is the device itself. The cloud edge's Check for the same

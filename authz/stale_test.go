@@ -53,7 +53,7 @@ func TestStaleMemberRestrictsToEssentialFlows(t *testing.T) {
 			{0, slcN1, fw, "GET", "/firmware/a.bin", true, `allowed by flow "firmware-fetch"`},
 			{3 * time.Second, slcN1, fw, "GET", "/firmware/a.bin", true, `allowed by flow "firmware-fetch"`},
 			{3 * time.Second, "spiffe://city.example/zone/south/device/slc-s1", tele, "POST", posted, false, "is quarantined"},
-			{11 * time.Minute, slcN1, fw, "GET", "/firmware/a.bin", false, "member n3 has been cut off from its cluster for 11m0s, longer than its --max-staleness 10m0s: only essential flows are allowed"},
+			{11 * time.Minute, slcN1, fw, "GET", "/firmware/a.bin", false, "member n3 has been cut off from its cluster, or unable to store what it commits, for 11m0s, longer than its --max-staleness 10m0s: only essential flows are allowed"},
 			{11 * time.Minute, slcN1, tele, "POST", posted, true, `allowed by flow "lights-telemetry"`},
 			{11 * time.Minute, "spiffe://city.example/zone/south/device/slc-s1", tele, "POST", posted, false, "is quarantined"},
 		} {

@@ -475,15 +475,19 @@ func mountTmpfs(t *testing.T, dir, size string) {
 	if runtime.GOOS != "linux" {
 		t.Skipf("a full disk is simulated with a size-limited tmpfs, which needs Linux (this is %s)", runtime.GOOS)
 	}
+	skip := t.Skipf
+	if os.Getenv("VIGIL_REQUIRE_TMPFS") != "" {
+		skip = t.Fatalf // CI runs as root: not running this would hide a failure
+	}
 	if os.Geteuid() != 0 {
-		t.Skip("a full disk is simulated by mounting a size-limited tmpfs, which needs root")
+		skip("a full disk is simulated by mounting a size-limited tmpfs, which needs root")
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput()
 	if err != nil {
-		t.Skipf("a full disk is simulated by mounting a size-limited tmpfs, which is not permitted here: mount -t tmpfs on %s: %v: %s",
+		skip("a full disk is simulated by mounting a size-limited tmpfs, which is not permitted here: mount -t tmpfs on %s: %v: %s",
 			dir, err, strings.TrimSpace(string(out)))
 	}
 	t.Cleanup(func() {

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,69 +19,78 @@ import (
 func (n *Node) proposeLocal(ctx context.Context) error {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
+	warned := map[string]string{} // by local ID: the last refusal logged
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
-		pending := n.store.LocalPending()
-		if len(pending) == 0 || n.quorum.partitioned() != nil {
+		if n.quorum.partitioned() != nil {
 			continue
+		}
+		pending := n.store.LocalPending()
+		for id := range warned {
+			if !slices.ContainsFunc(pending, func(q raft.LocalQuarantine) bool { return q.ID == id }) {
+				delete(warned, id)
+			}
 		}
 		for _, q := range pending {
 			if ctx.Err() != nil {
 				return nil
 			}
-			n.settleLocal(ctx, q)
+			if !n.settleLocal(ctx, q, warned) {
+				break // the leader is out of reach: the rest wait too
+			}
 		}
 	}
 }
 
 // settleLocal moves one local quarantine on: forgets it once this replica
-// has applied it, and otherwise proposes it.
-func (n *Node) settleLocal(ctx context.Context, q raft.LocalQuarantine) {
+// has applied it, and otherwise proposes it, through this member's own API
+// (which forwards to the leader, and refuses while cut off or full). It
+// reports false when the proposal did not reach a leader, so that the rest
+// wait for the next round. A refusal is logged once per quarantine.
+func (n *Node) settleLocal(ctx context.Context, q raft.LocalQuarantine, warned map[string]string) bool {
 	log := n.cfg.Logger.With("subject", q.Subject.String(), "local_id", q.ID[:16])
 	if n.store.LocalApplied(q.ID) {
 		if err := n.store.ResolveLocal(q.ID); err != nil {
 			log.Error("local quarantine committed, but forgetting it failed; retrying", "err", err)
-			return
+			return true
 		}
 		log.Info("local quarantine committed by the cluster", "revision", n.store.Current().Revision())
-		return
+		return true
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	ops := []raft.StateOp{q.Op()}
-	var err error
-	if n.store.IsLeader() {
-		_, err = n.store.UpdateState(ctx, ops)
-	} else {
-		id, _ := n.store.Leader()
-		m, ok := n.store.Member(id)
-		if id == "" || !ok || m.APIAddr == "" {
-			return // no leader yet: next tick
-		}
-		_, err = n.conn.Client(m.APIAddr, n.peer).UpdateState(ctx, ops)
-	}
+	_, err := n.conn.Client(n.apiAddr, n.peer).UpdateState(ctx, []raft.StateOp{q.Op()})
 	var apiErr *api.Error
 	switch {
 	case err == nil:
 		log.Info("local quarantine proposed to the cluster")
-	case errors.Is(err, raft.ErrRejected) || errors.As(err, &apiErr) && apiErr.Code == api.CodeRejected:
-		if strings.Contains(err.Error(), "already used") {
-			return // committed before: this replica applies it shortly
+		return true
+	case errors.As(err, &apiErr) && apiErr.Code == api.CodeRejected:
+		if strings.Contains(apiErr.Message, "already used") {
+			return true // committed before: this replica applies it shortly
 		}
-		if n.store.Current().Index().Exists(q.Subject) {
-			log.Warn("the cluster refused a local quarantine; retrying", "err", err)
-			return
+		if !n.store.Current().Index().Exists(q.Subject) {
+			// The subject left the topology meanwhile: nothing to quarantine.
+			log.Warn("local quarantine dropped: its subject is no longer in the topology", "err", err)
+			if err := n.store.ResolveLocal(q.ID); err != nil {
+				log.Error("forgetting a local quarantine failed", "err", err)
+			}
+			return true
 		}
-		// The subject left the topology meanwhile: nothing to quarantine.
-		log.Warn("local quarantine dropped: its subject is no longer in the topology", "err", err)
-		if err := n.store.ResolveLocal(q.ID); err != nil {
-			log.Error("forgetting a local quarantine failed", "err", err)
+		if warned[q.ID] != apiErr.Message {
+			warned[q.ID] = apiErr.Message
+			log.Error("the cluster refuses a local quarantine; it stays in force on this member only, and is proposed again", "err", err)
 		}
+		return true
 	default:
-		log.Warn("proposing a local quarantine failed; retrying", "err", err)
+		if warned[q.ID] != err.Error() {
+			warned[q.ID] = err.Error()
+			log.Warn("proposing a local quarantine failed; retrying", "err", err)
+		}
+		return false
 	}
 }

@@ -32,7 +32,7 @@ import (
 
 // decisionMetrics counts decisions by result and cause, and their latency.
 type decisionMetrics struct {
-	counts  [2][authz.CauseOther + 1]atomic.Uint64 // [allowed][cause]
+	counts  [2][authz.NumCauses]atomic.Uint64 // [allowed][cause]
 	latency prometheus.Histogram
 }
 
@@ -49,7 +49,7 @@ func (d *decisionMetrics) observe(o *authz.Observation) {
 	if o.Allowed {
 		a = 1
 	}
-	if o.Cause <= authz.CauseOther {
+	if o.Cause < authz.NumCauses {
 		d.counts[a][o.Cause].Add(1)
 	}
 	d.latency.Observe(time.Since(o.At).Seconds())
@@ -135,7 +135,7 @@ func (c *memberCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.revision, float64(n.store.Current().Revision()))
 	// An allow has no cause; a deny always has one.
 	counter(c.decisions, c.d.counts[1][authz.CauseNone].Load(), "allow", authz.CauseNone.String())
-	for cause := authz.CauseNone + 1; cause <= authz.CauseOther; cause++ {
+	for cause := authz.CauseNone + 1; cause < authz.NumCauses; cause++ {
 		counter(c.decisions, c.d.counts[0][cause].Load(), "deny", cause.String())
 	}
 	ls := n.authz.log.Status()

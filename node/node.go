@@ -412,11 +412,15 @@ func (n *Node) becomeReady(ctx context.Context) error {
 			n.cfg.Logger.Info("member is ready: caught up with the cluster", "revision", n.store.Current().Revision())
 			return nil
 		}
-		if r := n.store.Resumed(); r.Index > 0 && n.quorum.partitioned() != nil {
+		if r := n.store.Resumed(); r.Index > 0 && n.quorum.partitioned() != nil && !n.reachesAMember(ctx) {
 			// Restarted while cut off: it holds again what it had
 			// applied before it stopped, no older, and decides from
 			// that, marked stale, rather than denying everything until
-			// the partition heals.
+			// the partition heals. A member that can reach another is
+			// not cut off, only not yet caught up (a leader backs off
+			// from a follower that was down): it waits, so that what
+			// was committed while it was down is in force before it
+			// decides.
 			n.ready.Store(true)
 			n.cfg.Logger.Warn("member is ready while cut off from its cluster: deciding from the state it had applied before it stopped, marked stale",
 				"index", r.Index, "revision", n.store.Current().Revision(), "last_contact", r.LastContact)
@@ -428,6 +432,23 @@ func (n *Node) becomeReady(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// reachesAMember reports whether any other registered member's API
+// answers this member.
+func (n *Node) reachesAMember(ctx context.Context) bool {
+	for id, m := range n.store.Members() {
+		if id == n.cfg.ID || m.APIAddr == "" {
+			continue
+		}
+		c, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := n.conn.Client(m.APIAddr, n.peer).Self(c)
+		cancel()
+		if err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (n *Node) catchUp(ctx context.Context) error {

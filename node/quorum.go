@@ -56,12 +56,8 @@ func newQuorum(store *raft.Store, electionTimeout, maxStaleness time.Duration) *
 // longer; zero otherwise.
 func (q *quorum) staleness() time.Duration {
 	now := time.Now()
-	last := q.store.LastContact()
-	if last.IsZero() {
-		last = q.started
-	}
 	var stale time.Duration
-	if age := now.Sub(last); age > q.cutOffAfter {
+	if age := q.contactAge(now); age > q.cutOffAfter {
 		stale = age
 	}
 	if q.diskFullFor != nil {
@@ -70,14 +66,25 @@ func (q *quorum) staleness() time.Duration {
 	return stale
 }
 
+// contactAge is how long ago this member last heard from a leader (zero
+// while it leads), counted from its last contact before a restart, or
+// its start, when it has not heard from one since.
+func (q *quorum) contactAge(now time.Time) time.Duration {
+	last := q.store.LastContact()
+	if last.IsZero() {
+		last = q.started
+	}
+	return max(now.Sub(last), 0)
+}
+
 // partitioned is nil while the member is in contact with the quorum, and
 // otherwise the error a write on it gets.
 func (q *quorum) partitioned() error {
-	c := q.store.Contact()
-	age := c.Age(time.Now(), q.started)
+	age := q.contactAge(time.Now())
 	if age <= q.cutOffAfter {
 		return nil
 	}
+	c := q.store.Contact()
 	return &raft.PartitionError{Member: q.store.ID(), For: age, LastLeader: c.LastLeader, Term: c.Term,
 		Revision: q.store.Current().Revision()}
 }
@@ -85,10 +92,8 @@ func (q *quorum) partitioned() error {
 // status is the "quorum" part of GET /v1/node.
 func (q *quorum) status() map[string]any {
 	c := q.store.Contact()
-	now := time.Now()
-	age := c.Age(now, q.started)
 	out := map[string]any{
-		"contact":      age <= q.cutOffAfter,
+		"contact":      q.contactAge(time.Now()) <= q.cutOffAfter,
 		"leader":       c.LeaderID,
 		"lastLeader":   c.LastLeader,
 		"term":         c.Term,
@@ -102,10 +107,10 @@ func (q *quorum) status() map[string]any {
 	if !c.Last.IsZero() {
 		out["lastContact"] = c.Last.UTC()
 	}
-	if age > q.cutOffAfter {
+	if stale := q.staleness(); stale > 0 { // cut off, or its data dir full
 		out["stale"] = true
-		out["staleFor"] = age.Round(time.Millisecond).String()
-		out["restricted"] = q.maxStaleness > 0 && age > q.maxStaleness
+		out["staleFor"] = stale.Round(time.Millisecond).String()
+		out["restricted"] = q.maxStaleness > 0 && stale > q.maxStaleness
 	}
 	return out
 }

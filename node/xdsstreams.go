@@ -74,12 +74,17 @@ func (c *trackedConn) Close() error {
 	return c.Conn.Close()
 }
 
-// endStreamsWhenCutOff ends the proxies' xDS streams each time this member
-// finds itself cut off from its quorum (see xdsStreams).
+// endStreamsEvery spaces the closings: a member whose contact flaps must
+// not make thousands of gateways handshake again every few seconds.
+const endStreamsEvery = time.Minute
+
+// endStreamsWhenCutOff ends the proxies' xDS streams when this member finds
+// itself cut off from its quorum (see xdsStreams), at most once a minute.
 func (n *Node) endStreamsWhenCutOff(ctx context.Context) error {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	cut := false
+	var lastEnded time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -87,7 +92,8 @@ func (n *Node) endStreamsWhenCutOff(ctx context.Context) error {
 		case <-t.C:
 		}
 		now := n.Ready() && n.quorum.partitioned() != nil
-		if now && !cut {
+		if now && !cut && time.Since(lastEnded) >= endStreamsEvery {
+			lastEnded = time.Now()
 			if ended := n.xds.streams.endAll(); ended > 0 {
 				n.cfg.Logger.Warn("cut off from the cluster: closed the proxies' xDS connections so that they reconnect, to another member if they can reach one",
 					"connections", ended)

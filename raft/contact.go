@@ -49,19 +49,6 @@ func (s *Store) LastContact() time.Time {
 	return s.lastContact()
 }
 
-// Age is how long ago the member last heard from a leader, as of now; since
-// is when the member started, for one that never has.
-func (c Contact) Age(now, since time.Time) time.Duration {
-	if c.Leader {
-		return 0
-	}
-	last := c.Last
-	if last.IsZero() {
-		last = since
-	}
-	return max(now.Sub(last), 0)
-}
-
 // PartitionError is the answer to a write on a member cut off from the
 // cluster's quorum: the write was not proposed. It says how long the member
 // has been cut off and what it still enforces.

@@ -379,6 +379,10 @@ func applyOp(prev *topology.SubjectState, op *StateOp) (*topology.SubjectState, 
 			return nil, fmt.Errorf("operation %q carries no nonce", op.Op)
 		case len(op.Nonce) != 64 || op.NonceExpires.IsZero():
 			return nil, errors.New("a nonce is 64 hex digits with an expiry")
+		case op.Op == OpQuarantine && !op.NonceExpires.Equal(op.Quarantine.Since.Add(LocalQuarantineTTL)):
+			// A local quarantine's ID is remembered for LocalQuarantineTTL
+			// from when it was taken, no longer.
+			return nil, fmt.Errorf("a local quarantine's ID expires %s after it was taken", LocalQuarantineTTL)
 		}
 	}
 	return &next, nil

@@ -278,9 +278,14 @@ func TestNonceOnOtherOperationsIsRefused(t *testing.T) {
 	if _, err := applyOp(nil, &op); err == nil {
 		t.Fatal("applyOp accepted a risk write with a nonce")
 	}
+	since := time.Now()
 	q := StateOp{Subject: topology.DeviceSubject("d1"), Op: OpQuarantine,
-		Quarantine: &topology.Quarantine{Reason: "r", Since: time.Now()}, Nonce: nonce, NonceExpires: time.Now().Add(time.Hour)}
+		Quarantine: &topology.Quarantine{Reason: "r", Since: since}, Nonce: nonce, NonceExpires: since.Add(LocalQuarantineTTL)}
 	if err := checkOps([]StateOp{q}); err != nil {
 		t.Fatalf("a quarantine with a nonce (a local quarantine's ID) is refused: %v", err)
+	}
+	q.NonceExpires = since.Add(100 * 365 * 24 * time.Hour)
+	if err := checkOps([]StateOp{q}); err == nil {
+		t.Fatal("a local quarantine's ID remembered for a century is accepted")
 	}
 }

@@ -66,13 +66,20 @@ type localOverlay struct {
 	pending []LocalQuarantine
 }
 
-// view is base with the pending local quarantines over it.
-func (o *localOverlay) view(base *topology.Snapshot) *topology.Snapshot {
-	if len(o.pending) == 0 {
+// view is base with the pending local quarantines over it, but for those
+// the cluster has committed (their IDs are among the used nonces): the
+// committed state speaks for them, a release included. Once there has
+// been a local quarantine the view keeps its generation, so that a view
+// without it still comes after one with it (Snapshot.Newer).
+func (o *localOverlay) view(base *topology.Snapshot, committed map[string]time.Time) *topology.Snapshot {
+	if o.gen == 0 {
 		return base
 	}
 	updates := make(map[topology.Subject]*topology.SubjectState, len(o.pending))
 	for _, q := range o.pending {
+		if _, done := committed[q.ID]; done {
+			continue
+		}
 		if !base.Index().Exists(q.Subject) {
 			continue // gone from the topology: nothing to enforce
 		}
@@ -89,14 +96,6 @@ func (o *localOverlay) view(base *topology.Snapshot) *topology.Snapshot {
 		updates[q.Subject] = &next
 	}
 	return base.WithLocal(o.gen, base.State().With(updates))
-}
-
-func (o *localOverlay) subjects() []topology.Subject {
-	out := make([]topology.Subject, 0, len(o.pending))
-	for _, q := range o.pending {
-		out = append(out, q.Subject)
-	}
-	return out
 }
 
 // save writes the pending list durably (write, sync, rename).
@@ -142,8 +141,12 @@ func (o *localOverlay) load() error {
 	if err := json.Unmarshal(data, &pending); err != nil {
 		return fmt.Errorf("%s: %w", o.path, err)
 	}
+	if len(pending) > maxLocal {
+		return fmt.Errorf("%s: %d local quarantines, more than the %d a member keeps", o.path, len(pending), maxLocal)
+	}
 	for _, q := range pending {
-		if len(q.ID) != 64 || q.Quarantine.Since.IsZero() || strings.TrimSpace(q.Quarantine.Reason) == "" {
+		if len(q.ID) != 64 || q.Quarantine.Since.IsZero() || strings.TrimSpace(q.Quarantine.Reason) == "" ||
+			q.Subject.Kind != topology.KindDevice && q.Subject.Kind != topology.KindGateway {
 			return fmt.Errorf("%s: a local quarantine of %s is malformed", o.path, q.Subject)
 		}
 	}
@@ -166,7 +169,7 @@ func (f *fsm) openLocal(dir string) error {
 // local quarantines over it, to the hub. Callers hold f.mu.
 func (f *fsm) publish(ev Event) {
 	f.base.Store(ev.Snapshot)
-	ev.Snapshot = f.local.view(ev.Snapshot)
+	ev.Snapshot = f.local.view(ev.Snapshot, f.nonces.used)
 	f.hub.publish(ev)
 }
 
@@ -174,7 +177,7 @@ func (f *fsm) publish(ev Event) {
 // quarantines of subjects changed. Callers hold f.mu.
 func (f *fsm) republish(subjects []topology.Subject) {
 	f.local.gen++
-	f.hub.publish(Event{Snapshot: f.local.view(f.base.Load()), Subjects: subjects})
+	f.hub.publish(Event{Snapshot: f.local.view(f.base.Load(), f.nonces.used), Subjects: subjects})
 }
 
 // QuarantineLocal quarantines sub on this member alone, at once, whether
@@ -194,7 +197,7 @@ func (s *Store) QuarantineLocal(sub topology.Subject, q topology.Quarantine) (Lo
 	f := s.fsm
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	view := f.local.view(f.base.Load())
+	view := f.local.view(f.base.Load(), f.nonces.used)
 	if !view.Index().Exists(sub) {
 		return LocalQuarantine{}, fmt.Errorf("%w: unknown %s", ErrRejected, sub)
 	}

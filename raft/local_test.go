@@ -92,16 +92,31 @@ func TestLocalQuarantineOnACutOffMember(t *testing.T) {
 	if !cut.LocalApplied(lq.ID) {
 		t.Fatal("the member's replica applied the quarantine but LocalApplied is false")
 	}
+	beforeResolve := cut.Current()
 	if err := cut.ResolveLocal(lq.ID); err != nil {
 		t.Fatal(err)
 	}
 	if len(cut.LocalPending()) != 0 {
 		t.Fatalf("pending after resolve: %v", cut.LocalPending())
 	}
+	if !cut.Current().Newer(beforeResolve) {
+		t.Fatal("the view without the local quarantine does not come after the one with it: xDS would keep the older")
+	}
 	for id, s := range c.stores {
 		st := s.Current().SubjectState(dev)
-		if st == nil || st.Quarantine == nil || st.Quarantine.By != "operator/ann" || s.Current().Local() != 0 {
-			t.Fatalf("%s: state %+v local %d; want the committed quarantine by operator/ann", id, st, s.Current().Local())
+		if st == nil || st.Quarantine == nil || st.Quarantine.By != "operator/ann" {
+			t.Fatalf("%s: state %+v; want the committed quarantine by operator/ann", id, st)
 		}
+	}
+	// A release committed before the member forgets its local quarantine
+	// is in force there too: the overlay yields to what was committed.
+	lq2, err := cut.QuarantineLocal(topology.DeviceSubject("dev-00002"), topology.Quarantine{Reason: "r2", By: "operator/ann", Since: time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.converge(c.write(lq2.Op()))
+	c.converge(c.write(StateOp{Subject: topology.DeviceSubject("dev-00002"), Op: OpRelease}))
+	if cut.Current().Quarantined(topology.DeviceSubject("dev-00002")) {
+		t.Fatal("a release committed after the local quarantine was committed is not in force on its member")
 	}
 }

@@ -3,6 +3,7 @@ package raft
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -109,5 +110,25 @@ func TestANonceIsUsedOnceWhateverTheClocks(t *testing.T) {
 	}
 	if !g.nonces.forgotten.Equal(f.nonces.forgotten) || !g.nonces.forgot(at.Add(90*time.Second)) {
 		t.Fatalf("restored forgotten %v, want %v", g.nonces.forgotten, f.nonces.forgotten)
+	}
+}
+
+// TestALongLivedNonceDoesNotHoldTheShortOnes: a local quarantine's ID is
+// remembered for 30 days; the minute-long attestation nonces used after it
+// are still forgotten when they expire (a queue trimmed from its front
+// kept them all for 30 days).
+func TestALongLivedNonceDoesNotHoldTheShortOnes(t *testing.T) {
+	n := newUsedNonces()
+	t0 := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	n.use("local", t0.Add(LocalQuarantineTTL), t0)
+	for i := range 1000 {
+		at := t0.Add(time.Duration(i) * time.Second)
+		n.use(fmt.Sprintf("n%04d", i), at.Add(time.Minute), at)
+	}
+	if len(n.used) > 70 || len(n.queue) > 70 {
+		t.Fatalf("%d nonces remembered (%d queued) after 1000 minute-long ones over 1000 s; want about 61", len(n.used), len(n.queue))
+	}
+	if _, ok := n.used["local"]; !ok {
+		t.Fatal("the local quarantine's ID was forgotten early")
 	}
 }

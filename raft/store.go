@@ -263,6 +263,10 @@ func (s *Store) Leader() (id, addr string) {
 	return string(i), string(a)
 }
 
+// Members returns the registered members by ID; the map must not be
+// modified.
+func (s *Store) Members() map[string]Member { return s.fsm.Members() }
+
 // Member returns a registered member's addresses.
 func (s *Store) Member(id string) (Member, bool) {
 	m, ok := s.fsm.Members()[id]

@@ -61,7 +61,7 @@ func newSubjectCmd(kindName string) *cobra.Command {
 				}
 				return qFlags.print(cmd.OutOrStdout(), lq, func(w io.Writer) {
 					fmt.Fprintf(w, "%s %s quarantined on this member only (over revision %d); it is proposed to the cluster, once, when this member reaches a leader (local id %s)\n",
-						kindName, lq.Name, lq.Revision, lq.LocalID[:16])
+						kindName, lq.Name, lq.Revision, lq.LocalID[:min(16, len(lq.LocalID))])
 				})
 			}
 			s, err := cl.Quarantine(cmd.Context(), kind, args[0], reason)

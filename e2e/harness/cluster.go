@@ -19,6 +19,7 @@ import (
 type TB interface {
 	Helper()
 	Logf(format string, args ...any)
+	Errorf(format string, args ...any)
 	Fatalf(format string, args ...any)
 	Cleanup(func())
 	Failed() bool
@@ -93,6 +94,16 @@ func Start(t TB, opts Options) *Cluster {
 	c, err := New(opts)
 	if c != nil {
 		t.Cleanup(func() {
+			if f := opts.Faults; f != nil {
+				// A connection whose dialing member was not recognised
+				// crossed the proxies unfaulted: the test's faults may
+				// not have applied, and its result proves nothing.
+				for p, ps := range f.Stats().Pairs {
+					if p.From == ClientEndpoint && ps.Accepted > 0 {
+						t.Errorf("the fault network could not name the source of %d connection(s) to %s, so no fault applied to them", ps.Accepted, p.To)
+					}
+				}
+			}
 			if t.Failed() {
 				t.Logf("%s", c.LogTails(60))
 			}
@@ -195,9 +206,6 @@ func (c *Cluster) Size() int { return len(c.members) }
 
 // Member returns member i (from 0).
 func (c *Cluster) Member(i int) *Member { return c.members[i] }
-
-// Faults is Options.Faults: the FaultNet between members, or nil.
-func (c *Cluster) Faults() *FaultNet { return c.opts.Faults }
 
 // pids maps the running members' IDs to their PIDs.
 func (c *Cluster) pids() map[string]int {
