@@ -206,6 +206,19 @@ func TestPartitionedMemberKeepsEnforcing(t *testing.T) {
 	if err := c.Restart(cut); err != nil {
 		t.Fatalf("restart while cut off: %v", err)
 	}
+	// It first asks the other members whether any answers (one that can
+	// reach another is only behind, and waits to catch up), then decides
+	// from what it had applied.
+	for {
+		n, err := c.Client(cut).Node(ctxFor(t, 5*time.Second))
+		if err == nil && n["ready"] == true {
+			break
+		}
+		if time.Since(restartAt) > 15*time.Second {
+			t.Fatalf("restarted while cut off, the member is not ready after 15s: %v %v", n["ready"], err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	t.Logf("restarted while cut off: ready after %v", time.Since(restartAt).Round(time.Millisecond))
 	authz, _ = authzClient(t, c, cut)
 	for _, dev := range []string{"slc-1", "slc-3"} {
