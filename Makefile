@@ -5,12 +5,19 @@
 GO       ?= go
 FUZZTIME ?= 30s
 
-.PHONY: all build test fmt-check vet re2 unit e2e fuzz bench soak clean spire
+.PHONY: all build test fmt-check vet re2 unit e2e fuzz bench soak clean spire spire-plugin
 
 all: build
 
-build:
+build: spire-plugin
 	$(GO) build -o bin/vigil ./cmd/vigil
+
+# The vigil_tpm SPIRE node attestor (docs/spire-tpm.md): spire-server loads
+# bin/vigil-spire-tpm-server, spire-agent bin/vigil-spire-tpm-agent. The
+# checksums are what plugin_checksum takes.
+spire-plugin:
+	$(GO) build -o bin/ ./cmd/vigil-spire-tpm-server ./cmd/vigil-spire-tpm-agent
+	@cd bin && sha256sum vigil-spire-tpm-server vigil-spire-tpm-agent
 
 test: fmt-check vet re2 spire unit e2e
 

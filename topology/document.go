@@ -28,8 +28,12 @@ type Zone struct {
 
 // Gateway is the edge proxy that fronts the devices of one zone.
 type Gateway struct {
-	Name   string `yaml:"name" json:"name"`
-	Zone   string `yaml:"zone" json:"zone"`
+	Name string `yaml:"name" json:"name"`
+	Zone string `yaml:"zone" json:"zone"`
+	// Class, optional, names a device class whose attestation policy the
+	// gateway's TPM evidence is judged by (reference values, PCRs,
+	// maxAge, spire). Only the class's attestation applies to a gateway.
+	Class  string `yaml:"class,omitempty" json:"class,omitempty"`
 	Labels Labels `yaml:"labels,omitempty" json:"labels,omitempty"`
 }
 
@@ -115,9 +119,21 @@ type AttestationPolicy struct {
 	EKRoots []string `yaml:"ekRoots,omitempty" json:"ekRoots,omitempty"`
 	// OnFailure is what failed evidence does: OnFailureDeny (the default)
 	// or OnFailureQuarantine.
-	OnFailure string        `yaml:"onFailure,omitempty" json:"onFailure,omitempty"`
-	Firmware  []FirmwareRef `yaml:"firmware,omitempty" json:"firmware,omitempty"`
+	OnFailure string `yaml:"onFailure,omitempty" json:"onFailure,omitempty"`
+	// SPIRE says how the class's gateways, and its devices of identity
+	// agent, join SPIRE: "" (the default: join tokens), SPIREOnboard (the
+	// vigil_tpm node attestor) or SPIRERequired (vigil_tpm, and their
+	// identities also need a vigil_tpm:firmware selector of a current
+	// reference value). See docs/spire-tpm.md.
+	SPIRE    string        `yaml:"spire,omitempty" json:"spire,omitempty"`
+	Firmware []FirmwareRef `yaml:"firmware,omitempty" json:"firmware,omitempty"`
 }
+
+// How a class's subjects join SPIRE (AttestationPolicy.SPIRE).
+const (
+	SPIREOnboard  = "onboard"
+	SPIRERequired = "required"
+)
 
 // Evidence formats of AttestationPolicy.Formats.
 const (

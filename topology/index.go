@@ -75,8 +75,15 @@ type ClassAttestation struct {
 	EKRoots []*x509.Certificate
 	// Quarantine is set for onFailure: quarantine.
 	Quarantine bool
-	Firmware   []FirmwareRef
+	// SPIRE is how the class's subjects join SPIRE: "", SPIREOnboard or
+	// SPIRERequired.
+	SPIRE    string
+	Firmware []FirmwareRef
 }
+
+// SPIRETPM reports whether the class's gateways, and its devices of
+// identity agent, join SPIRE through the vigil_tpm node attestor.
+func (c *Class) SPIRETPM() bool { return c != nil && c.Attestation.SPIRE != "" }
 
 // OwnAgent reports whether the class's devices run their own SPIRE agent
 // (identity: agent) rather than get their identity through their gateway.
@@ -172,6 +179,7 @@ func NewIndex(doc *Document) (*Index, error) {
 	b.zones()
 	b.gateways()
 	b.classes()
+	b.gatewayClasses()
 	b.devices()
 	b.services()
 	b.flows()
@@ -290,6 +298,25 @@ func (b *builder) gateways() {
 	}
 }
 
+// gatewayClasses checks the gateways' classes, once classes are indexed:
+// a gateway's class must exist and ask for attestation.
+func (b *builder) gatewayClasses() {
+	for i := range b.ix.doc.Gateways {
+		g := &b.ix.doc.Gateways[i]
+		if g.Class == "" {
+			continue
+		}
+		path := fmt.Sprintf("gateways[%d].class", i)
+		c, ok := b.ix.classes[g.Class]
+		switch {
+		case !ok:
+			b.unknown(path, "device class", g.Class)
+		case c.MaxAge == 0:
+			b.errorf(path, "class %q sets no attestation; only a class's attestation applies to a gateway", g.Class)
+		}
+	}
+}
+
 func (b *builder) unknown(path, kind, n string) {
 	if n == "" {
 		b.errorf(path, "is required")
@@ -334,6 +361,15 @@ func (b *builder) attestationPolicy(path string, a *AttestationPolicy) ClassAtte
 	case "", OnFailureDeny, OnFailureQuarantine:
 	default:
 		b.errorf(path+".onFailure", "unknown action %q (want %q, the default, or %q)", a.OnFailure, OnFailureDeny, OnFailureQuarantine)
+	}
+	switch a.SPIRE {
+	case "", SPIREOnboard, SPIRERequired:
+		ca.SPIRE = a.SPIRE
+	default:
+		b.errorf(path+".spire", "unknown value %q (want %q or %q; leave it out for join tokens)", a.SPIRE, SPIREOnboard, SPIRERequired)
+	}
+	if a.SPIRE != "" && !slices.Contains(ca.Formats, AttestTPM2Quote) {
+		b.errorf(path+".spire", "the vigil_tpm node attestor sends TPM quotes: formats must include %q", AttestTPM2Quote)
 	}
 	return ca
 }
@@ -490,9 +526,11 @@ func (b *builder) devices() {
 		d := &b.ix.doc.Devices[i]
 		path := fmt.Sprintf("devices[%d]", i)
 		ok := true
-		if _, found := b.ix.classes[d.Class]; !found {
+		if c, found := b.ix.classes[d.Class]; !found {
 			b.unknown(path+".class", "device class", d.Class)
 			ok = false
+		} else if c.SPIRETPM() && !c.OwnAgent() {
+			b.errorf(path+".class", "class %q sets attestation.spire, which needs devices that run their own SPIRE agent (identity: agent)", d.Class)
 		}
 		if _, found := b.ix.gateways[d.Gateway]; !found {
 			b.unknown(path+".gateway", "gateway", d.Gateway)

@@ -59,6 +59,22 @@ func (ix *Index) ZoneOf(s Subject) (string, bool) {
 	return "", false
 }
 
+// ClassOf is the device class whose attestation policy judges a subject's
+// evidence: a device's class, or the class a gateway names; nil otherwise.
+func (ix *Index) ClassOf(s Subject) *Class {
+	switch s.Kind {
+	case KindDevice:
+		if d, ok := ix.devices[s.Name]; ok {
+			return ix.classes[d.Class]
+		}
+	case KindGateway:
+		if g, ok := ix.gateways[s.Name]; ok && g.Class != "" {
+			return ix.classes[g.Class]
+		}
+	}
+	return nil
+}
+
 // ResponseOf is the response policy in force for a subject: its class's
 // for a device of the document, DefaultResponse() for anything else.
 func (ix *Index) ResponseOf(s Subject) ClassResponse {

@@ -21,6 +21,29 @@ func TestValidDocument(t *testing.T) {
 	}
 }
 
+func TestGatewayClasses(t *testing.T) {
+	d := validDoc()
+	d.DeviceClasses[0].Attestation.SPIRE = SPIRERequired
+	d.DeviceClasses[0].Identity = IdentityAgent
+	d.Gateways[1].Class = "light"
+	ix, err := NewIndex(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := ix.ClassOf(GatewaySubject("gw-s")); c == nil || c.Name != "light" || !c.SPIRETPM() || c.Attestation.SPIRE != SPIRERequired {
+		t.Errorf("gw-s: %+v", c)
+	}
+	if c := ix.ClassOf(GatewaySubject("gw-n")); c != nil {
+		t.Errorf("gw-n has no class, got %+v", c)
+	}
+	if c := ix.ClassOf(DeviceSubject("sensor-1")); c == nil || c.Name != "sensor" || c.SPIRETPM() {
+		t.Errorf("sensor-1: %+v", c)
+	}
+	if c := ix.ClassOf(DeviceSubject("nope")); c != nil {
+		t.Errorf("unknown device: %+v", c)
+	}
+}
+
 // TestValidationRules has one case per rule NewIndex enforces. Each case
 // breaks one rule of a valid document and names the exact path and part of
 // the message of every error it expects.
@@ -55,6 +78,20 @@ func TestValidationRules(t *testing.T) {
 		{"zone name 64 characters", func(d *Document) { d.Zones = append(d.Zones, Zone{Name: long(64)}) }, one("zones[3].name", "at most 63")},
 		{"gateway name invalid", func(d *Document) { d.Gateways = append(d.Gateways, Gateway{Name: "GW", Zone: "north"}) }, one("gateways[2].name", `"GW" is not a valid name`)},
 		{"device class name invalid", func(d *Document) { d.DeviceClasses = append(d.DeviceClasses, DeviceClass{Name: "Lamp"}) }, one("deviceClasses[2].name", "is not a valid name")},
+		// gateway classes and attestation.spire
+		{"gateway class unknown", func(d *Document) { d.Gateways[0].Class = "edge" }, one("gateways[0].class", `unknown device class "edge"`)},
+		{"gateway class without attestation", func(d *Document) { d.Gateways[0].Class = "sensor" }, one("gateways[0].class", `class "sensor" sets no attestation`)},
+		{"spire unknown", func(d *Document) { d.DeviceClasses[0].Attestation.SPIRE = "always" }, []want{
+			{"deviceClasses[0].attestation.spire", `unknown value "always"`},
+		}},
+		{"spire without tpm quotes", func(d *Document) {
+			d.DeviceClasses[0].Attestation.SPIRE = SPIREOnboard
+			d.DeviceClasses[0].Attestation.Formats = []string{AttestEAT}
+			d.DeviceClasses[0].Identity = IdentityAgent
+		}, one("deviceClasses[0].attestation.spire", `formats must include "tpm2-quote"`)},
+		{"spire for delegated devices", func(d *Document) { d.DeviceClasses[0].Attestation.SPIRE = SPIRERequired }, []want{
+			{"devices[0].class", "identity: agent"}, {"devices[1].class", "identity: agent"},
+		}},
 		{"device name invalid", func(d *Document) {
 			d.Devices = append(d.Devices, Device{Name: "dev 1", Class: "light", Gateway: "gw-n"})
 		}, one("devices[3].name", `"dev 1" is not a valid name`)},
