@@ -22,6 +22,7 @@ import (
 
 	"github.com/vigil-iot/vigil/attest"
 	"github.com/vigil-iot/vigil/internal/swtpmtest"
+	"github.com/vigil-iot/vigil/internal/tpmdev"
 	"github.com/vigil-iot/vigil/topology"
 )
 
@@ -143,8 +144,9 @@ func atLoadSwtpmFixture(t *testing.T) atSwtpmFixture {
 
 // TestAttestTPM2Evidence: vigil attest tpm2-evidence turns tpm2-tools'
 // files (a real swtpm quote kept in attest's testdata) into evidence the
-// verifier accepts, with a JSON or a binary event log, and refuses files
-// that do not belong together with an error that says which and why.
+// verifier accepts, with a JSON or a binary event log, warns of a log that
+// does not replay, and refuses files that do not belong together with an
+// error and no output (internal/tpmdev's tests go through the errors).
 func TestAttestTPM2Evidence(t *testing.T) {
 	f := atLoadSwtpmFixture(t)
 	nonce, _ := hex.DecodeString(f.nonce)
@@ -189,10 +191,7 @@ func TestAttestTPM2Evidence(t *testing.T) {
 
 	otherNonce := make([]byte, 32)
 	rand.Read(otherNonce)
-	plainSig := atWriteFile(t, f.dir, "plain.sig", f.sig[6:])
 	notJSON := atWriteFile(t, f.dir, "log.txt", []byte("PCR 16 firmware\n"))
-	objLog := atWriteFile(t, f.dir, "obj.json", []byte(`{"eventLog": []}`))
-	badLog := atWriteFile(t, f.dir, "bad.json", []byte(`[{"pcr": 16, "sha256": "xyz", "type": "firmware"}]`))
 	bad := make([]byte, len(f.pcr16))
 	for _, c := range []struct {
 		name string
@@ -201,18 +200,11 @@ func TestAttestTPM2Evidence(t *testing.T) {
 	}{
 		{"another nonce", []string{"attest", "tpm2-evidence", "--quote", f.quoteFile, "--signature", f.sigFile, "--nonce", hex.EncodeToString(otherNonce), "--pcr", "16=" + f.pcr16Hex, "--event-log", f.eventLogFile}, "extraData"},
 		{"wrong PCR value", append(base, "--pcr", "16="+hex.EncodeToString(bad), "--event-log", f.eventLogFile), "pcrDigest"},
-		{"no value for a quoted PCR", append(base, "--pcr", "17="+f.pcr16Hex, "--event-log", f.eventLogFile), "covers PCR sha256:16 but no value"},
-		{"a value the quote does not cover", append(base, "--pcr", "16="+f.pcr16Hex, "--pcr", "17="+f.pcr16Hex, "--event-log", f.eventLogFile), "PCR sha256:17, which the quote does not cover"},
 		{"no --pcr", append(base, "--event-log", f.eventLogFile), "--pcr INDEX=HEX is required"},
 		{"short PCR", append(base, "--pcr", "16=abcd", "--event-log", f.eventLogFile), "is 32 bytes, not 2"},
-		{"bad bank", append(base, "--pcr", "md5:16="+f.pcr16Hex, "--event-log", f.eventLogFile), `unknown bank "md5"`},
-		{"plain signature", append(base, "--pcr", "16="+f.pcr16Hex, "--event-log", f.eventLogFile, "--signature", plainSig), "TPMT_SIGNATURE"},
-		{"signature as quote", []string{"attest", "tpm2-evidence", "--quote", f.sigFile, "--signature", f.sigFile, "--nonce", f.nonce, "--pcr", "16=" + f.pcr16Hex, "--event-log", f.eventLogFile}, "TPMS_ATTEST"},
 		{"short nonce", []string{"attest", "tpm2-evidence", "--quote", f.quoteFile, "--signature", f.sigFile, "--nonce", "abcd", "--pcr", "16=" + f.pcr16Hex, "--event-log", f.eventLogFile}, "is not 32 bytes of hex"},
 		{"no event log", append(base, "--pcr", "16="+f.pcr16Hex), "--event-log is required"},
 		{"text event log", append(base, "--pcr", "16="+f.pcr16Hex, "--event-log", notJSON), "neither a JSON array of events nor a TCG"},
-		{"object event log", append(base, "--pcr", "16="+f.pcr16Hex, "--event-log", objLog), "not an object"},
-		{"bad digest in log", append(base, "--pcr", "16="+f.pcr16Hex, "--event-log", badLog), "event 0: sha256"},
 		{"missing quote file", []string{"attest", "tpm2-evidence", "--quote", filepath.Join(f.dir, "nope"), "--signature", f.sigFile, "--nonce", f.nonce, "--pcr", "16=" + f.pcr16Hex, "--event-log", f.eventLogFile}, "--quote: open"},
 	} {
 		out, _, err := runAttestCLI(t, c.args...)
@@ -236,10 +228,8 @@ func TestAttestTPMFlags(t *testing.T) {
 		want string
 	}{
 		{[]string{"attest", "tpm", "ak-public", "--ak-handle", "0x80000001"}, "is not a persistent handle"},
-		{[]string{"attest", "tpm", "ak-public", "--ak-handle", "eleven"}, "is not a persistent handle"},
 		{[]string{"attest", "tpm", "ak-public", "--tpm", "mssim:host=x"}, "unknown kind of TPM"},
 		{[]string{"attest", "tpm", "ak-public", "--tpm", "swtpm:host=127.0.0.1,port=x"}, `port "x" is not a TCP port`},
-		{[]string{"attest", "tpm", "ak-public", "--tpm", "swtpm:hostname=h"}, `unknown setting "hostname"`},
 		{[]string{"attest", "tpm", "ak-public", "--tpm", regular}, "is not a character device"},
 		{[]string{"attest", "tpm", "ak-public", "--tpm", filepath.Join(dir, "tpmrm9")}, "no such file"},
 		{[]string{"attest", "tpm", "quote", "--tpm", regular}, "--nonce is required"},
@@ -272,7 +262,7 @@ func atStartSwtpm(t *testing.T, flags string) string {
 // atTransientHandles counts the transient objects loaded in the TPM.
 func atTransientHandles(t *testing.T, spec string) int {
 	t.Helper()
-	c, err := openTPM(spec)
+	c, err := tpmdev.Open(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +282,7 @@ func atTransientHandles(t *testing.T, spec string) int {
 // command sends TPM2_Startup itself), ak-public creates the AK once and
 // prints the same key after; quote's evidence verifies, with a JSON and a
 // binary event log, refuses an unlisted firmware; no transient object is
-// left loaded.
+// left loaded; a key that is no AK is refused by both commands.
 func TestAttestTPMSwtpm(t *testing.T) {
 	spec := atStartSwtpm(t, "not-need-init")
 	akPEM, stderr, err := runAttestCLI(t, "attest", "tpm", "ak-public", "--tpm", spec)
@@ -306,7 +296,7 @@ func TestAttestTPMSwtpm(t *testing.T) {
 	ak := atParseAKPEM(t, []byte(akPEM))
 
 	firmware := atSHA256Hex("vigil attest tpm firmware 1.0.0")
-	c, err := openTPM(spec)
+	c, err := tpmdev.Open(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,23 +326,12 @@ func TestAttestTPMSwtpm(t *testing.T) {
 		}
 	}
 
-	// More PCRs than one PCR_Read returns (8).
-	nonce := make([]byte, 32)
-	rand.Read(nonce)
-	out, _, err := runAttestCLI(t, "attest", "tpm", "quote", "--tpm", spec, "--nonce", hex.EncodeToString(nonce), "--event-log", jsonLog, "--pcrs", "0,1,2,3,4,5,6,7,8,9,16")
-	if err != nil {
-		t.Fatalf("quote of 11 PCRs: %v", err)
-	}
-	if res := atVerifyEvidence(t, []byte(out), ak, nonce, firmware); !res.Passed() {
-		t.Errorf("quote of 11 PCRs: %s %q", res.Status, res.Reasons)
-	}
-
 	if n := atTransientHandles(t, spec); n != 0 {
 		t.Errorf("%d transient objects left loaded in the TPM", n)
 	}
 
 	// A handle holding a key that is no AK (a storage key) is refused.
-	c, err = openTPM(spec)
+	c, err = tpmdev.Open(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,6 +346,8 @@ func TestAttestTPMSwtpm(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	nonce := make([]byte, 32)
+	rand.Read(nonce)
 	for _, sub := range []string{"ak-public", "quote"} {
 		_, _, err := runAttestCLI(t, "attest", "tpm", sub, "--tpm", spec, "--ak-handle", "0x81000001", "--nonce", hex.EncodeToString(nonce), "--event-log", jsonLog)
 		if sub == "ak-public" {
@@ -375,15 +356,5 @@ func TestAttestTPMSwtpm(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "is not an attestation key Vigil can verify: it is not a restricted signing key") {
 			t.Errorf("%s with a storage key at the handle: %v", sub, err)
 		}
-	}
-}
-
-// TestAttestTPMSwtpmUninitialised: a swtpm that needs CMD_INIT is named as
-// such rather than failing obscurely.
-func TestAttestTPMSwtpmUninitialised(t *testing.T) {
-	spec := atStartSwtpm(t, "")
-	_, _, err := runAttestCLI(t, "attest", "tpm", "ak-public", "--tpm", spec)
-	if err == nil || !strings.Contains(err.Error(), "TPM_RC_FAILURE") || !strings.Contains(err.Error(), "not-need-init") {
-		t.Errorf("uninitialised swtpm: %v", err)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -170,6 +171,13 @@ type Server struct {
 // in a new directory under dir (keep dir short: unix socket paths are
 // limited to about 100 bytes), and waits up to 60 s until it answers.
 func StartServer(dir, trustDomain string) (*Server, error) {
+	return StartServerWith(dir, trustDomain, "server.conf", nil)
+}
+
+// StartServerWith is StartServer from another template of
+// tools/spire/testdata, with values for its placeholders besides
+// TRUST_DOMAIN, BIND_PORT, SOCKET_PATH and DATA_DIR.
+func StartServerWith(dir, trustDomain, template string, values map[string]string) (*Server, error) {
 	bin, err := Binaries()
 	if err != nil {
 		return nil, err
@@ -188,8 +196,12 @@ func StartServer(dir, trustDomain string) (*Server, error) {
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return nil, err
 	}
-	conf, err := render("server.conf", map[string]string{"TRUST_DOMAIN": trustDomain, "BIND_PORT": fmt.Sprint(port),
-		"SOCKET_PATH": s.Socket, "DATA_DIR": data})
+	if sock := values["SOCKET_PATH"]; sock != "" {
+		s.Socket = sock // chosen before the server starts, for the members' --spire-socket
+	}
+	vals := map[string]string{"TRUST_DOMAIN": trustDomain, "BIND_PORT": fmt.Sprint(port), "SOCKET_PATH": s.Socket, "DATA_DIR": data}
+	maps.Copy(vals, values)
+	conf, err := render(template, vals)
 	if err != nil {
 		return nil, err
 	}
@@ -278,6 +290,29 @@ type Agent struct {
 // allowed to use the Delegated Identity API. It waits up to 60 s until the
 // agent has attested (its Workload API answers a health check).
 func (s *Server) StartAgent(dir, token, delegate string) (*Agent, error) {
+	return s.StartAgentWith(dir, "agent.conf", map[string]string{"DELEGATE_ID": cmp.Or(delegate, "spiffe://"+s.TrustDomain+"/none")},
+		"-joinToken", token)
+}
+
+// StartAgentWith is StartAgent from another template of
+// tools/spire/testdata, with values for its placeholders besides those
+// StartAgent fills, and args after `run -config FILE`. An agent that exits
+// before it is healthy (refused at attestation) is an error with the tail
+// of its log; its directory is kept for a Restart.
+func (s *Server) StartAgentWith(dir, template string, values map[string]string, args ...string) (*Agent, error) {
+	a, err := s.NewAgent(dir, template, values, args...)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.start(60 * time.Second); err != nil {
+		return a, err
+	}
+	return a, nil
+}
+
+// NewAgent writes an agent's configuration and directories without
+// starting it; Restart starts it.
+func (s *Server) NewAgent(dir, template string, values map[string]string, args ...string) (*Agent, error) {
 	dir, err := os.MkdirTemp(dir, "agt-")
 	if err != nil {
 		return nil, err
@@ -289,9 +324,11 @@ func (s *Server) StartAgent(dir, token, delegate string) (*Agent, error) {
 			return nil, err
 		}
 	}
-	conf, err := render("agent.conf", map[string]string{"TRUST_DOMAIN": s.TrustDomain, "SERVER_PORT": fmt.Sprint(s.Port),
+	vals := map[string]string{"TRUST_DOMAIN": s.TrustDomain, "SERVER_PORT": fmt.Sprint(s.Port),
 		"TRUST_BUNDLE": s.Bundle, "DATA_DIR": data, "SOCKET_PATH": a.WorkloadSocket, "ADMIN_SOCKET_PATH": a.AdminSocket,
-		"DELEGATE_ID": cmp.Or(delegate, "spiffe://"+s.TrustDomain+"/none")})
+		"DELEGATE_ID": "spiffe://" + s.TrustDomain + "/none"}
+	maps.Copy(vals, values)
+	conf, err := render(template, vals)
 	if err != nil {
 		return nil, err
 	}
@@ -300,18 +337,18 @@ func (s *Server) StartAgent(dir, token, delegate string) (*Agent, error) {
 		return nil, err
 	}
 	a.bin = filepath.Join(s.Bin, "spire-agent")
-	a.args = []string{"run", "-config", confPath, "-joinToken", token}
-	if err := a.start(60 * time.Second); err != nil {
-		return nil, err
-	}
+	a.args = append([]string{"run", "-config", confPath}, args...)
 	return a, nil
 }
 
-// Restart stops the agent and runs it again on the same data dir, the way
-// a rebooted gateway would, and waits up to 20 s until it is healthy.
+// Restart stops the agent (if it runs) and runs it again on the same data
+// dir, the way a rebooted gateway would, and waits up to 20 s until it is
+// healthy.
 func (a *Agent) Restart() error {
-	if err := a.Stop(); err != nil {
-		return err
+	if a.Process != nil {
+		if err := a.Stop(); err != nil {
+			return err
+		}
 	}
 	return a.start(20 * time.Second)
 }
