@@ -15,7 +15,9 @@ import (
 // agent's to serve) and, through its selectors, gives the subject's own
 // processes their SVID. Onboard creates bindings; the reconciler keeps,
 // bans, evicts and deletes them, but never creates one: only a join token
-// names an agent.
+// names an agent. Subjects onboarded by vigil_tpm are the exception: their
+// agent's ID is known in advance (TPMAgentID), and the reconciler keeps
+// their bindings from the document (DesiredTPM, tpmreconcile.go).
 
 // Agent is what the server knows of an attested agent.
 type Agent struct {
@@ -27,7 +29,10 @@ type Agent struct {
 }
 
 // bindingSubject reads the subject back from a binding's entry ID,
-// "<Owner>.agent.<kind>.<name>.<random>"; ok is false for any other ID.
+// "<Owner>.agent.<kind>.<name>.<suffix>"; ok is false for any other ID.
+// The suffix is 8 random hex digits for a join-token binding, "tpm" or
+// "fw-<16 hex>" for a TPM-onboarded subject's entries (tpmEntry tells
+// them apart).
 func (o *Options) bindingSubject(id string) (topology.Subject, bool) {
 	rest, ok := strings.CutPrefix(id, o.bindingHint()+".")
 	if !ok {
@@ -116,6 +121,9 @@ func (a *agentActions) Len() int { return len(a.Update) + len(a.Delete) + len(a.
 // name (missing from agents: not attested yet), what to change:
 //   - a binding whose subject left the topology (or whose device class no
 //     longer runs agents) is deleted and its agent evicted;
+//   - so is one whose subject now onboards by vigil_tpm (its class set
+//     attestation.spire): switching a class to TPM revokes the agents that
+//     joined with tokens;
 //   - a quarantined subject's attested agents are banned (the binding stays,
 //     as the record of which agent was the subject's), and its pending
 //     bindings (token not used yet) are deleted;
@@ -125,15 +133,21 @@ func (a *agentActions) Len() int { return len(a.Update) + len(a.Delete) + len(a.
 //   - a binding whose token was never used is deleted after MaxTokenTTL;
 //   - otherwise the binding is updated to the subject's current SPIFFE ID,
 //     selectors and TTL.
+//
+// TPM-onboarded subjects' entries (tpmEntry) are not join-token bindings:
+// they are skipped here, and kept by Diff(DesiredTPM, …).
 func planBindings(snap *topology.Snapshot, o *Options, bindings []Entry, agents map[string]*Agent, now time.Time) agentActions {
 	ix := snap.Index()
 	var a agentActions
 	for i := range bindings {
 		b := &bindings[i]
+		if o.tpmEntry(b.ID) {
+			continue
+		}
 		s, _ := o.bindingSubject(b.ID)
 		agent := agents[b.ParentID]
 		switch {
-		case bindable(ix, s) != nil:
+		case bindable(ix, s) != nil, ix.ClassOf(s).SPIRETPM():
 			a.Delete = append(a.Delete, b.ID)
 			if agent != nil {
 				a.Evict = append(a.Evict, agent.ID)

@@ -198,9 +198,17 @@ func batchErrors[R any](entries []Entry, results []R, st func(R) *types.Status) 
 var agentMask = &types.AgentMask{AttestationType: true, X509SvidExpiresAt: true, Banned: true, CanReattest: true}
 
 // ListAgents lists every attested agent, page by page.
-func (c *Client) ListAgents(ctx context.Context) ([]Agent, error) {
+func (c *Client) ListAgents(ctx context.Context) ([]Agent, error) { return c.listAgents(ctx, nil) }
+
+// ListAgentsOfType lists, page by page, the attested agents whose node
+// attestor is attestationType (e.g. TPMAttestor).
+func (c *Client) ListAgentsOfType(ctx context.Context, attestationType string) ([]Agent, error) {
+	return c.listAgents(ctx, &agentv1.ListAgentsRequest_Filter{ByAttestationType: attestationType})
+}
+
+func (c *Client) listAgents(ctx context.Context, filter *agentv1.ListAgentsRequest_Filter) ([]Agent, error) {
 	return pages(func(token string) ([]Agent, string, error) {
-		resp, err := c.agents.ListAgents(ctx, &agentv1.ListAgentsRequest{OutputMask: agentMask, PageSize: listPageSize, PageToken: token})
+		resp, err := c.agents.ListAgents(ctx, &agentv1.ListAgentsRequest{Filter: filter, OutputMask: agentMask, PageSize: listPageSize, PageToken: token})
 		if err != nil {
 			return nil, "", fmt.Errorf("spire: list agents: %w", err)
 		}

@@ -58,8 +58,11 @@ type Options struct {
 	// Owner marks Vigil's entries: subjects' entries have hint Owner and ID
 	// "<Owner>.<kind>.<name>", cloud edges' "<Owner>.edge.<zone>.<id>" and
 	// "<Owner>.fronted.<service>"; agent bindings have hint "<Owner>.agent"
-	// and ID "<Owner>.agent.<kind>.<name>.<random>". Two Vigil clusters
-	// sharing one SPIRE server need different owners. Default "vigil".
+	// and ID "<Owner>.agent.<kind>.<name>.<random>" (".tpm" and
+	// ".fw-<16 hex>" for subjects onboarded by vigil_tpm, see DesiredTPM).
+	// Two Vigil clusters sharing one SPIRE server need different owners
+	// (and only one of them may use vigil_tpm: its agents' IDs carry no
+	// owner). Default "vigil".
 	Owner string
 	// X509-SVID lifetimes. A quarantined device's last SVID stays valid up
 	// to DeviceTTL (ext_authz and the gateways' RBAC deny it at once).

@@ -23,7 +23,24 @@ var (
 	ErrNotLeader   = errors.New("only the leader issues join tokens")
 	// ErrTrustDomain: the document's trust domain is not the SPIRE server's.
 	ErrTrustDomain = errors.New("the topology's trust domain is not the SPIRE server's")
+	// ErrTPMOnboarded: the subject's class sets attestation.spire, so its
+	// agent attests with vigil_tpm and needs no join token. The error
+	// Onboard returns says which class and mode, and errors.Is matches it.
+	ErrTPMOnboarded = errors.New("the subject onboards with vigil_tpm; join tokens are for subjects without a TPM")
 )
+
+// tpmOnboardedError is ErrTPMOnboarded for one subject.
+type tpmOnboardedError struct {
+	s     topology.Subject
+	class *topology.Class
+}
+
+func (e *tpmOnboardedError) Error() string {
+	return fmt.Sprintf("%s %s onboards with %s (class %s, attestation.spire: %s); join tokens are for %ss without a TPM",
+		e.s.Kind, e.s.Name, TPMAttestor, e.class.Name, e.class.Attestation.SPIRE, e.s.Kind)
+}
+
+func (e *tpmOnboardedError) Is(target error) bool { return target == ErrTPMOnboarded }
 
 // DefaultTokenTTL is how long a join token lives unless told otherwise.
 const DefaultTokenTTL = time.Hour
@@ -47,7 +64,8 @@ type Token struct {
 // "identity: agent" class and binds the agent that will attest with it to
 // the subject (see planBindings for what happens to the binding later).
 // Only the leader onboards, so that the binding and the reconciler never
-// race on two members.
+// race on two members. A subject whose class sets attestation.spire is
+// refused with ErrTPMOnboarded: its agent attests with vigil_tpm.
 func (r *Reconciler) Onboard(ctx context.Context, snap *topology.Snapshot, s topology.Subject, ttl time.Duration) (*Token, error) {
 	if !r.cfg.IsLeader() {
 		return nil, ErrNotLeader
@@ -59,6 +77,9 @@ func (r *Reconciler) Onboard(ctx context.Context, snap *topology.Snapshot, s top
 	ix := snap.Index()
 	if err := bindable(ix, s); err != nil {
 		return nil, err
+	}
+	if c := ix.ClassOf(s); c.SPIRETPM() {
+		return nil, &tpmOnboardedError{s: s, class: c}
 	}
 	if snap.Quarantined(s) {
 		return nil, fmt.Errorf("%w: %s", ErrQuarantined, s)
@@ -114,8 +135,13 @@ type SubjectAgents struct {
 }
 
 // BoundAgent is one binding: the agent it names, and whether that agent
-// has attested.
+// has attested. For a subject onboarded by vigil_tpm it is its TPM binding
+// and the agent TPMAgentID; while the subject is quarantined its binding
+// is gone, and the (banned) agent is listed without one.
 type BoundAgent struct {
+	// BindingID is the binding's entry ID; empty for a vigil_tpm agent
+	// whose subject has no binding (quarantined, or no longer onboarded
+	// by TPM until the next pass evicts it).
 	BindingID string `json:"bindingId"`
 	// AgentID is the agent's SPIFFE ID; until the agent attests, the join
 	// token in it is shortened to its first 8 characters.
@@ -143,13 +169,21 @@ func (r *Reconciler) Agents(ctx context.Context, snap *topology.Snapshot, kind t
 	for i := range agents {
 		byID[agents[i].ID] = &agents[i]
 	}
+	ix := snap.Index()
+	td := ix.TrustDomain()
 	bound := make(map[topology.Subject][]BoundAgent)
+	listed := make(map[string]bool) // agent IDs
 	for _, b := range bindings {
 		s, ok := o.bindingSubject(b.ID)
-		if !ok || s.Kind != kind {
+		if !ok || s.Kind != kind || o.firmwareAlias(b.ID) {
 			continue
 		}
-		ba := BoundAgent{BindingID: b.ID, AgentID: b.ParentID, Agent: byID[b.ParentID]}
+		agentID := b.ParentID
+		if o.tpmEntry(b.ID) {
+			// Parented to the agent, or to its node alias (required).
+			agentID = TPMAgentID(td, s)
+		}
+		ba := BoundAgent{BindingID: b.ID, AgentID: agentID, Agent: byID[agentID]}
 		if ba.Attested = ba.Agent != nil; !ba.Attested {
 			ba.AgentID = redactToken(ba.AgentID)
 		}
@@ -157,8 +191,16 @@ func (r *Reconciler) Agents(ctx context.Context, snap *topology.Snapshot, kind t
 			ba.CreatedAt = time.Unix(b.CreatedAt, 0).UTC()
 		}
 		bound[s] = append(bound[s], ba)
+		listed[agentID] = true
 	}
-	ix := snap.Index()
+	for i := range agents {
+		a := &agents[i]
+		s, ok := tpmAgentSubject(td, a.ID)
+		if !ok || s.Kind != kind || a.AttestationType != TPMAttestor || listed[a.ID] {
+			continue
+		}
+		bound[s] = append(bound[s], BoundAgent{AgentID: a.ID, Attested: true, Agent: a})
+	}
 	var out []SubjectAgents
 	add := func(s topology.Subject) {
 		if bindable(ix, s) != nil {

@@ -486,6 +486,15 @@ func (r *Reconciler) reconcile(ctx context.Context, snap *topology.Snapshot, g *
 	}
 	bindings = slices.DeleteFunc(bindings, func(e Entry) bool { _, ok := o.bindingSubject(e.ID); return !ok })
 	bindings = g.entries(bindings)
+	// Join-token bindings are planned from what the server holds; the
+	// entries of subjects onboarded by vigil_tpm from the document.
+	bindings, tpmHave := o.splitTPM(bindings)
+	tpmWant, errs := DesiredTPM(snap, *o)
+	for _, err := range errs {
+		res.fail(opPlan, err)
+	}
+	res.Desired += len(tpmWant)
+	tpmWant = g.entries(tpmWant)
 	agents := make(map[string]*Agent)
 	if len(bindings) > 0 {
 		list, err := r.cfg.Client.ListAgents(ctx)
@@ -496,7 +505,19 @@ func (r *Reconciler) reconcile(ctx context.Context, snap *topology.Snapshot, g *
 			agents[list[i].ID] = &list[i]
 		}
 	}
-	if err := r.applyAgents(ctx, planBindings(snap, o, bindings, agents, r.cfg.Now()), res); err != nil {
+	// Always listed, even when no class onboards by TPM: the agents of
+	// subjects that no longer do are evicted.
+	tpmAgents, err := r.cfg.Client.ListAgentsOfType(ctx, TPMAttestor)
+	if err != nil {
+		return nil, err
+	}
+	tpmAgents = g.agents(tpmAgents, snap.Index().TrustDomain())
+	actions := planBindings(snap, o, bindings, agents, r.cfg.Now())
+	actions.add(planTPMAgents(snap, tpmAgents))
+	if err := r.applyAgents(ctx, actions, res); err != nil {
+		return nil, err
+	}
+	if err := r.apply(ctx, Diff(tpmWant, tpmHave), res, g); err != nil {
 		return nil, err
 	}
 	res.Duration = r.cfg.Now().Sub(start)
@@ -506,8 +527,12 @@ func (r *Reconciler) reconcile(ctx context.Context, snap *topology.Snapshot, g *
 
 // reconcileSubjects revisits a few subjects after a change of their
 // runtime state: a quarantined device's entry is deleted, a released one's
-// created again, a quarantined gateway's agents banned. It reads only
-// those subjects' entries and agents.
+// created again, a quarantined gateway's agents banned; for a subject
+// onboarded by vigil_tpm, its entries are those DesiredTPM wants and its
+// agent is planned by planTPMAgents (banned, evicted after a release or a
+// failed attestation). It reads only those subjects' entries and agents:
+// a subject that left the topology, or stopped onboarding by TPM, is the
+// full pass's (a change of the document makes one).
 func (r *Reconciler) reconcileSubjects(ctx context.Context, snap *topology.Snapshot, subjects []topology.Subject) (*Result, error) {
 	start := r.cfg.Now()
 	res := &Result{Revision: snap.Revision()}
@@ -520,7 +545,9 @@ func (r *Reconciler) reconcileSubjects(ctx context.Context, snap *topology.Snaps
 	o := &r.cfg.Options
 	ix := snap.Index()
 	slices.SortFunc(subjects, func(a, b topology.Subject) int { return cmp.Compare(a.String(), b.String()) })
-	var desired, existing, bindings []Entry
+	td := ix.TrustDomain()
+	var desired, existing, bindings, tpmWant, tpmHave []Entry
+	var tpmAgents []Agent
 	agents := make(map[string]*Agent)
 	for _, s := range subjects {
 		if s.Kind == topology.KindDevice || s.Kind == topology.KindService {
@@ -544,26 +571,55 @@ func (r *Reconciler) reconcileSubjects(ctx context.Context, snap *topology.Snaps
 			continue
 		}
 		id, _ := ix.SPIFFEID(s)
-		list, err := r.cfg.Client.ListEntries(ctx, o.bindingHint(), id)
-		if err != nil {
-			return nil, err
+		tpm := ix.ClassOf(s).SPIRETPM()
+		ids := []string{id} // bindings, the TPM binding included
+		if tpm {
+			ids = append(ids, TPMNodeAliasID(td, s)) // firmware aliases
 		}
-		for _, b := range list {
-			if bs, ok := o.bindingSubject(b.ID); !ok || bs != s {
-				continue
-			}
-			bindings = append(bindings, b)
-			if a, ok, err := r.cfg.Client.GetAgent(ctx, b.ParentID); err != nil {
+		for _, spiffeID := range ids {
+			list, err := r.cfg.Client.ListEntries(ctx, o.bindingHint(), spiffeID)
+			if err != nil {
 				return nil, err
-			} else if ok {
-				agents[a.ID] = &a
 			}
+			for _, b := range list {
+				if bs, ok := o.bindingSubject(b.ID); !ok || bs != s {
+					continue
+				}
+				if o.tpmEntry(b.ID) {
+					tpmHave = append(tpmHave, b)
+					continue
+				}
+				bindings = append(bindings, b)
+				if a, ok, err := r.cfg.Client.GetAgent(ctx, b.ParentID); err != nil {
+					return nil, err
+				} else if ok {
+					agents[a.ID] = &a
+				}
+			}
+		}
+		if !tpm {
+			continue
+		}
+		want, err := desiredTPMFor(snap, s, o)
+		if err != nil {
+			res.fail(opPlan, err)
+		}
+		tpmWant = append(tpmWant, want...)
+		if a, ok, err := r.cfg.Client.GetAgent(ctx, TPMAgentID(td, s)); err != nil {
+			return nil, err
+		} else if ok {
+			tpmAgents = append(tpmAgents, a)
 		}
 	}
 	if err := r.apply(ctx, Diff(desired, existing), res, nil); err != nil {
 		return nil, err
 	}
-	if err := r.applyAgents(ctx, planBindings(snap, o, bindings, agents, r.cfg.Now()), res); err != nil {
+	actions := planBindings(snap, o, bindings, agents, r.cfg.Now())
+	actions.add(planTPMAgents(snap, tpmAgents))
+	if err := r.applyAgents(ctx, actions, res); err != nil {
+		return nil, err
+	}
+	if err := r.apply(ctx, Diff(tpmWant, tpmHave), res, nil); err != nil {
 		return nil, err
 	}
 	res.Duration = r.cfg.Now().Sub(start)
@@ -743,6 +799,23 @@ func (g *guard) entries(es []Entry) []Entry {
 		return es
 	}
 	return slices.DeleteFunc(slices.Clone(es), func(e Entry) bool { return g.skips(e.ID) })
+}
+
+// agents drops the vigil_tpm agents of subjects changed since the pass
+// began (see entries).
+func (g *guard) agents(list []Agent, trustDomain string) []Agent {
+	if g == nil {
+		return list
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.skip) == 0 {
+		return list
+	}
+	return slices.DeleteFunc(slices.Clone(list), func(a Agent) bool {
+		s, ok := tpmAgentSubject(trustDomain, a.ID)
+		return ok && g.skip[s]
+	})
 }
 
 // applyAgents bans first: a quarantine must bite before anything else.

@@ -556,3 +556,119 @@ func TestQuarantineDuringAFullPass(t *testing.T) {
 	}
 	checkConverged(t, ctx, cl, qsnap)
 }
+
+// TestTPMEntriesRealServer keeps the entries of subjects onboarded by
+// vigil_tpm on a real server: a class switched to TPM revokes the
+// gateway's join-token binding and gets a TPM binding (and, in required
+// mode, firmware aliases); the entries converge and a second pass changes
+// nothing; a quarantine deletes them and a release brings them back; a
+// firmware version removed from the document loses its alias. (No agent
+// attests with vigil_tpm here: that is the e2e's; the server merely lists
+// none.)
+func TestTPMEntriesRealServer(t *testing.T) {
+	_, cl := realServer(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	opts := DefaultOptions()
+	r := newReconciler(t, cl, nil, opts)
+	doc := city(12) // cameras: d-0000002, -5, -8, -11
+	doc.DeviceClasses[2].Identity = topology.IdentityAgent
+	gw0, gw1 := topology.GatewaySubject("gw-00000"), topology.GatewaySubject("gw-00001")
+	snap := snapshotOf(t, doc)
+	tok, err := r.Onboard(ctx, snap, gw0, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := r.Reconcile(ctx, snap); err != nil || res.Created != 12 || res.Deleted+res.Failed != 0 {
+		t.Fatalf("before TPM: %+v, %v; want 12 created (8 delegated devices, 4 services)", res, err)
+	}
+
+	// gw-00000 onboards by TPM (required), gw-00001 too (onboard), and so
+	// do the cameras.
+	doc.DeviceClasses = append(doc.DeviceClasses,
+		tpmClass("edge-req", "", topology.SPIRERequired, "5.0.0", "5.1.0"),
+		tpmClass("edge-onb", "", topology.SPIREOnboard, "5.0.0"))
+	doc.Gateways[0].Class, doc.Gateways[1].Class = "edge-req", "edge-onb"
+	cam := tpmClass("traffic-camera", topology.IdentityAgent, topology.SPIREOnboard, "1.0.0")
+	cam.RateLimit = doc.DeviceClasses[2].RateLimit
+	doc.DeviceClasses[2] = cam
+	snap = snapshotOf(t, doc)
+	if _, err := r.Onboard(ctx, snap, gw0, 0); !errors.Is(err, ErrTPMOnboarded) {
+		t.Errorf("Onboard(gw-00000) once it onboards by TPM: %v, want ErrTPMOnboarded", err)
+	}
+	res, err := r.Reconcile(ctx, snap)
+	// 3 for gw-00000 (binding, two aliases), 1 for gw-00001, 4 cameras;
+	// the token binding goes.
+	if err != nil || res.Created != 8 || res.Deleted != 1 || res.Updated+res.Failed+res.Banned+res.Evicted != 0 || res.Desired != 20 {
+		t.Fatalf("after the switch to TPM: %+v, %v; want 8 created, 1 deleted, 20 desired", res, err)
+	}
+	if b, found, err := cl.GetEntry(ctx, tok.BindingID); err != nil || found {
+		t.Errorf("the token binding: %+v, %v, %v; want it gone", b, found, err)
+	}
+	checkTPMConverged(t, ctx, cl, snap, opts)
+	checkConverged(t, ctx, cl, snap)
+	if res, err := r.Reconcile(ctx, snap); err != nil || res.Created+res.Updated+res.Deleted+res.Failed+res.Banned+res.Evicted != 0 {
+		t.Errorf("second pass: %+v, %v; want no change", res, err)
+	}
+	if got, err := cl.ListAgentsOfType(ctx, TPMAttestor); err != nil || len(got) != 0 {
+		t.Errorf("ListAgentsOfType(%s): %+v, %v; want none", TPMAttestor, got, err)
+	}
+	got := agentsOf(t, ctx, r, snap, gw0)
+	if len(got) != 1 || got[0].BindingID != "vigil.agent.gateway.gw-00000.tpm" || got[0].AgentID != TPMAgentID(cityTD, gw0) || got[0].Attested {
+		t.Errorf("Agents(gw-00000): %+v, want its TPM binding, not attested", got)
+	}
+
+	// Quarantine: a targeted pass deletes gw-00000's three entries; a full
+	// pass agrees. Release brings them back.
+	qsnap := snapshotOf(t, doc, gw0)
+	if res, err := r.reconcileSubjects(ctx, qsnap, []topology.Subject{gw0}); err != nil || res.Deleted != 3 || res.Created+res.Updated+res.Failed != 0 {
+		t.Errorf("quarantine: %+v, %v; want 3 deleted", res, err)
+	}
+	checkTPMConverged(t, ctx, cl, qsnap, opts)
+	if res, err := r.Reconcile(ctx, qsnap); err != nil || res.Created+res.Updated+res.Deleted+res.Failed != 0 {
+		t.Errorf("full pass while quarantined: %+v, %v; want no change", res, err)
+	}
+	if res, err := r.reconcileSubjects(ctx, snap, []topology.Subject{gw0, gw1}); err != nil || res.Created != 3 || res.Updated+res.Deleted+res.Failed != 0 {
+		t.Errorf("release: %+v, %v; want 3 created", res, err)
+	}
+	checkTPMConverged(t, ctx, cl, snap, opts)
+
+	// 5.1.0 is no longer a reference value: its alias goes. gw-00001 moves
+	// to required: its binding is reparented, and it gets its alias.
+	doc.DeviceClasses[len(doc.DeviceClasses)-2].Attestation.Firmware = doc.DeviceClasses[len(doc.DeviceClasses)-2].Attestation.Firmware[:1]
+	doc.Gateways[1].Class = "edge-req"
+	snap = snapshotOf(t, doc)
+	if res, err := r.Reconcile(ctx, snap); err != nil || res.Deleted != 1 || res.Updated != 1 || res.Created != 1 || res.Failed != 0 {
+		t.Errorf("after dropping 5.1.0 and moving gw-00001 to required: %+v, %v; want 1 deleted, 1 updated, 1 created", res, err)
+	}
+	checkTPMConverged(t, ctx, cl, snap, opts)
+
+	// Back to join tokens everywhere: every TPM entry goes.
+	doc.Gateways[0].Class, doc.Gateways[1].Class = "", ""
+	doc.DeviceClasses[2].Attestation = nil
+	snap = snapshotOf(t, doc)
+	if res, err := r.Reconcile(ctx, snap); err != nil || res.Deleted != 8 || res.Created+res.Updated+res.Failed != 0 {
+		t.Errorf("back to join tokens: %+v, %v; want 8 deleted", res, err)
+	}
+	checkTPMConverged(t, ctx, cl, snap, opts)
+	if _, err := r.Onboard(ctx, snap, gw0, 0); err != nil {
+		t.Errorf("Onboard(gw-00000) with join tokens again: %v", err)
+	}
+}
+
+// checkTPMConverged asserts that the server holds exactly the TPM entries
+// snap wants.
+func checkTPMConverged(t *testing.T, ctx context.Context, cl *Client, snap *topology.Snapshot, o Options) {
+	t.Helper()
+	want, errs := DesiredTPM(snap, o)
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	listed, err := cl.ListEntries(ctx, o.bindingHint(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, have := o.splitTPM(listed)
+	if d := Diff(want, have); d.Len() != 0 {
+		t.Errorf("server's TPM entries differ from the topology's: %+v", d)
+	}
+}
