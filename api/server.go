@@ -59,6 +59,13 @@ var _ Store = (*raft.Store)(nil)
 type ServerConfig struct {
 	Store  Store
 	Tokens *Tokens
+	// SPIRETPMTokens (vigil serve --spire-tpm-token-file) authenticate the
+	// vigil_tpm SPIRE node attestor's server plugin on its two routes,
+	// POST /v1/spire/tpm/challenge and /attest, and nowhere else; nil: only
+	// operators' tokens reach those routes. Every member needs the same
+	// ones, for an attestation is forwarded to the leader with its
+	// Authorization header.
+	SPIRETPMTokens *Tokens
 	// PeerToken authenticates this member to the others (status calls).
 	PeerToken string
 	// Connector reaches the other members (forwarded writes, status); nil
@@ -141,6 +148,7 @@ func NewServer(cfg ServerConfig) *Server {
 	s.route("POST /v1/devices/{name}/challenge", s.challenge)
 	s.route("POST /v1/devices/{name}/attestations", s.write(s.attest))
 	s.route("POST /v1/devices/{name}/enroll", s.write(s.enroll))
+	s.route("POST /v1/gateways/{name}/enroll", s.write(s.enrollGateway))
 	s.route("POST /v1/internal/attestation-results", s.write(s.recordResults))
 	s.route("POST /v1/devices/{name}/enroll/ek", s.write(s.enrollEK))
 	s.route("POST /v1/devices/{name}/enroll/ek/activate", s.write(s.activateEK))
@@ -154,6 +162,7 @@ func NewServer(cfg ServerConfig) *Server {
 	s.route("DELETE /v1/cluster/members/{id}", s.write(s.removeMember))
 	s.route("POST /v1/audit/checkpoints", s.write(s.submitCheckpoint))
 	s.route("GET /v1/audit/checkpoints", s.getCheckpoints)
+	s.spireTPMRoutes()
 	s.incidentRoutes()
 	s.dryRunRoutes()
 	s.consoleRoutes()
@@ -179,10 +188,7 @@ func (s *Server) route(pattern string, h func(http.ResponseWriter, *http.Request
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		actor, ok := s.cfg.Tokens.Actor(r)
 		if !ok {
-			if ok, held := s.warns.allow("unauthenticated", time.Now()); ok {
-				s.cfg.Logger.Warn("api: unauthenticated request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "held_back", held)
-			}
-			writeError(w, &Error{Status: http.StatusUnauthorized, Code: CodeUnauthenticated, Message: "a valid bearer token is required"})
+			s.unauthenticated(w, r)
 			return
 		}
 		r = r.WithContext(context.WithValue(r.Context(), actorKey{}, actor))
@@ -190,6 +196,16 @@ func (s *Server) route(pattern string, h func(http.ResponseWriter, *http.Request
 			s.fail(w, r, err)
 		}
 	})
+}
+
+// unauthenticated answers a request without a token the route accepts.
+// A SPIRE TPM token (ServerConfig.SPIRETPMTokens) on any route but the
+// vigil_tpm node attestor's is answered so too, as an unknown token.
+func (s *Server) unauthenticated(w http.ResponseWriter, r *http.Request) {
+	if ok, held := s.warns.allow("unauthenticated", time.Now()); ok {
+		s.cfg.Logger.Warn("api: unauthenticated request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "held_back", held)
+	}
+	writeError(w, &Error{Status: http.StatusUnauthorized, Code: CodeUnauthenticated, Message: "a valid bearer token is required"})
 }
 
 // fail turns an error into its HTTP form; it is the only place that does.

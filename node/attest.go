@@ -228,16 +228,67 @@ func apiErr(status int, code, format string, args ...any) error {
 
 // device finds a device that must attest and its class.
 func (a *attestor) device(snap *topology.Snapshot, name string) (*topology.Device, *topology.Class, error) {
-	ix := snap.Index()
-	d, ok := ix.Device(name)
-	if !ok {
-		return nil, nil, apiErr(http.StatusNotFound, api.CodeNotFound, "no device named %q", name)
+	c, err := a.subject(snap, topology.DeviceSubject(name))
+	if err != nil {
+		return nil, nil, err
 	}
-	c, _ := ix.Class(d.Class)
-	if c == nil || c.MaxAge == 0 {
-		return nil, nil, apiErr(http.StatusBadRequest, api.CodeBadRequest, "class %s of device %s requires no attestation", d.Class, name)
-	}
+	d, _ := snap.Index().Device(name)
 	return d, c, nil
+}
+
+// subject finds a device or gateway that must attest and the class whose
+// attestation policy judges its evidence (a device's class, the class a
+// gateway names).
+func (a *attestor) subject(snap *topology.Snapshot, s topology.Subject) (*topology.Class, error) {
+	ix := snap.Index()
+	switch s.Kind {
+	case topology.KindDevice:
+		d, ok := ix.Device(s.Name)
+		if !ok {
+			return nil, apiErr(http.StatusNotFound, api.CodeNotFound, "no device named %q", s.Name)
+		}
+		c := ix.ClassOf(s)
+		if c == nil || c.MaxAge == 0 {
+			return nil, apiErr(http.StatusBadRequest, api.CodeBadRequest, "class %s of device %s requires no attestation", d.Class, s.Name)
+		}
+		return c, nil
+	case topology.KindGateway:
+		g, ok := ix.Gateway(s.Name)
+		if !ok {
+			return nil, apiErr(http.StatusNotFound, api.CodeNotFound, "no gateway named %q", s.Name)
+		}
+		if g.Class == "" {
+			return nil, apiErr(http.StatusBadRequest, api.CodeBadRequest,
+				"gateway %s has no class, so it requires no attestation (set gateways[].class to a device class with attestation)", s.Name)
+		}
+		c := ix.ClassOf(s)
+		if c == nil || c.MaxAge == 0 {
+			return nil, apiErr(http.StatusBadRequest, api.CodeBadRequest, "class %s of gateway %s requires no attestation", g.Class, s.Name)
+		}
+		return c, nil
+	}
+	return nil, apiErr(http.StatusBadRequest, api.CodeBadRequest, "only devices and gateways attest, not a subject of kind %s", s.Kind)
+}
+
+// nonceSubject is what a subject's nonces are bound to: a device's bare
+// name, as before gateways attested (so that nonces already issued stay
+// valid), and "gateway/<name>" for a gateway, which no device name can
+// equal ('/' is not allowed in names), so a gateway's nonce never answers
+// for a device of the same name or the reverse.
+func nonceSubject(s topology.Subject) string {
+	if s.Kind == topology.KindDevice {
+		return s.Name
+	}
+	return s.String()
+}
+
+// subjectLog is the log attribute that names a subject: "device" for a
+// device, as the logs always said, "gateway" for a gateway.
+func subjectLog(s topology.Subject) slog.Attr {
+	if s.Kind == topology.KindDevice || s.Kind == topology.KindGateway {
+		return slog.String(s.Kind.String(), s.Name)
+	}
+	return slog.String("subject", s.String())
 }
 
 // Challenge issues a nonce for device's next evidence.
@@ -245,7 +296,7 @@ func (a *attestor) Challenge(device string) (api.ChallengeResponse, error) {
 	if _, _, err := a.device(a.store.Current(), device); err != nil {
 		return api.ChallengeResponse{}, err
 	}
-	nonce, exp, err := attest.NewNonce(a.key, device, a.now(), a.ttl)
+	nonce, exp, err := attest.NewNonce(a.key, nonceSubject(topology.DeviceSubject(device)), a.now(), a.ttl)
 	if err != nil {
 		return api.ChallengeResponse{}, err
 	}
@@ -261,29 +312,53 @@ func (a *attestor) Challenge(device string) (api.ChallengeResponse, error) {
 // replica never records a failure the latest state would not. The nonce's
 // single use is decided by the log whatever member verified.
 func (a *attestor) Attest(ctx context.Context, device string, raw []byte) (api.AttestResponse, error) {
+	resp, _, err := a.attestSubject(ctx, topology.DeviceSubject(device), raw, false)
+	return resp, err
+}
+
+// attestSubject is Attest for a device or a gateway. With spire (the
+// vigil_tpm node attestor's path, spiretpm.go) it adds three rules: a
+// subject that may not join SPIRE this way, or is quarantined, is refused
+// before anything is verified, so the nonce stays unused; a failure whose
+// quote is not signed by the enrolled AK is not recorded (whoever can
+// reach SPIRE's agent port could otherwise record failures for any
+// subject, knowing only its public AK); and a failure that is recorded is
+// then answered 403 refused, with the reasons. It returns the snapshot the
+// evidence was verified against.
+func (a *attestor) attestSubject(ctx context.Context, s topology.Subject, raw []byte, spire bool) (api.AttestResponse, *topology.Snapshot, error) {
 	snap := a.store.Current()
-	_, class, err := a.device(snap, device)
+	class, err := a.subject(snap, s)
+	if spire {
+		class, err = a.spireSubject(snap, s, class, err)
+	}
 	if err != nil {
-		return api.AttestResponse{}, err
+		return api.AttestResponse{}, nil, err
 	}
 	ev, err := attest.ParseEvidence(raw)
 	if err != nil {
-		return api.AttestResponse{}, apiErr(http.StatusBadRequest, api.CodeBadRequest, "%v", err)
+		return api.AttestResponse{}, nil, apiErr(http.StatusBadRequest, api.CodeBadRequest, "%v", err)
+	}
+	if spire && ev.Format != topology.AttestTPM2Quote {
+		return api.AttestResponse{}, nil, apiErr(http.StatusBadRequest, api.CodeBadRequest,
+			"the vigil_tpm node attestor takes %s evidence, not %q", topology.AttestTPM2Quote, ev.Format)
 	}
 	now := a.now().UTC()
 	nonce, err := hex.DecodeString(ev.Nonce)
 	if err != nil {
-		return api.AttestResponse{}, apiErr(http.StatusBadRequest, api.CodeBadRequest, "nonce is not hex")
+		return api.AttestResponse{}, nil, apiErr(http.StatusBadRequest, api.CodeBadRequest, "nonce is not hex")
 	}
-	expires, err := attest.CheckNonce(a.key, device, nonce, now)
+	expires, err := attest.CheckNonce(a.key, nonceSubject(s), nonce, now)
 	if err != nil {
-		a.log.Warn("attestation refused: bad nonce", "device", device, "err", err)
-		return api.AttestResponse{}, apiErr(http.StatusBadRequest, api.CodeBadRequest, "%v", err)
+		a.log.Warn("attestation refused: bad nonce", subjectLog(s), "err", err)
+		if s.Kind != topology.KindDevice && errors.Is(err, attest.ErrNonceForged) {
+			return api.AttestResponse{}, nil, apiErr(http.StatusBadRequest, api.CodeBadRequest, "the nonce was not issued by this cluster for %s", s)
+		}
+		return api.AttestResponse{}, nil, apiErr(http.StatusBadRequest, api.CodeBadRequest, "%v", err)
 	}
-	st := snap.SubjectState(topology.DeviceSubject(device))
+	st := snap.SubjectState(s)
 	enrolled, err := enrolledKeys(st)
 	if err != nil {
-		return api.AttestResponse{}, err
+		return api.AttestResponse{}, nil, err
 	}
 	start := time.Now()
 	res := attest.Verify(raw, ev, enrolled, attest.PolicyOf(class), nonce, now)
@@ -293,7 +368,16 @@ func (a *attestor) Attest(ctx context.Context, device string, raw []byte) (api.A
 		// ago): only the leader, with the latest state, records a failure.
 		// Nothing was recorded, so the nonce is still unused.
 		id, addr := a.store.Leader()
-		return api.AttestResponse{}, &raft.NotLeaderError{LeaderID: id, LeaderAddr: addr}
+		return api.AttestResponse{}, nil, &raft.NotLeaderError{LeaderID: id, LeaderAddr: addr}
+	}
+	if spire && !res.Passed() && res.Clock == nil {
+		// Not signed by the enrolled AK: anyone could have sent it, so it
+		// says nothing of the subject and is not recorded (nor is its
+		// nonce used).
+		a.log.Warn("security: vigil_tpm attestation refused, not recorded: the quote is not signed by the enrolled AK",
+			subjectLog(s), "evidence", res.EvidenceDigest, "reasons", strings.Join(res.Reasons, "; "))
+		return api.AttestResponse{}, nil, apiErr(http.StatusForbidden, api.CodeRefused,
+			"%s: attestation refused and not recorded, for the quote is not signed by the enrolled AK: %s", s, strings.Join(res.Reasons, "; "))
 	}
 	att := &topology.Attestation{
 		Status: res.Status, Method: res.Format, FirmwareVersion: res.FirmwareVersion, FirmwareSHA256: res.FirmwareSHA256,
@@ -304,40 +388,45 @@ func (a *attestor) Attest(ctx context.Context, device string, raw []byte) (api.A
 	} else if st != nil && st.Attestation != nil {
 		att.Clock = st.Attestation.Clock // a failure does not reset the counters' floor
 	}
-	ops := []raft.StateOp{{Subject: topology.DeviceSubject(device), Op: raft.OpSetAttestation, Attestation: att,
+	ops := []raft.StateOp{{Subject: s, Op: raft.OpSetAttestation, Attestation: att,
 		Nonce: ev.Nonce, NonceExpires: expires}}
 	if !res.Passed() && class.Attestation.Quarantine {
-		ops = append(ops, raft.StateOp{Subject: topology.DeviceSubject(device), Op: raft.OpQuarantine, Quarantine: &topology.Quarantine{
+		ops = append(ops, raft.StateOp{Subject: s, Op: raft.OpQuarantine, Quarantine: &topology.Quarantine{
 			Reason: clipReason("attestation failed: " + strings.Join(res.Reasons, "; ")), By: "vigil/attest", Since: now}})
 	}
 	rev, err := a.record(ctx, ops)
 	if errors.Is(err, raft.ErrRejected) && strings.Contains(err.Error(), "replayed") {
-		a.log.Warn("security: attestation replay refused", "device", device, "evidence", res.EvidenceDigest, "nonce_expires", expires)
+		a.log.Warn("security: attestation replay refused", subjectLog(s), "evidence", res.EvidenceDigest, "nonce_expires", expires)
 		a.metrics.replayed()
-		if a.monitor != nil {
-			a.monitor.replayed(device, res.Format, res.EvidenceDigest, now)
+		if a.monitor != nil && s.Kind == topology.KindDevice {
+			a.monitor.replayed(s.Name, res.Format, res.EvidenceDigest, now)
 		}
-		return api.AttestResponse{}, apiErr(http.StatusConflict, api.CodeReplay, "nonce already used: this evidence is a replay")
+		return api.AttestResponse{}, nil, apiErr(http.StatusConflict, api.CodeReplay, "nonce already used: this evidence is a replay")
 	}
 	if errors.Is(err, raft.ErrRejected) && strings.Contains(err.Error(), "forgotten") {
 		// A replay, or a member whose clock is ahead made the log forget
 		// nonces early (raft/nonces.go): refused either way.
 		a.log.Warn("security: attestation refused: the log may have forgotten its nonce (is a member's clock ahead?)",
-			"device", device, "evidence", res.EvidenceDigest, "nonce_expires", expires)
+			subjectLog(s), "evidence", res.EvidenceDigest, "nonce_expires", expires)
 	}
 	if err != nil {
-		return api.AttestResponse{}, err
+		return api.AttestResponse{}, nil, err
 	}
 	a.metrics.recorded(res)
 	if res.Passed() {
-		a.log.Info("attestation passed", "device", device, "format", res.Format, "firmware", res.FirmwareVersion, "revision", rev)
+		a.log.Info("attestation passed", subjectLog(s), "format", res.Format, "firmware", res.FirmwareVersion, "revision", rev)
 	} else {
-		a.log.Warn("attestation failed", "device", device, "format", res.Format, "reasons", strings.Join(res.Reasons, "; "), "revision", rev)
-		if a.monitor != nil {
-			a.monitor.attestationFailed(device, res.Format, strings.Join(res.Reasons, "; "), now)
+		a.log.Warn("attestation failed", subjectLog(s), "format", res.Format, "reasons", strings.Join(res.Reasons, "; "), "revision", rev)
+		if a.monitor != nil && s.Kind == topology.KindDevice {
+			// The monitor's attestation signals are about devices.
+			a.monitor.attestationFailed(s.Name, res.Format, strings.Join(res.Reasons, "; "), now)
+		}
+		if spire {
+			return api.AttestResponse{}, nil, apiErr(http.StatusForbidden, api.CodeRefused,
+				"%s: attestation failed: %s", s, strings.Join(res.Reasons, "; "))
 		}
 	}
-	return api.AttestResponse{Revision: rev, Attestation: att}, nil
+	return api.AttestResponse{Revision: rev, Attestation: att}, snap, nil
 }
 
 func clipReason(s string) string {
@@ -396,8 +485,26 @@ func parsePublicKey(pemText string) (crypto.PublicKey, error) {
 
 // Enroll records device's attestation keys, replacing earlier ones.
 func (a *attestor) Enroll(ctx context.Context, device, actor string, req api.EnrollRequest) (api.EnrollResponse, error) {
-	if _, _, err := a.device(a.store.Current(), device); err != nil {
+	return a.EnrollSubject(ctx, topology.DeviceSubject(device), actor, req)
+}
+
+var _ api.SubjectEnroller = (*attestor)(nil)
+
+// EnrollSubject records a device's or a gateway's attestation keys,
+// replacing earlier ones. A gateway attests only by TPM quote (through the
+// vigil_tpm node attestor), so it is enrolled a TPM AK only.
+func (a *attestor) EnrollSubject(ctx context.Context, s topology.Subject, actor string, req api.EnrollRequest) (api.EnrollResponse, error) {
+	if _, err := a.subject(a.store.Current(), s); err != nil {
 		return api.EnrollResponse{}, err
+	}
+	if s.Kind == topology.KindGateway {
+		if req.EATKey != "" {
+			return api.EnrollResponse{}, apiErr(http.StatusBadRequest, api.CodeBadRequest,
+				"a gateway attests by TPM quote only: enroll its TPM AK (tpmAk), not an EAT key")
+		}
+		if req.TPMAK == "" {
+			return api.EnrollResponse{}, apiErr(http.StatusBadRequest, api.CodeBadRequest, "give the gateway's TPM AK (tpmAk)")
+		}
 	}
 	if req.TPMAK == "" && req.EATKey == "" {
 		return api.EnrollResponse{}, apiErr(http.StatusBadRequest, api.CodeBadRequest, "give a TPM AK (tpmAk) or an EAT key (eatKey)")
@@ -422,10 +529,10 @@ func (a *attestor) Enroll(ctx context.Context, device, actor string, req api.Enr
 		*k.dst = string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
 	}
 	en.Fingerprint = hex.EncodeToString(h.Sum(nil))
-	rev, err := a.store.UpdateState(ctx, []raft.StateOp{{Subject: topology.DeviceSubject(device), Op: raft.OpEnroll, Enrollment: en}})
+	rev, err := a.store.UpdateState(ctx, []raft.StateOp{{Subject: s, Op: raft.OpEnroll, Enrollment: en}})
 	if err != nil {
 		return api.EnrollResponse{}, err
 	}
-	a.log.Info("device enrolled", "device", device, "fingerprint", en.Fingerprint, "by", actor, "revision", rev)
+	a.log.Info(s.Kind.String()+" enrolled", subjectLog(s), "fingerprint", en.Fingerprint, "by", actor, "revision", rev)
 	return api.EnrollResponse{Revision: rev, Enrollment: en}, nil
 }

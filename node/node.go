@@ -201,6 +201,10 @@ func Start(cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
+	spireTPMTokens, err := loadSPIRETPMTokens(cfg.SPIRE.TPMTokenFile)
+	if err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", cfg.APIAddr)
 	if err != nil {
 		return nil, fmt.Errorf("API listen on %s: %w", cfg.APIAddr, err)
@@ -285,7 +289,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	} else {
 		n.xds.server.RegisterALS(n.xds.grpc, nil)
 	}
-	n.api = api.NewServer(api.ServerConfig{Store: diskGate{store, n.disk}, Tokens: tokens, PeerToken: n.peer, Connector: conn,
+	n.api = api.NewServer(api.ServerConfig{Store: diskGate{store, n.disk}, Tokens: tokens, SPIRETPMTokens: spireTPMTokens, PeerToken: n.peer, Connector: conn,
 		Ready: n.Ready, Node: n.status, XDS: n.xds, Attestor: n.attest, Monitor: mon, Metrics: n.metricsHandler(),
 		DryRun: n.dryRunner(), Console: n.consoleParts(), Logger: log, Partitioned: n.quorum.partitioned, Now: cfg.Clock,
 		Local: n.store.QuarantineLocal})

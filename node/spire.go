@@ -27,6 +27,12 @@ type SPIREConfig struct {
 	// Parallel is how many entry batches are in flight at once (default 1;
 	// more helps a server on PostgreSQL, not one on sqlite3).
 	Parallel int
+	// TPMTokenFile holds the tokens ("name:token" lines, as the operators'
+	// token file) of the vigil_tpm node attestor's server plugin: they
+	// authenticate POST /v1/spire/tpm/challenge and /attest only. Every
+	// member needs the same file. Empty: only operators' tokens reach
+	// those routes. It does not need Socket.
+	TPMTokenFile string
 }
 
 // spirePart keeps the SPIRE server's entries equal to the topology while
@@ -127,7 +133,8 @@ func apiError(err error) error {
 		return nil
 	case errors.Is(err, spire.ErrNoSubject):
 		status, code = http.StatusNotFound, api.CodeNotFound
-	case errors.Is(err, spire.ErrNoAgent), errors.Is(err, spire.ErrQuarantined), errors.Is(err, spire.ErrTrustDomain):
+	case errors.Is(err, spire.ErrNoAgent), errors.Is(err, spire.ErrQuarantined), errors.Is(err, spire.ErrTrustDomain),
+		errors.Is(err, spire.ErrTPMOnboarded):
 		status, code = http.StatusConflict, api.CodeRejected
 	case errors.Is(err, spire.ErrTokenTTL):
 		status, code = http.StatusBadRequest, api.CodeBadRequest

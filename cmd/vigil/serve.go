@@ -178,6 +178,11 @@ members are started with --join <API address of any member> and the founding
 member's cluster key (--cluster-key-file) and token file (--token-file). A
 member restarted on its data dir rejoins its cluster by itself.
 
+A SPIRE server whose agents attest with Vigil's TPM verifier (the vigil_tpm
+node attestor, docs/spire-tpm.md) calls the members with a token of
+--spire-tpm-token-file, the same file on every member; such a token reaches
+POST /v1/spire/tpm/challenge and /v1/spire/tpm/attest and nothing else.
+
 Settings come from flags, then VIGIL_* environment variables, then --config,
 a YAML file of flag names and values (e.g. "node-id: n1").`,
 		Example: `  vigil serve --node-id n1 --data-dir /var/lib/vigil

@@ -34,6 +34,10 @@ func registerSPIREFlags(f *pflag.FlagSet, c *node.SPIREConfig) {
 		"the same for devices of identity: agent classes, on the device's own agent")
 	f.DurationVar(&c.Resync, "spire-resync", 5*time.Minute, "how often the leader compares the whole SPIRE server with the topology without a change")
 	f.IntVar(&c.Parallel, "spire-parallel", 1, "entry batches in flight at once; more helps a SPIRE server on PostgreSQL or MySQL, not one on sqlite3")
+	f.StringVar(&c.TPMTokenFile, "spire-tpm-token-file", "",
+		"tokens (\"name:token\" per line, mode 0600, as --token-file) of the "+spire.TPMAttestor+" node attestor's server plugin in the SPIRE server: "+
+			"they reach only POST /v1/spire/tpm/challenge and /v1/spire/tpm/attest (operators' tokens reach those too); every member needs the same file, "+
+			"for attestations are forwarded to the leader with their token")
 }
 
 // newAgentCmds builds "vigil gateway token|list" and "vigil device token|list".

@@ -103,6 +103,8 @@ func newSubjectCmd(kindName string) *cobra.Command {
 	cmd.AddCommand(newGatewaySignalCmds(kind)...)
 	if kind == topology.KindDevice {
 		cmd.AddCommand(newDeviceAttestCmds()...)
+	} else {
+		cmd.AddCommand(newGatewayEnrollCmd())
 	}
 	return cmd
 }
