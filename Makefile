@@ -62,6 +62,7 @@ fuzz:
 	$(GO) test ./attest -run '^$$' -fuzz FuzzDICE -fuzztime $(FUZZTIME)
 	$(GO) test ./attest -run '^$$' -fuzz FuzzEAT -fuzztime $(FUZZTIME)
 	$(GO) test ./attest -run '^$$' -fuzz FuzzEKEnrollmentParsers -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/spiretpm -run '^$$' -fuzz FuzzParsePayload -fuzztime $(FUZZTIME)
 
 # `make bench` runs every benchmark and load figure that BENCHMARKS.md cites,
 # one after another, hardware, commit and load average first: the
@@ -101,6 +102,7 @@ B_NODE_GO         := -benchtime 1s
 B_CONSOLE_GO      := -benchtime 0.2s
 B_SPIRE_GO        := -bench 'ReconcileRealServer/^devices=10000$$'
 B_SPIRE_E2E       := 1000
+B_SPIRE_TPM       := -tpm-for 5s
 B_WRITES          := -duration 2s -failovers 1 -devices 1000
 B_TOPOLOGY        := -devices 100000
 B_AUTHZ           := -duration 3s
@@ -130,6 +132,7 @@ B_NODE_GO         := -benchtime 5s
 B_CONSOLE_GO      := -benchtime 1s
 B_SPIRE_GO        := -bench 'ReconcileRealServer'
 B_SPIRE_E2E       := 10000
+B_SPIRE_TPM       := -tpm-for 30s
 B_WRITES          := -duration 10s -failovers 5
 B_TOPOLOGY        := -devices 100000,1000000
 B_AUTHZ           := -duration 10s
@@ -169,6 +172,8 @@ bench:
 	@GO="$(GO)" ./scripts/spire-build.sh >/dev/null || echo "spire build" >> $(BENCH_FAIL)
 	@$(bench_run) 'spire: reconcile passes against the real server' 10m $(GO) test -timeout 9m -run '^$$' $(B_SPIRE_GO) -benchtime=1x ./spire
 	@$(bench_run) 'spire: quarantine through a 3-member cluster ($(B_SPIRE_E2E) devices)' 10m $(GO) -C e2e test -timeout 9m -run '^$$' -bench SPIREQuarantine -benchtime=1x . -args -devices $(B_SPIRE_E2E)
+	@$(bench_run) 'spire: vigil_tpm attestations through one server' 5m $(GO) -C e2e test -timeout 4m -run '^$$' -bench SPIRETPMAttest -benchtime=1x . -args $(B_SPIRE_TPM)
+	@$(bench_run) 'spire: agent start to first SVID, vigil_tpm and join token' 5m $(GO) -C e2e test -timeout 4m -run '^$$' -bench SPIRETPMFirstSVID -benchtime=1x .
 	@# Load tools (vigil-load: real `vigil serve` processes on 127.0.0.1), in BENCHMARKS.md's order.
 	@$(bench_run) 'vigil-load writes' 5m $(BENCH_LOAD) writes $(B_WRITES)
 	@$(bench_run) 'vigil-load topology' 10m $(BENCH_LOAD) topology $(B_TOPOLOGY)

@@ -31,7 +31,7 @@ type Refusal struct {
 }
 
 func (r *Refusal) Error() string {
-	if r.Subject.Name == "" {
+	if r.Subject.Name == "" || strings.HasPrefix(r.Reason, r.Subject.String()+": ") {
 		return r.Reason
 	}
 	return r.Subject.String() + ": " + r.Reason
