@@ -13,11 +13,11 @@ build: spire-plugin
 	$(GO) build -o bin/vigil ./cmd/vigil
 
 # The vigil_tpm SPIRE node attestor (docs/spire-tpm.md): spire-server loads
-# bin/vigil-spire-tpm-server, spire-agent bin/vigil-spire-tpm-agent. The
+# bin/vigil-tpm-attestor-server, spire-agent bin/vigil-tpm-attestor-agent. The
 # checksums are what plugin_checksum takes.
 spire-plugin:
-	$(GO) build -o bin/ ./cmd/vigil-spire-tpm-server ./cmd/vigil-spire-tpm-agent
-	@cd bin && sha256sum vigil-spire-tpm-server vigil-spire-tpm-agent
+	$(GO) build -o bin/ ./cmd/vigil-tpm-attestor-server ./cmd/vigil-tpm-attestor-agent
+	@cd bin && sha256sum vigil-tpm-attestor-server vigil-tpm-attestor-agent
 
 test: fmt-check vet re2 spire unit e2e
 

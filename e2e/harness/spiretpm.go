@@ -22,8 +22,8 @@ var spireTPM struct {
 	server, agent SPIRETPMPlugin
 }
 
-// BuildSPIRETPM compiles cmd/vigil-spire-tpm-server and
-// cmd/vigil-spire-tpm-agent of the main module into dir, once per process.
+// BuildSPIRETPM compiles cmd/vigil-tpm-attestor-server and
+// cmd/vigil-tpm-attestor-agent of the main module into dir, once per process.
 func BuildSPIRETPM(dir string) (server, agent SPIRETPMPlugin, err error) {
 	spireTPM.mu.Lock()
 	defer spireTPM.mu.Unlock()
@@ -41,7 +41,7 @@ func BuildSPIRETPM(dir string) (server, agent SPIRETPMPlugin, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", out+string(filepath.Separator),
-		MainModule+"/cmd/vigil-spire-tpm-server", MainModule+"/cmd/vigil-spire-tpm-agent")
+		MainModule+"/cmd/vigil-tpm-attestor-server", MainModule+"/cmd/vigil-tpm-attestor-agent")
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return server, agent, fmt.Errorf("go build of the vigil_tpm plugins: %w\n%s", err, b)
@@ -55,10 +55,10 @@ func BuildSPIRETPM(dir string) (server, agent SPIRETPMPlugin, err error) {
 		h := sha256.Sum256(b)
 		return SPIRETPMPlugin{Path: p, SHA256: hex.EncodeToString(h[:])}, nil
 	}
-	if server, err = sum("vigil-spire-tpm-server"); err != nil {
+	if server, err = sum("vigil-tpm-attestor-server"); err != nil {
 		return server, agent, err
 	}
-	if agent, err = sum("vigil-spire-tpm-agent"); err != nil {
+	if agent, err = sum("vigil-tpm-attestor-agent"); err != nil {
 		return server, agent, err
 	}
 	spireTPM.server, spireTPM.agent = server, agent

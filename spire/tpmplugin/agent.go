@@ -33,7 +33,8 @@ type AgentConfig struct {
 	// swtpm:host=H,port=P for a TCP TPM simulator.
 	TPM string `hcl:"tpm"`
 	// AKHandle is the persistent handle of the AK enrolled in Vigil
-	// (default 0x81010002, `vigil attest tpm ak-public`'s).
+	// (default 0x81010002, `vigil attest tpm ak-public`'s); an ECDSA P-256
+	// AK is created there when the handle is empty.
 	AKHandle string `hcl:"ak_handle"`
 	// EventLog is the firmware event log: the TCG binary log
 	// (/sys/kernel/security/tpm0/binary_bios_measurements) or a JSON list
@@ -99,8 +100,9 @@ func (p *AgentPlugin) AidAttestation(stream nodeattestorv1.NodeAttestor_AidAttes
 	}
 }
 
-// Configure decodes plugin_data and checks that the AK is there, so that a
-// misconfigured agent fails at start with the reason.
+// Configure decodes plugin_data, reaches the TPM and reads the AK
+// (creating it when its handle is empty), so that a misconfigured agent
+// fails at start with the reason.
 func (p *AgentPlugin) Configure(_ context.Context, req *configv1.ConfigureRequest) (*configv1.ConfigureResponse, error) {
 	a, err := p.newAgent(req.GetHclConfiguration(), true)
 	if err != nil {
@@ -165,6 +167,16 @@ func (p *AgentPlugin) newAgent(hclText string, probe bool) (*spiretpm.Agent, err
 	}
 	a.TPM = tpm
 	if probe {
+		if m, ok := tpm.(akMaker); ok {
+			created, err := m.ensureAK()
+			if err != nil {
+				return nil, fmt.Errorf("the AK at %s on %s: %v", cfg.AKHandle, cfg.TPM, err)
+			}
+			if created && p.log != nil {
+				p.log.Warn("created an attestation key; enroll it before this agent can attest: vigil attest tpm ak-public --tpm TPM --ak-handle HANDLE > ak.pem; vigil "+a.Subject.Kind.String()+" enroll "+a.Subject.Name+" --tpm-ak ak.pem",
+					"tpm", cfg.TPM, "ak_handle", cfg.AKHandle)
+			}
+		}
 		if _, err := tpm.AKPublicPEM(); err != nil {
 			return nil, fmt.Errorf("the AK at %s on %s: %v", cfg.AKHandle, cfg.TPM, err)
 		}

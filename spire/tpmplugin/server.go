@@ -3,7 +3,7 @@
 // the agent's TPM quote; AgentPlugin, loaded by spire-agent, quotes the
 // TPM. The logic is internal/spiretpm's; this package is the SDK's glue
 // (streams, HCL configuration, gRPC status codes). The binaries are
-// cmd/vigil-spire-tpm-server and cmd/vigil-spire-tpm-agent; the operator's
+// cmd/vigil-tpm-attestor-server and cmd/vigil-tpm-attestor-agent; the operator's
 // guide is docs/spire-tpm.md.
 package tpmplugin
 
@@ -37,8 +37,9 @@ var _ pluginsdk.NeedsLogger = (*ServerPlugin)(nil)
 
 // ServerConfig is the server plugin's plugin_data.
 type ServerConfig struct {
-	// Servers are the Vigil members' API addresses, tried in turn.
-	Servers []string `hcl:"servers"`
+	// VigilAPI is a Vigil member's API address, or a list of the
+	// members' addresses, tried in turn: a string or a list of strings.
+	VigilAPI any `hcl:"vigil_api"`
 	// TokenFile holds the token (a line of the members'
 	// --spire-tpm-token-file; "name:token" or the bare token).
 	TokenFile string `hcl:"token_file"`
@@ -185,11 +186,37 @@ func newServer(core *configv1.CoreConfiguration, hclText string) (*spiretpm.Serv
 			return nil, fmt.Errorf("plugin_data: timeout %q is not a positive duration such as \"10s\"", cfg.Timeout)
 		}
 	}
-	client, err := spiretpm.NewClient(cfg.Servers, token, tlsConfig, timeout)
+	servers, err := addresses(cfg.VigilAPI)
 	if err != nil {
-		return nil, fmt.Errorf("plugin_data: servers: %v", err)
+		return nil, err
+	}
+	client, err := spiretpm.NewClient(servers, token, tlsConfig, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("plugin_data: vigil_api: %v", err)
 	}
 	return &spiretpm.Server{Vigil: client, TrustDomain: td}, nil
+}
+
+// addresses reads vigil_api: one address or a list of them.
+func addresses(v any) ([]string, error) {
+	const want = `plugin_data: vigil_api must be a Vigil member's API address or a list of them, such as "https://vigil-1.example:7070"`
+	switch v := v.(type) {
+	case nil:
+		return nil, errors.New(want + " (it is required)")
+	case string:
+		return []string{v}, nil
+	case []any:
+		var out []string
+		for _, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				return nil, errors.New(want)
+			}
+			out = append(out, s)
+		}
+		return out, nil
+	}
+	return nil, errors.New(want)
 }
 
 // firstToken reads the first token of a token file: "name:token" lines or

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/vigil-iot/vigil/attest"
 	"github.com/vigil-iot/vigil/internal/spiretpm"
+	"github.com/vigil-iot/vigil/internal/swtpmtest"
 	"github.com/vigil-iot/vigil/spire/tpmplugin"
 	"github.com/vigil-iot/vigil/topology"
 )
@@ -106,12 +108,19 @@ type plugins struct {
 
 func start(t *testing.T, tpm *attest.SimTPM, vigilURL string) plugins {
 	t.Helper()
+	return startWith(t, func(tpmplugin.AgentConfig) (spiretpm.TPM, error) { return tpm, nil }, `subject = "gateway/gw-1"`, vigilURL)
+}
+
+// startWith serves both plugins, the agent's opening its TPM with open (nil:
+// the real device) and configured with agentHCL.
+func startWith(t *testing.T, open tpmplugin.OpenTPM, agentHCL, vigilURL string) plugins {
+	t.Helper()
 	dir := t.TempDir()
 	tokFile := filepath.Join(dir, "token")
 	os.WriteFile(tokFile, []byte("# the SPIRE server's\nspire:"+token+"\n"), 0o600)
 
 	var logs bytes.Buffer
-	ap := &tpmplugin.AgentPlugin{Open: func(tpmplugin.AgentConfig) (spiretpm.TPM, error) { return tpm, nil }}
+	ap := &tpmplugin.AgentPlugin{Open: open}
 	aClient, aConfig := new(agentna.NodeAttestorPluginClient), new(configv1.ConfigServiceClient)
 	plugintest.ServeInBackground(t, plugintest.Config{PluginServer: agentna.NodeAttestorPluginServer(ap), PluginClient: aClient,
 		ServiceServers: []pluginsdk.ServiceServer{configv1.ConfigServiceServer(ap)}, ServiceClients: []pluginsdk.ServiceClient{aConfig}})
@@ -123,11 +132,11 @@ func start(t *testing.T, tpm *attest.SimTPM, vigilURL string) plugins {
 
 	ctx := context.Background()
 	core := &configv1.CoreConfiguration{TrustDomain: "city.example"}
-	if _, err := aConfig.Configure(ctx, &configv1.ConfigureRequest{CoreConfiguration: core, HclConfiguration: `subject = "gateway/gw-1"`}); err != nil {
+	if _, err := aConfig.Configure(ctx, &configv1.ConfigureRequest{CoreConfiguration: core, HclConfiguration: agentHCL}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := sConfig.Configure(ctx, &configv1.ConfigureRequest{CoreConfiguration: core,
-		HclConfiguration: `servers = ["` + vigilURL + `"]` + "\ntoken_file = \"" + tokFile + "\"\ntimeout = \"5s\""}); err != nil {
+		HclConfiguration: `vigil_api = "` + vigilURL + `"` + "\ntoken_file = \"" + tokFile + "\"\ntimeout = \"5s\""}); err != nil {
 		t.Fatal(err)
 	}
 	return plugins{agent: aClient, server: sClient, logs: &logs}
@@ -259,13 +268,16 @@ func TestConfigure(t *testing.T) {
 	tok := filepath.Join(t.TempDir(), "tok")
 	os.WriteFile(tok, []byte("spire:"+token+"\n"), 0o600)
 	for _, tc := range []struct{ hcl, want string }{
-		{`servers = ["https://v:7070"]`, "token_file is required"},
-		{`servers = ["https://v:7070"]` + "\ntoken_file = \"/nonexistent\"", "no such file"},
-		{`token_file = "` + tok + `"`, "no Vigil servers"},
-		{`servers = ["http://vigil.example:7070"]` + "\ntoken_file = \"" + tok + `"`, "http only to loopback"},
-		{`servers = ["https://v:7070"]` + "\ntoken_file = \"" + tok + "\"\ntimeout = \"soon\"", "not a positive duration"},
-		{`servers = ["https://v:7070"]` + "\ntoken_file = \"" + tok + "\"\nca_file = \"" + tok + `"`, "holds no PEM certificate"},
-		{`servers = [`, "plugin_data"},
+		{`vigil_api = ["https://v:7070"]`, "token_file is required"},
+		{`vigil_api = "https://v:7070"` + "\ntoken_file = \"/nonexistent\"", "no such file"},
+		{`token_file = "` + tok + `"`, "vigil_api must be"},
+		{`vigil_api = 7` + "\ntoken_file = \"" + tok + `"`, "vigil_api must be"},
+		{`vigil_api = ["https://v:7070", 7]` + "\ntoken_file = \"" + tok + `"`, "vigil_api must be"},
+		{`vigil_api = []` + "\ntoken_file = \"" + tok + `"`, "no Vigil servers"},
+		{`vigil_api = ["http://vigil.example:7070"]` + "\ntoken_file = \"" + tok + `"`, "http only to loopback"},
+		{`vigil_api = "https://v:7070"` + "\ntoken_file = \"" + tok + "\"\ntimeout = \"soon\"", "not a positive duration"},
+		{`vigil_api = "https://v:7070"` + "\ntoken_file = \"" + tok + "\"\nca_file = \"" + tok + `"`, "holds no PEM certificate"},
+		{`vigil_api = [`, "plugin_data"},
 	} {
 		sp := new(tpmplugin.ServerPlugin)
 		_, err := sp.Configure(ctx, &configv1.ConfigureRequest{CoreConfiguration: core, HclConfiguration: tc.hcl})
@@ -295,5 +307,46 @@ func TestConfigure(t *testing.T) {
 	sp := new(tpmplugin.ServerPlugin)
 	if err := sp.Attest(nil); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("unconfigured server: %v", err)
+	}
+}
+
+// TestAgentPluginWithSwtpm runs the agent plugin on a real TPM 2.0 (swtpm):
+// it creates the AK at its handle when there is none, and its quotes of the
+// measured firmware pass.
+func TestAgentPluginWithSwtpm(t *testing.T) {
+	swtpmtest.Require(t, "swtpm", "tpm2_pcrextend")
+	tpm := swtpmtest.Start(t, swtpmtest.Flags("not-need-init,startup-clear"))
+	tpm.Tool(t, "tpm2_pcrextend", "16:sha256="+fwGood)
+	events := filepath.Join(t.TempDir(), "events.json")
+	os.WriteFile(events, []byte(`[{"pcr": 16, "sha256": "`+fwGood+`", "type": "firmware"}]`), 0o600)
+	dev, err := tpmplugin.OpenDevice(tpmplugin.AgentConfig{TPM: tpm.TCTI(), AKHandle: tpmplugin.DefaultAKHandle, EventLog: events})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dev.AKPublicPEM(); err == nil {
+		t.Fatal("a fresh swtpm has an AK already")
+	}
+	// Configure creates it; the Vigil stand-in is built on it after.
+	hclText := `subject = "gateway/gw-1"` + "\ntpm = \"" + tpm.TCTI() + "\"\nevent_log = \"" + events + `"`
+	probe := &tpmplugin.AgentPlugin{}
+	if _, err := probe.Configure(context.Background(), &configv1.ConfigureRequest{HclConfiguration: hclText}); err != nil {
+		t.Fatalf("configure on a fresh TPM: %v", err)
+	}
+	ak, err := dev.AKPublicPEM()
+	if err != nil {
+		t.Fatalf("no AK after Configure: %v", err)
+	}
+	p := startWith(t, nil, hclText, vigilAPI(t, ak).URL)
+	attrs, err := p.attest(t, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(attrs.SelectorValues, "firmware:5.0.0") {
+		t.Fatalf("attributes: %+v", attrs)
+	}
+	// Unlisted firmware measured on top: refused.
+	tpm.Tool(t, "tpm2_pcrextend", "16:sha256="+strings.Repeat("3", 64))
+	if _, err := p.attest(t, nil); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("after an unlisted measurement: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-// Command vigil-spire-tpm-server is the server side of the vigil_tpm SPIRE
+// Command vigil-tpm-attestor-server is the server side of the vigil_tpm SPIRE
 // node attestor: spire-server loads it (NodeAttestor "vigil_tpm" {
 // plugin_cmd = ... }) and it has Vigil verify each agent's TPM quote over a
 // single-use nonce, giving agents selectors that carry their measured

@@ -1,4 +1,4 @@
-// Command vigil-spire-tpm-agent is the agent side of the vigil_tpm SPIRE
+// Command vigil-tpm-attestor-agent is the agent side of the vigil_tpm SPIRE
 // node attestor: spire-agent loads it (NodeAttestor "vigil_tpm" {
 // plugin_cmd = ... }) and it answers the server's challenge with a quote
 // of the TPM's PCRs and the firmware event log. See docs/spire-tpm.md. It
