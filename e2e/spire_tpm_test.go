@@ -234,6 +234,10 @@ func TestSPIRETPMNodeAttestation(t *testing.T) {
 			t.Errorf("spire-server agent show %s lacks %s:\n%s", agentID, want, show)
 		}
 	}
+	if l := gatewayAgents(t, w.env, w.c.Member(1).APIAddr, "gw-1"); len(l) != 1 || !l[0].Attested || l[0].Agent == nil ||
+		l[0].Agent.AttestationType != spire.TPMAttestor || l[0].Agent.ID != agentID || !l[0].Agent.CanReattest {
+		t.Errorf("vigil gateway list, gw-1: %+v", l)
+	}
 	start := time.Now()
 	svid, err := spire.FetchDeviceSVID(ctxFor(t, 60*time.Second), a1.AdminSocket, "l-1")
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -54,35 +53,23 @@ func atSHA256Hex(s string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// atTCGBinaryLog is a crypto-agile TCG event log of SHA-256 digests: the
-// Spec ID header, then one EV_EFI_PLATFORM_FIRMWARE_BLOB2 event per digest.
+// atTCGBinaryLog is a crypto-agile TCG binary event log (SHA-256, the firmware
+// event EV_EFI_PLATFORM_FIRMWARE_BLOB2) of firmware measured into PCR 16,
+// as attest.SimTPM writes it.
 func atTCGBinaryLog(pcr uint32, digests ...string) []byte {
-	le := binary.LittleEndian
-	spec := []byte("Spec ID Event03\x00")
-	spec = le.AppendUint32(spec, 0)
-	spec = append(spec, 0, 2, 0, 2)
-	spec = le.AppendUint32(spec, 1)
-	spec = le.AppendUint16(spec, 0x000b)
-	spec = le.AppendUint16(spec, 32)
-	spec = append(spec, 0)
-	b := le.AppendUint32(nil, 0)
-	b = le.AppendUint32(b, 3) // EV_NO_ACTION
-	b = append(b, make([]byte, 20)...)
-	b = le.AppendUint32(b, uint32(len(spec)))
-	b = append(b, spec...)
-	for _, d := range digests {
-		raw, _ := hex.DecodeString(d)
-		data := append([]byte{8}, "firmware"...)
-		data = append(data, make([]byte, 16)...)
-		b = le.AppendUint32(b, pcr)
-		b = le.AppendUint32(b, 0x8000000a)
-		b = le.AppendUint32(b, 1)
-		b = le.AppendUint16(b, 0x000b)
-		b = append(b, raw...)
-		b = le.AppendUint32(b, uint32(len(data)))
-		b = append(b, data...)
+	if pcr != 16 {
+		panic("only PCR 16 holds firmware")
 	}
-	return b
+	sim, err := attest.NewSimTPM(false)
+	if err != nil {
+		panic(err)
+	}
+	for _, d := range digests {
+		if err := sim.MeasureFirmware(d); err != nil {
+			panic(err)
+		}
+	}
+	return sim.BinaryEventLog()
 }
 
 func atPolicy(firmware string) attest.Policy {
