@@ -99,6 +99,20 @@ func FirstToken(data []byte) (string, error) {
 
 func (t *Tokens) add(name, tok string) { t.byHash[sha256.Sum256([]byte(tok))] = name }
 
+// Shared names a token of t that o also holds ("" if none): a token given
+// two powers would have the greater.
+func (t *Tokens) Shared(o *Tokens) string {
+	if t == nil || o == nil {
+		return ""
+	}
+	for h, name := range t.byHash {
+		if _, ok := o.byHash[h]; ok {
+			return name
+		}
+	}
+	return ""
+}
+
 // Actor returns who holds the request's bearer token. Tokens are compared
 // by their SHA-256, in constant time against every known token.
 func (t *Tokens) Actor(r *http.Request) (string, bool) {

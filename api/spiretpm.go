@@ -48,7 +48,13 @@ const spireTPMActorPrefix = "spire-tpm/"
 // TPM tokens.
 func (s *Server) spireTPMRoutes() {
 	s.routeSPIRETPM("POST "+spiretpm.ChallengePath, s.tpmChallenge)
-	s.routeSPIRETPM("POST "+spiretpm.AttestPath, s.write(s.tpmAttest))
+	attest := s.write(s.tpmAttest)
+	s.routeSPIRETPM("POST "+spiretpm.AttestPath, func(w http.ResponseWriter, r *http.Request) error {
+		// The body is the evidence and its envelope, not the 16 MiB of
+		// other writes.
+		r.Body = http.MaxBytesReader(w, r.Body, spiretpm.MaxAttestRequestBytes)
+		return attest(w, r)
+	})
 }
 
 func (s *Server) tpmNodeAttestor() (TPMNodeAttestor, error) {

@@ -186,3 +186,22 @@ func TestSPIRETPMRoutesNeedTheirAttestor(t *testing.T) {
 	_, err = m.client().EnrollGateway(ctx, "gw-1", EnrollRequest{TPMAK: "x"})
 	apiError(t, err, http.StatusNotFound, CodeNotFound)
 }
+
+func TestTokensShared(t *testing.T) {
+	ops, err := ParseTokens([]byte("alice:alice-token-0123456789abcdef\nbob:bob-token-0123456789abcdef0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spire, _ := ParseTokens([]byte("spire:spire-token-0123456789abcdef\n"))
+	if name := spire.Shared(ops); name != "" {
+		t.Fatalf("Shared = %q for distinct tokens", name)
+	}
+	reused, _ := ParseTokens([]byte("spire:bob-token-0123456789abcdef0\n"))
+	if name := reused.Shared(ops); name != "spire" {
+		t.Fatalf("Shared = %q, want spire", name)
+	}
+	var none *Tokens
+	if none.Shared(ops) != "" {
+		t.Fatal("a nil set shares a token")
+	}
+}

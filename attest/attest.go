@@ -130,6 +130,11 @@ type Result struct {
 	EvidenceDigest string `json:"evidenceDigest"`
 	// Clock is the accepted quote's clock info, to record for the next one.
 	Clock *TPMClock `json:"clock,omitempty"`
+	// Authentic is set for a TPM quote signed by the enrolled AK over this
+	// attestation's nonce: whatever else it fails, it is the subject's own
+	// state now, not an old quote replayed or a forgery. A failure that is
+	// not authentic says nothing of the subject.
+	Authentic bool `json:"-"`
 }
 
 // Passed reports whether the evidence was accepted.

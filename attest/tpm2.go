@@ -411,6 +411,8 @@ func (tpm2Verifier) Verify(ev *Evidence, key Enrolled, pol Policy, nonce []byte,
 
 	if len(nonce) == 0 || subtle.ConstantTimeCompare(q.ExtraData, nonce) != 1 {
 		fail("the quote's extraData is not the nonce issued for this attestation")
+	} else {
+		res.Authentic = signed
 	}
 
 	if c := key.Clock; c != nil {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -229,7 +230,8 @@ func TestSPIRETPMNodeAttestation(t *testing.T) {
 		t.Fatal("gw-1's agent stored no SVID")
 	}
 	show := w.agentShow(t, agentID)
-	for _, want := range []string{"vigil_tpm:firmware:5.0.0", "vigil_tpm:subject:gw-1", "vigil_tpm:kind:gateway", "vigil_tpm:zone:north", "vigil_tpm:class:edge-gw"} {
+	for _, want := range []string{"vigil_tpm:firmware:5.0.0", "vigil_tpm:firmware-sha256:" + tpmFW500, "vigil_tpm:ak:", "vigil_tpm:subject:gw-1",
+		"vigil_tpm:kind:gateway", "vigil_tpm:zone:north", "vigil_tpm:class:edge-gw"} {
 		if !strings.Contains(show, want) {
 			t.Errorf("spire-server agent show %s lacks %s:\n%s", agentID, want, show)
 		}
@@ -341,6 +343,27 @@ func agentStoredSVIDs(t *testing.T, a *spiretest.Agent) int {
 	return len(data.SVID)
 }
 
+// wantRefused checks that SPIRE refused an attestation with a reference
+// and no reason, and that its log holds the reason under that reference.
+func (w *tpmWorld) wantRefused(t *testing.T, what string, err error, reason string) {
+	t.Helper()
+	m := regexp.MustCompile(`\(ref ([0-9a-f]{8})\)`).FindStringSubmatch(status.Convert(err).Message())
+	if status.Code(err) != codes.PermissionDenied || m == nil {
+		t.Fatalf("%s: %v, want PermissionDenied with a reference", what, err)
+	}
+	if strings.Contains(err.Error(), reason) {
+		t.Errorf("%s: the caller is told the reason: %v", what, err)
+	}
+	testwait.For(t, 5*time.Second, what+": the reason in the server's log", func() bool {
+		for _, l := range strings.Split(w.serverLog(), "\n") {
+			if strings.Contains(l, "ref="+m[1]) && strings.Contains(l, reason) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 func lineWith(s, sub string) string {
 	for _, l := range strings.Split(s, "\n") {
 		if strings.Contains(l, sub) {
@@ -431,9 +454,7 @@ func (w *tpmWorld) rogue(t *testing.T, g *tpmGateway) {
 	other := startAttestSwtpm(t, g.name+"-impostor")
 	otherAK := mustCLI(t, nil, "attest", "tpm", "ak-public", "--tpm", other.spec(), "--ak-handle", tpmAKHandle).stdout
 	_, err := attest(payload([]byte(otherAK)), func(*spiretpm.Challenge) []byte { t.Fatal("challenged with an unenrolled AK"); return nil })
-	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "not the one enrolled") {
-		t.Fatalf("an unenrolled AK: %v", err)
-	}
+	w.wantRefused(t, "an unenrolled AK", err, "not the one enrolled")
 
 	// The genuine attestation, whose evidence is kept.
 	var kept []byte
@@ -446,8 +467,20 @@ func (w *tpmWorld) rogue(t *testing.T, g *tpmGateway) {
 	}
 	// Replayed into a new attestation.
 	_, err = attest(payload(ak), func(*spiretpm.Challenge) []byte { return kept })
-	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "answers another nonce") {
-		t.Fatalf("a replayed quote: %v", err)
+	w.wantRefused(t, "a replayed quote", err, "answers another nonce")
+	// Replayed with its nonce field rewritten to the new nonce: the quote
+	// still names the old one; Vigil refuses it and records nothing.
+	_, err = attest(payload(ak), func(ch *spiretpm.Challenge) []byte {
+		var ev map[string]any
+		json.Unmarshal(kept, &ev)
+		ev["nonce"] = ch.Nonce
+		b, _ := json.Marshal(ev)
+		return b
+	})
+	w.wantRefused(t, "a replayed quote under a new nonce", err, "not recorded")
+	sub := mustCLI(t, w.env, "gateway", "get", g.name, "-o", "json", "--server", w.c.Member(0).APIAddr).stdout
+	if !strings.Contains(sub, `"passed"`) || strings.Contains(sub, `"failed"`) {
+		t.Fatalf("the replayed quote was recorded as a failure:\n%s", sub)
 	}
 	// Given to Vigil again, by whoever holds the SPIRE server's token.
 	body, _ := json.Marshal(spiretpm.AttestRequest{Subject: topology.GatewaySubject(g.name), Evidence: kept})

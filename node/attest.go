@@ -363,21 +363,26 @@ func (a *attestor) attestSubject(ctx context.Context, s topology.Subject, raw []
 	start := time.Now()
 	res := attest.Verify(raw, ev, enrolled, attest.PolicyOf(class), nonce, now)
 	a.metrics.verified(ev.Format, time.Since(start))
+	if (spire || class.SPIRETPM()) && !res.Passed() && !res.Authentic {
+		// Not a quote the enrolled AK signed over this nonce: a forgery, or
+		// an old genuine quote with the nonce field rewritten. Anyone who
+		// reaches SPIRE's agent port (or holds a quote that passed through
+		// it) could send it, so it says nothing of the subject: it is not
+		// recorded (nor its nonce used), so that no one without the TPM
+		// records failures that would evict the subject's agent or
+		// quarantine it. Checked before a follower hands a failure to the
+		// leader, which would only verify it again.
+		a.log.Warn("security: attestation refused, not recorded: the quote is not signed by the enrolled AK over this nonce",
+			subjectLog(s), "evidence", res.EvidenceDigest, "reasons", strings.Join(res.Reasons, "; "))
+		return api.AttestResponse{}, nil, apiErr(http.StatusForbidden, api.CodeRefused,
+			"%s: attestation refused and not recorded, for the quote is not signed by the enrolled AK over this attestation's nonce: %s", s, strings.Join(res.Reasons, "; "))
+	}
 	if !res.Passed() && !a.store.IsLeader() {
 		// This replica may lag the log (an enrollment committed an instant
 		// ago): only the leader, with the latest state, records a failure.
 		// Nothing was recorded, so the nonce is still unused.
 		id, addr := a.store.Leader()
 		return api.AttestResponse{}, nil, &raft.NotLeaderError{LeaderID: id, LeaderAddr: addr}
-	}
-	if spire && !res.Passed() && res.Clock == nil {
-		// Not signed by the enrolled AK: anyone could have sent it, so it
-		// says nothing of the subject and is not recorded (nor is its
-		// nonce used).
-		a.log.Warn("security: vigil_tpm attestation refused, not recorded: the quote is not signed by the enrolled AK",
-			subjectLog(s), "evidence", res.EvidenceDigest, "reasons", strings.Join(res.Reasons, "; "))
-		return api.AttestResponse{}, nil, apiErr(http.StatusForbidden, api.CodeRefused,
-			"%s: attestation refused and not recorded, for the quote is not signed by the enrolled AK: %s", s, strings.Join(res.Reasons, "; "))
 	}
 	att := &topology.Attestation{
 		Status: res.Status, Method: res.Format, FirmwareVersion: res.FirmwareVersion, FirmwareSHA256: res.FirmwareSHA256,

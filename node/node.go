@@ -205,6 +205,9 @@ func Start(cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if name := spireTPMTokens.Shared(tokens); name != "" {
+		return nil, fmt.Errorf("--spire-tpm-token-file: token %q is also an operator's token (--token-file): the SPIRE server's token must open only the vigil_tpm routes; give it a token of its own", name)
+	}
 	ln, err := net.Listen("tcp", cfg.APIAddr)
 	if err != nil {
 		return nil, fmt.Errorf("API listen on %s: %w", cfg.APIAddr, err)

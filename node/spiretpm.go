@@ -166,7 +166,13 @@ func (a *attestor) TPMAttest(ctx context.Context, req spiretpm.AttestRequest) (s
 		return spiretpm.AttestResponse{}, err
 	}
 	ix := snap.Index()
-	selectors, ok := spire.TPMSelectorValues(ix, s, resp.Attestation.FirmwareVersion)
+	// The enrollment whose AK the quote was verified with: snap is the
+	// snapshot attestSubject verified against.
+	var enrolled string
+	if st := snap.SubjectState(s); st != nil && st.Enrollment != nil {
+		enrolled = st.Enrollment.Fingerprint
+	}
+	selectors, ok := spire.TPMSelectorValues(ix, s, resp.Attestation, enrolled)
 	if !ok {
 		return spiretpm.AttestResponse{}, apiErr(http.StatusNotFound, api.CodeNotFound, "no %s named %q", s.Kind, s.Name)
 	}

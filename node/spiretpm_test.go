@@ -248,7 +248,8 @@ func TestSPIRETPMNodeAttestation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantSelectors := []string{"class:edge-gw", "firmware:5.0.0", "kind:gateway", "subject:gw-1", "zone:north"}
+	wantSelectors := []string{"ak:" + akFingerprint(t, gw1)[:16], "class:edge-gw", "firmware-sha256:" + tpmGoodFirmware, "firmware:5.0.0",
+		"kind:gateway", "subject:gw-1", "zone:north"}
 	if got.AgentID != "spiffe://city.example/spire/agent/vigil_tpm/gateway/gw-1" || !slices.Equal(got.Selectors, wantSelectors) ||
 		got.Attestation == nil || got.Attestation.Failed() || got.Attestation.FirmwareVersion != "5.0.0" || got.Revision == 0 {
 		t.Fatalf("pass = %+v (attestation %+v)", got, got.Attestation)
@@ -292,7 +293,8 @@ func TestSPIRETPMNodeAttestation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantSelectors = []string{"class:kiosk", "firmware:7.1.0", "kind:device", "subject:gw-1", "zone:north"}
+	wantSelectors = []string{"ak:" + akFingerprint(t, devTPM)[:16], "class:kiosk", "firmware-sha256:" + tpmGoodFirmware, "firmware:7.1.0",
+		"kind:device", "subject:gw-1", "zone:north"}
 	if got.AgentID != "spiffe://city.example/spire/agent/vigil_tpm/device/gw-1" || !slices.Equal(got.Selectors, wantSelectors) {
 		t.Fatalf("device gw-1's pass = %+v", got)
 	}
@@ -518,6 +520,69 @@ func TestSPIRETPMEKCertificate(t *testing.T) {
 			if err != nil || got.AgentID != "spiffe://city.example/spire/agent/vigil_tpm/device/gw-1" {
 				t.Fatalf("attest: %+v, %v", got, err)
 			}
+		}
+	}
+}
+
+// TestSPIRETPMOldQuoteNotRecorded: a genuine quote that passed once, sent
+// again with a new nonce written into its nonce field (its extraData still
+// names the old one), is refused and never recorded, on the SPIRE route and
+// on the device route of a device that onboards by TPM: whoever saw the
+// quote pass cannot record failures that would evict the subject's agent.
+func TestSPIRETPMOldQuoteNotRecorded(t *testing.T) {
+	n, cl, _ := runNode(t, withSPIRETPMTokens(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := cl.ApplyTopology(ctx, []byte(spireTPMDoc)); err != nil {
+		t.Fatal(err)
+	}
+	plugin := api.NewClient(n.APIAddr(), spireTPMToken)
+	rewrite := func(raw json.RawMessage, nonce string) json.RawMessage {
+		var ev map[string]any
+		if err := json.Unmarshal(raw, &ev); err != nil {
+			t.Fatal(err)
+		}
+		ev["nonce"] = nonce
+		out, _ := json.Marshal(ev)
+		return out
+	}
+	for _, s := range []topology.Subject{gwSubject("gw-1"), devSubject("gw-1")} {
+		tpm := firmwareTPM(t, tpmGoodFirmware)
+		enroll := api.EnrollRequest{TPMAK: akPEM(t, tpm)}
+		var err error
+		if s.Kind == topology.KindGateway {
+			_, err = cl.EnrollGateway(ctx, s.Name, enroll)
+		} else {
+			_, err = cl.Enroll(ctx, s.Name, enroll)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch, err := plugin.SPIRETPMChallenge(ctx, spiretpm.ChallengeRequest{Subject: s, AKPublic: akPEM(t, tpm)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := tpmQuote(t, tpm, ch)
+		if _, err := plugin.SPIRETPMAttest(ctx, spiretpm.AttestRequest{Subject: s, Evidence: old}); err != nil {
+			t.Fatalf("%s: the genuine attestation: %v", s, err)
+		}
+		passed := n.Store().Current().SubjectState(s).Attestation
+		ch2, err := plugin.SPIRETPMChallenge(ctx, spiretpm.ChallengeRequest{Subject: s, AKPublic: akPEM(t, tpm)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = plugin.SPIRETPMAttest(ctx, spiretpm.AttestRequest{Subject: s, Evidence: rewrite(old, ch2.Nonce)})
+		wantTPMError(t, s.String()+": an old quote under a new nonce", err, http.StatusForbidden, api.CodeRefused, "not recorded", "extraData is not the nonce")
+		if s.Kind == topology.KindDevice {
+			dch, err := cl.Challenge(ctx, s.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = cl.Attest(ctx, s.Name, rewrite(old, dch.Nonce))
+			wantTPMError(t, s.String()+": an old quote on the device route", err, http.StatusForbidden, api.CodeRefused, "not recorded")
+		}
+		if got := n.Store().Current().SubjectState(s).Attestation; got.Failed() || got.EvidenceDigest != passed.EvidenceDigest {
+			t.Fatalf("%s: the refused quote changed the recorded attestation: %+v", s, got)
 		}
 	}
 }

@@ -26,13 +26,16 @@ type Agent struct {
 	ExpiresAt       time.Time `json:"expiresAt,omitzero"`
 	Banned          bool      `json:"banned"`
 	CanReattest     bool      `json:"canReattest,omitempty"`
+	// Selectors are the agent's node selectors, "type:value", sorted (for
+	// vigil_tpm, TPMSelectorValues with the type "vigil_tpm").
+	Selectors []string `json:"selectors,omitempty"`
 }
 
 // bindingSubject reads the subject back from a binding's entry ID,
 // "<Owner>.agent.<kind>.<name>.<suffix>"; ok is false for any other ID.
-// The suffix is 8 random hex digits for a join-token binding, "tpm" or
-// "fw-<16 hex>" for a TPM-onboarded subject's entries (tpmEntry tells
-// them apart).
+// The suffix is 8 random hex digits for a join-token binding, "tpm",
+// "fw-<16 hex>" or "banned" for a TPM-onboarded subject's entries
+// (tpmEntry tells them apart).
 func (o *Options) bindingSubject(id string) (topology.Subject, bool) {
 	rest, ok := strings.CutPrefix(id, o.bindingHint()+".")
 	if !ok {

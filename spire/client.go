@@ -195,7 +195,7 @@ func batchErrors[R any](entries []Entry, results []R, st func(R) *types.Status) 
 	return errs
 }
 
-var agentMask = &types.AgentMask{AttestationType: true, X509SvidExpiresAt: true, Banned: true, CanReattest: true}
+var agentMask = &types.AgentMask{AttestationType: true, X509SvidExpiresAt: true, Banned: true, CanReattest: true, Selectors: true}
 
 // ListAgents lists every attested agent, page by page.
 func (c *Client) ListAgents(ctx context.Context) ([]Agent, error) { return c.listAgents(ctx, nil) }
@@ -327,6 +327,13 @@ func agentFromProto(pa *types.Agent) Agent {
 	a := Agent{ID: idString(pa.Id), AttestationType: pa.AttestationType, Banned: pa.Banned, CanReattest: pa.CanReattest}
 	if pa.X509SvidExpiresAt != 0 {
 		a.ExpiresAt = time.Unix(pa.X509SvidExpiresAt, 0).UTC()
+	}
+	if len(pa.Selectors) > 0 {
+		a.Selectors = make([]string, 0, len(pa.Selectors))
+		for _, s := range pa.Selectors {
+			a.Selectors = append(a.Selectors, s.Type+":"+s.Value)
+		}
+		a.Selectors = normalize(a.Selectors)
 	}
 	return a
 }

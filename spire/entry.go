@@ -58,11 +58,15 @@ type Options struct {
 	// Owner marks Vigil's entries: subjects' entries have hint Owner and ID
 	// "<Owner>.<kind>.<name>", cloud edges' "<Owner>.edge.<zone>.<id>" and
 	// "<Owner>.fronted.<service>"; agent bindings have hint "<Owner>.agent"
-	// and ID "<Owner>.agent.<kind>.<name>.<random>" (".tpm" and
-	// ".fw-<16 hex>" for subjects onboarded by vigil_tpm, see DesiredTPM).
-	// Two Vigil clusters sharing one SPIRE server need different owners
-	// (and only one of them may use vigil_tpm: its agents' IDs carry no
-	// owner). Default "vigil".
+	// and ID "<Owner>.agent.<kind>.<name>.<random>" (".tpm", ".fw-<16 hex>"
+	// and ".banned" for subjects onboarded by vigil_tpm, see DesiredTPM).
+	// Two Vigil clusters sharing one SPIRE server need different owners.
+	// At most one of them may use vigil_tpm (have a class that sets
+	// attestation.spire): its agents' IDs carry no owner, and a cluster
+	// that uses it manages every vigil_tpm agent of its trust domain,
+	// evicting those it does not know; two clusters that both use
+	// vigil_tpm must not share a SPIRE server. A cluster that does not
+	// use it leaves vigil_tpm agents alone. Default "vigil".
 	Owner string
 	// X509-SVID lifetimes. A quarantined device's last SVID stays valid up
 	// to DeviceTTL (ext_authz and the gateways' RBAC deny it at once).

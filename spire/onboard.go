@@ -175,8 +175,8 @@ func (r *Reconciler) Agents(ctx context.Context, snap *topology.Snapshot, kind t
 	listed := make(map[string]bool) // agent IDs
 	for _, b := range bindings {
 		s, ok := o.bindingSubject(b.ID)
-		if !ok || s.Kind != kind || o.firmwareAlias(b.ID) {
-			continue
+		if !ok || s.Kind != kind || o.firmwareAlias(b.ID) || o.banRecord(b.ID) {
+			continue // firmware aliases and ban records name no agent
 		}
 		agentID := b.ParentID
 		if o.tpmEntry(b.ID) {
@@ -193,10 +193,13 @@ func (r *Reconciler) Agents(ctx context.Context, snap *topology.Snapshot, kind t
 		bound[s] = append(bound[s], ba)
 		listed[agentID] = true
 	}
+	// vigil_tpm agents without a binding (quarantined, or no longer
+	// onboarded by TPM) are this cluster's only while it uses vigil_tpm.
+	tpm := usesTPM(ix)
 	for i := range agents {
 		a := &agents[i]
 		s, ok := tpmAgentSubject(td, a.ID)
-		if !ok || s.Kind != kind || a.AttestationType != TPMAttestor || listed[a.ID] {
+		if !tpm || !ok || s.Kind != kind || a.AttestationType != TPMAttestor || listed[a.ID] {
 			continue
 		}
 		bound[s] = append(bound[s], BoundAgent{AgentID: a.ID, Attested: true, Agent: a})

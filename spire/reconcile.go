@@ -505,15 +505,24 @@ func (r *Reconciler) reconcile(ctx context.Context, snap *topology.Snapshot, g *
 			agents[list[i].ID] = &list[i]
 		}
 	}
-	// Always listed, even when no class onboards by TPM: the agents of
-	// subjects that no longer do are evicted.
-	tpmAgents, err := r.cfg.Client.ListAgentsOfType(ctx, TPMAttestor)
-	if err != nil {
-		return nil, err
+	// Listed only while some class sets attestation.spire (usesTPM):
+	// then the agents of subjects that no longer onboard by TPM are
+	// evicted; otherwise they may be another cluster's, and are left
+	// alone (the TPM entries still go through the Diff: they carry the
+	// owner).
+	var tpmAgents []Agent
+	if usesTPM(snap.Index()) {
+		tpmAgents, err = r.cfg.Client.ListAgentsOfType(ctx, TPMAttestor)
+		if err != nil {
+			return nil, err
+		}
+		tpmAgents = g.agents(tpmAgents, snap.Index().TrustDomain())
 	}
-	tpmAgents = g.agents(tpmAgents, snap.Index().TrustDomain())
 	actions := planBindings(snap, o, bindings, agents, r.cfg.Now())
-	actions.add(planTPMAgents(snap, tpmAgents))
+	actions.add(planTPMAgents(snap, tpmAgents, o.banRecords(tpmHave), r.cfg.Now()))
+	// The agents first: a ban bites before anything else, and a released
+	// subject's agent is evicted before its ban record is deleted (a
+	// failed eviction stops the pass and keeps the record).
 	if err := r.applyAgents(ctx, actions, res); err != nil {
 		return nil, err
 	}
@@ -528,9 +537,10 @@ func (r *Reconciler) reconcile(ctx context.Context, snap *topology.Snapshot, g *
 // reconcileSubjects revisits a few subjects after a change of their
 // runtime state: a quarantined device's entry is deleted, a released one's
 // created again, a quarantined gateway's agents banned; for a subject
-// onboarded by vigil_tpm, its entries are those DesiredTPM wants and its
-// agent is planned by planTPMAgents (banned, evicted after a release or a
-// failed attestation). It reads only those subjects' entries and agents:
+// onboarded by vigil_tpm, its entries are those DesiredTPM wants (its ban
+// record included) and its agent is planned by planTPMAgents (banned,
+// evicted after a release of Vigil's ban, a failed or expired attestation
+// or a new AK). It reads only those subjects' entries and agents:
 // a subject that left the topology, or stopped onboarding by TPM, is the
 // full pass's (a change of the document makes one).
 func (r *Reconciler) reconcileSubjects(ctx context.Context, snap *topology.Snapshot, subjects []topology.Subject) (*Result, error) {
@@ -574,7 +584,7 @@ func (r *Reconciler) reconcileSubjects(ctx context.Context, snap *topology.Snaps
 		tpm := ix.ClassOf(s).SPIRETPM()
 		ids := []string{id} // bindings, the TPM binding included
 		if tpm {
-			ids = append(ids, TPMNodeAliasID(td, s)) // firmware aliases
+			ids = append(ids, TPMNodeAliasID(td, s), TPMBanRecordID(td, s)) // firmware aliases, ban record
 		}
 		for _, spiffeID := range ids {
 			list, err := r.cfg.Client.ListEntries(ctx, o.bindingHint(), spiffeID)
@@ -615,7 +625,8 @@ func (r *Reconciler) reconcileSubjects(ctx context.Context, snap *topology.Snaps
 		return nil, err
 	}
 	actions := planBindings(snap, o, bindings, agents, r.cfg.Now())
-	actions.add(planTPMAgents(snap, tpmAgents))
+	actions.add(planTPMAgents(snap, tpmAgents, o.banRecords(tpmHave), r.cfg.Now()))
+	// As in the full pass: the agents before the TPM entries.
 	if err := r.applyAgents(ctx, actions, res); err != nil {
 		return nil, err
 	}

@@ -561,10 +561,12 @@ func TestQuarantineDuringAFullPass(t *testing.T) {
 // vigil_tpm on a real server: a class switched to TPM revokes the
 // gateway's join-token binding and gets a TPM binding (and, in required
 // mode, firmware aliases); the entries converge and a second pass changes
-// nothing; a quarantine deletes them and a release brings them back; a
-// firmware version removed from the document loses its alias. (No agent
-// attests with vigil_tpm here: that is the e2e's; the server merely lists
-// none.)
+// nothing; a quarantine deletes them and creates the subject's ban record,
+// a release brings them back and deletes the record (in a targeted pass
+// and in a full one); a new AK changes the aliases' selectors; a digest
+// replaced, or a firmware version removed from the document, loses its
+// alias. (No agent attests with vigil_tpm here: that is the e2e's; the
+// server merely lists none.)
 func TestTPMEntriesRealServer(t *testing.T) {
 	_, cl := realServer(t)
 	ctx := ctxFor(t, 2*time.Minute)
@@ -573,7 +575,25 @@ func TestTPMEntriesRealServer(t *testing.T) {
 	doc := city(12) // cameras: d-0000002, -5, -8, -11
 	doc.DeviceClasses[2].Identity = topology.IdentityAgent
 	gw0, gw1 := topology.GatewaySubject("gw-00000"), topology.GatewaySubject("gw-00001")
-	snap := snapshotOf(t, doc)
+	gw0FP := akFP
+	// snapOf is doc's snapshot with the gateways' AKs enrolled (gw-00000's
+	// of fingerprint gw0FP) and the given subjects quarantined.
+	snapOf := func(quarantined ...topology.Subject) *topology.Snapshot {
+		st := map[topology.Subject]*topology.SubjectState{gw0: tpmState(false, nil, gw0FP), gw1: tpmState(false, nil, akFP)}
+		for _, q := range quarantined {
+			fp := ""
+			if e := st[q]; e != nil && e.Enrollment != nil {
+				fp = e.Enrollment.Fingerprint
+			}
+			st[q] = tpmState(true, nil, fp)
+		}
+		ix, err := topology.NewIndex(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return topology.NewSnapshot(7, 5, ix, topology.NewState().With(st))
+	}
+	snap := snapOf()
 	tok, err := r.Onboard(ctx, snap, gw0, time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -591,7 +611,7 @@ func TestTPMEntriesRealServer(t *testing.T) {
 	cam := tpmClass("traffic-camera", topology.IdentityAgent, topology.SPIREOnboard, "1.0.0")
 	cam.RateLimit = doc.DeviceClasses[2].RateLimit
 	doc.DeviceClasses[2] = cam
-	snap = snapshotOf(t, doc)
+	snap = snapOf()
 	if _, err := r.Onboard(ctx, snap, gw0, 0); !errors.Is(err, ErrTPMOnboarded) {
 		t.Errorf("Onboard(gw-00000) once it onboards by TPM: %v, want ErrTPMOnboarded", err)
 	}
@@ -617,39 +637,92 @@ func TestTPMEntriesRealServer(t *testing.T) {
 		t.Errorf("Agents(gw-00000): %+v, want its TPM binding, not attested", got)
 	}
 
-	// Quarantine: a targeted pass deletes gw-00000's three entries; a full
-	// pass agrees. Release brings them back.
-	qsnap := snapshotOf(t, doc, gw0)
-	if res, err := r.reconcileSubjects(ctx, qsnap, []topology.Subject{gw0}); err != nil || res.Deleted != 3 || res.Created+res.Updated+res.Failed != 0 {
-		t.Errorf("quarantine: %+v, %v; want 3 deleted", res, err)
+	// Quarantine: a targeted pass deletes gw-00000's three entries and
+	// creates its ban record; a full pass agrees. Release brings them back
+	// and deletes the record.
+	record := opts.banRecordID(gw0)
+	qsnap := snapOf(gw0)
+	if res, err := r.reconcileSubjects(ctx, qsnap, []topology.Subject{gw0}); err != nil || res.Deleted != 3 || res.Created != 1 || res.Updated+res.Failed != 0 {
+		t.Errorf("quarantine: %+v, %v; want 3 deleted, 1 created (the ban record)", res, err)
+	}
+	if e, found, err := cl.GetEntry(ctx, record); err != nil || !found || e.SPIFFEID != TPMBanRecordID(cityTD, gw0) || e.ParentID != ServerID(cityTD) ||
+		!slices.Equal(e.Selectors, []string{"vigil_tpm:vigil-ban:gateway/gw-00000"}) {
+		t.Errorf("the ban record: %+v, found %v, %v", e, found, err)
 	}
 	checkTPMConverged(t, ctx, cl, qsnap, opts)
 	if res, err := r.Reconcile(ctx, qsnap); err != nil || res.Created+res.Updated+res.Deleted+res.Failed != 0 {
 		t.Errorf("full pass while quarantined: %+v, %v; want no change", res, err)
 	}
-	if res, err := r.reconcileSubjects(ctx, snap, []topology.Subject{gw0, gw1}); err != nil || res.Created != 3 || res.Updated+res.Deleted+res.Failed != 0 {
-		t.Errorf("release: %+v, %v; want 3 created", res, err)
+	if got := agentsOf(t, ctx, r, qsnap, gw0); len(got) != 0 {
+		t.Errorf("Agents(gw-00000) while quarantined: %+v, want none (the ban record is no binding)", got)
+	}
+	if res, err := r.reconcileSubjects(ctx, snap, []topology.Subject{gw0, gw1}); err != nil || res.Created != 3 || res.Deleted != 1 || res.Updated+res.Failed != 0 {
+		t.Errorf("release: %+v, %v; want 3 created, 1 deleted (the ban record)", res, err)
+	}
+	if _, found, err := cl.GetEntry(ctx, record); err != nil || found {
+		t.Errorf("the ban record after the release: found %v, %v", found, err)
+	}
+	checkTPMConverged(t, ctx, cl, snap, opts)
+
+	// The same through full passes, for gw-00001 (onboard: one binding).
+	qsnap = snapOf(gw1)
+	if res, err := r.Reconcile(ctx, qsnap); err != nil || res.Deleted != 1 || res.Created != 1 || res.Updated+res.Failed != 0 {
+		t.Errorf("quarantine, full pass: %+v, %v; want 1 deleted, 1 created (the ban record)", res, err)
+	}
+	if _, found, err := cl.GetEntry(ctx, opts.banRecordID(gw1)); err != nil || !found {
+		t.Errorf("gw-00001's ban record: found %v, %v", found, err)
+	}
+	checkTPMConverged(t, ctx, cl, qsnap, opts)
+	if res, err := r.Reconcile(ctx, snap); err != nil || res.Deleted != 1 || res.Created != 1 || res.Updated+res.Failed != 0 {
+		t.Errorf("release, full pass: %+v, %v; want 1 deleted (the ban record), 1 created", res, err)
+	}
+	checkTPMConverged(t, ctx, cl, snap, opts)
+
+	// gw-00000's AK is enrolled again: its aliases name the new one at the
+	// next pass.
+	gw0FP = akFP2
+	snap = snapOf()
+	if res, err := r.reconcileSubjects(ctx, snap, []topology.Subject{gw0}); err != nil || res.Updated != 2 || res.Created+res.Deleted+res.Failed != 0 {
+		t.Errorf("after a new AK: %+v, %v; want the 2 aliases updated", res, err)
+	}
+	checkTPMConverged(t, ctx, cl, snap, opts)
+
+	// 5.0.0's digest is replaced: its alias goes, another comes.
+	req := &doc.DeviceClasses[len(doc.DeviceClasses)-2]
+	req.Attestation.Firmware[0].SHA256 = "b" + fwSHA[1:]
+	snap = snapOf()
+	if res, err := r.Reconcile(ctx, snap); err != nil || res.Deleted != 1 || res.Created != 1 || res.Updated+res.Failed != 0 {
+		t.Errorf("after replacing 5.0.0's digest: %+v, %v; want 1 deleted, 1 created", res, err)
 	}
 	checkTPMConverged(t, ctx, cl, snap, opts)
 
 	// 5.1.0 is no longer a reference value: its alias goes. gw-00001 moves
 	// to required: its binding is reparented, and it gets its alias.
-	doc.DeviceClasses[len(doc.DeviceClasses)-2].Attestation.Firmware = doc.DeviceClasses[len(doc.DeviceClasses)-2].Attestation.Firmware[:1]
+	req.Attestation.Firmware = req.Attestation.Firmware[:1]
 	doc.Gateways[1].Class = "edge-req"
-	snap = snapshotOf(t, doc)
+	snap = snapOf()
 	if res, err := r.Reconcile(ctx, snap); err != nil || res.Deleted != 1 || res.Updated != 1 || res.Created != 1 || res.Failed != 0 {
 		t.Errorf("after dropping 5.1.0 and moving gw-00001 to required: %+v, %v; want 1 deleted, 1 updated, 1 created", res, err)
 	}
 	checkTPMConverged(t, ctx, cl, snap, opts)
 
-	// Back to join tokens everywhere: every TPM entry goes.
+	// Back to join tokens everywhere: every TPM entry goes, and a
+	// quarantined subject's ban record with them.
+	qsnap = snapOf(gw0)
+	if res, err := r.Reconcile(ctx, qsnap); err != nil || res.Deleted != 2 || res.Created != 1 || res.Failed != 0 {
+		t.Errorf("quarantine gw-00000 again: %+v, %v; want 2 deleted, 1 created", res, err)
+	}
 	doc.Gateways[0].Class, doc.Gateways[1].Class = "", ""
 	doc.DeviceClasses[2].Attestation = nil
-	snap = snapshotOf(t, doc)
-	if res, err := r.Reconcile(ctx, snap); err != nil || res.Deleted != 8 || res.Created+res.Updated+res.Failed != 0 {
-		t.Errorf("back to join tokens: %+v, %v; want 8 deleted", res, err)
+	qsnap = snapOf(gw0) // still quarantined: no longer onboarded by TPM, it has no ban record
+	if res, err := r.Reconcile(ctx, qsnap); err != nil || res.Deleted != 7 || res.Created+res.Updated+res.Failed != 0 {
+		t.Errorf("back to join tokens: %+v, %v; want 7 deleted", res, err)
 	}
-	checkTPMConverged(t, ctx, cl, snap, opts)
+	checkTPMConverged(t, ctx, cl, qsnap, opts)
+	snap = snapOf()
+	if list, err := cl.ListEntries(ctx, opts.bindingHint(), ""); err != nil || len(list) != 0 {
+		t.Errorf("entries left with the binding hint: %+v, %v", list, err)
+	}
 	if _, err := r.Onboard(ctx, snap, gw0, 0); err != nil {
 		t.Errorf("Onboard(gw-00000) with join tokens again: %v", err)
 	}

@@ -28,18 +28,58 @@ func TPMNodeAliasID(trustDomain string, s topology.Subject) string {
 	return "spiffe://" + trustDomain + "/vigil/tpm/" + s.Kind.String() + "/" + s.Name
 }
 
+// TPMBanRecordID is the SPIFFE ID of s's ban record: the entry Vigil keeps
+// while it holds s's agent banned (s quarantined), so that the reconciler
+// tells its own bans, which a release lifts, from an operator's, which it
+// leaves alone (see DesiredTPM).
+func TPMBanRecordID(trustDomain string, s topology.Subject) string {
+	return "spiffe://" + trustDomain + "/vigil/tpm/banned/" + s.Kind.String() + "/" + s.Name
+}
+
 // ServerID is the SPIRE server's own ID, the parent of node aliases.
 func ServerID(trustDomain string) string { return "spiffe://" + trustDomain + "/spire/server" }
 
+// TPMAKPrefixSize is how many hex digits of the enrollment's fingerprint
+// the "ak:" selector carries.
+const TPMAKPrefixSize = 16
+
+// TPMAKSelectorValue is the value of the "ak:" node selector for an
+// enrollment whose Fingerprint is fingerprint (the hex SHA-256 of the
+// enrolled keys' DER): its first TPMAKPrefixSize hex digits. It is empty
+// when fingerprint is.
+func TPMAKSelectorValue(fingerprint string) string {
+	return fingerprint[:min(len(fingerprint), TPMAKPrefixSize)]
+}
+
 // TPMSelectorValues are the node selectors of s's agent once Vigil verified
-// firmware version on its TPM, without their type (SPIRE adds
-// "vigil_tpm:"), sorted. ok is false when s is not in the document.
-func TPMSelectorValues(ix *topology.Index, s topology.Subject, firmware string) ([]string, bool) {
+// the attestation att (passed) with the AK of the enrollment whose
+// Fingerprint is enrollmentFingerprint, without their type (SPIRE adds
+// "vigil_tpm:"), sorted:
+//
+//   - subject:<name>, kind:<kind>, zone:<zone>, class:<class>;
+//   - firmware:<version> and firmware-sha256:<digest>, the reference value
+//     the verified firmware matched;
+//   - ak:<the first 16 hex digits of enrollmentFingerprint>, so that an
+//     agent attested with an AK since replaced is told apart (the
+//     reconciler evicts it, and the firmware aliases of a required class
+//     name the current one).
+//
+// ok is false when s is not in the document.
+func TPMSelectorValues(ix *topology.Index, s topology.Subject, att *topology.Attestation, enrollmentFingerprint string) ([]string, bool) {
 	zone, ok := ix.ZoneOf(s)
 	if !ok {
 		return nil, false
 	}
-	v := []string{"subject:" + s.Name, "kind:" + s.Kind.String(), "zone:" + zone, "firmware:" + firmware}
+	v := []string{"subject:" + s.Name, "kind:" + s.Kind.String(), "zone:" + zone}
+	if att != nil {
+		v = append(v, "firmware:"+att.FirmwareVersion)
+		if att.FirmwareSHA256 != "" {
+			v = append(v, "firmware-sha256:"+att.FirmwareSHA256)
+		}
+	}
+	if ak := TPMAKSelectorValue(enrollmentFingerprint); ak != "" {
+		v = append(v, "ak:"+ak)
+	}
 	if c := ix.ClassOf(s); c != nil {
 		v = append(v, "class:"+c.Name)
 	}

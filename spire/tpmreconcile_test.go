@@ -8,6 +8,7 @@ import (
 	"errors"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,8 +49,10 @@ func both(fs ...func(*topology.Document)) func(*topology.Document) {
 	}
 }
 
-func aliasID(kind, name, version string) string {
-	sum := sha256.Sum256([]byte(version))
+// aliasID is the ID of a firmware alias for the reference value
+// (version, digest).
+func aliasID(kind, name, version, digest string) string {
+	sum := sha256.Sum256([]byte(digest + "/" + version))
 	return "vigil.agent." + kind + "." + name + ".fw-" + hex.EncodeToString(sum[:8])
 }
 
@@ -60,6 +63,10 @@ const (
 	serverID     = "spiffe://city.example/spire/server"
 	cameraC1     = "spiffe://city.example/zone/north/device/c-1"
 	bindingHintV = "vigil.agent"
+	// akFP and akFP2 are enrollments' fingerprints (the hex SHA-256 of the
+	// enrolled keys' DER): the AK, and another enrolled since.
+	akFP  = "c0ffee00d15ea5e5aa11bb22cc33dd44ee55ff6600112233445566778899aabb"
+	akFP2 = "5ca1ab1e0ddba11aaa11bb22cc33dd44ee55ff6600112233445566778899aabb"
 )
 
 func tpmBinding(kind, name, spiffeID, parent string, ttl int32, selectors ...string) Entry {
@@ -70,56 +77,121 @@ func tpmBinding(kind, name, spiffeID, parent string, ttl int32, selectors ...str
 		X509TTL: ttl, Hint: bindingHintV}
 }
 
-func gwNAlias(version string) Entry {
-	return Entry{ID: aliasID("gateway", "gw-n", version), SPIFFEID: tpmAliasGwN, ParentID: serverID, Hint: bindingHintV,
-		Selectors: []string{"vigil_tpm:firmware:" + version, "vigil_tpm:kind:gateway", "vigil_tpm:subject:gw-n"}}
+// gwNAlias is gw-n's firmware alias for version (with fwSHA, or digest)
+// and the AK of enrollment fp.
+func gwNAlias(version, fp string, digest ...string) Entry {
+	d := fwSHA
+	if len(digest) > 0 {
+		d = digest[0]
+	}
+	return Entry{ID: aliasID("gateway", "gw-n", version, d), SPIFFEID: tpmAliasGwN, ParentID: serverID, Hint: bindingHintV,
+		Selectors: normalize([]string{"vigil_tpm:firmware:" + version, "vigil_tpm:firmware-sha256:" + d, "vigil_tpm:kind:gateway",
+			"vigil_tpm:subject:gw-n", "vigil_tpm:ak:" + fp[:16]})}
+}
+
+// banRecord is a subject's ban record.
+func banRecord(kind, name string) Entry {
+	return Entry{ID: "vigil.agent." + kind + "." + name + ".banned", SPIFFEID: "spiffe://city.example/vigil/tpm/banned/" + kind + "/" + name,
+		ParentID: serverID, Hint: bindingHintV, Selectors: []string{"vigil_tpm:vigil-ban:" + kind + "/" + name}}
+}
+
+// tpmState builds a subject's runtime state: quarantined or not, its
+// latest attestation (nil: none) and its enrollment's fingerprint ("":
+// none).
+func tpmState(quarantined bool, att *topology.Attestation, fp string) *topology.SubjectState {
+	st := &topology.SubjectState{Attestation: att}
+	if quarantined {
+		st.Quarantine = &topology.Quarantine{Reason: "test", By: "test", Since: time.Unix(1, 0)}
+	}
+	if fp != "" {
+		st.Enrollment = &topology.Enrollment{TPMAK: "(a PEM)", Fingerprint: fp, By: "test", At: time.Unix(1, 0)}
+	}
+	return st
+}
+
+// passedAt is a passed attestation of firmware 5.0.0 verified at t, for a
+// day.
+func passedAt(t time.Time) *topology.Attestation {
+	return &topology.Attestation{Status: topology.AttestationPassed, Method: topology.AttestTPM2Quote, FirmwareVersion: "5.0.0",
+		FirmwareSHA256: fwSHA, VerifiedAt: t, ExpiresAt: t.Add(24 * time.Hour)}
 }
 
 func TestDesiredTPM(t *testing.T) {
+	gw, cam := topology.GatewaySubject("gw-n"), topology.DeviceSubject("c-1")
 	sortByID := func(es ...Entry) []Entry {
 		slices.SortFunc(es, func(a, b Entry) int { return cmp.Compare(a.ID, b.ID) })
 		return es
 	}
+	enrolled := map[topology.Subject]*topology.SubjectState{gw: tpmState(false, nil, akFP), cam: tpmState(false, nil, akFP2)}
 	tests := []struct {
-		name        string
-		mutate      func(*topology.Document)
-		quarantined []topology.Subject
-		opts        func(*Options)
-		want        []Entry
+		name   string
+		mutate func(*topology.Document)
+		states map[topology.Subject]*topology.SubjectState
+		opts   func(*Options)
+		want   []Entry
 	}{
-		{name: "no class onboards by TPM: nothing"},
+		{name: "no class onboards by TPM: nothing", states: enrolled},
 		{name: "onboard: the binding is parented to the agent",
-			mutate: tpmGateway(topology.SPIREOnboard),
-			want:   []Entry{tpmBinding("gateway", "gw-n", gwN, tpmAgentGwN, 900)}},
-		{name: "required: the binding is parented to the node alias, one firmware alias per reference value",
-			mutate: tpmGateway(topology.SPIRERequired),
+			mutate: tpmGateway(topology.SPIREOnboard), states: enrolled,
+			want: []Entry{tpmBinding("gateway", "gw-n", gwN, tpmAgentGwN, 900)}},
+		{name: "required: the binding is parented to the node alias, one firmware alias per reference value, naming the enrolled AK",
+			mutate: tpmGateway(topology.SPIRERequired), states: enrolled,
 			want: sortByID(tpmBinding("gateway", "gw-n", gwN, tpmAliasGwN, 900),
-				gwNAlias("5.0.0"), gwNAlias("5.1.0"))},
-		{name: "a version listed twice (two digests) has one alias",
+				gwNAlias("5.0.0", akFP), gwNAlias("5.1.0", akFP))},
+		{name: "required, AK enrolled again: the aliases name the new one",
+			mutate: tpmGateway(topology.SPIRERequired),
+			states: map[topology.Subject]*topology.SubjectState{gw: tpmState(false, passedAt(now), akFP2)},
+			want: sortByID(tpmBinding("gateway", "gw-n", gwN, tpmAliasGwN, 900),
+				gwNAlias("5.0.0", akFP2), gwNAlias("5.1.0", akFP2))},
+		{name: "required, no AK enrolled: the binding, no alias (no agent can attest)",
+			mutate: tpmGateway(topology.SPIRERequired),
+			want:   []Entry{tpmBinding("gateway", "gw-n", gwN, tpmAliasGwN, 900)}},
+		{name: "a version listed with two digests has an alias for each",
 			mutate: both(tpmGateway(topology.SPIRERequired), func(d *topology.Document) {
 				c := &d.DeviceClasses[len(d.DeviceClasses)-1]
 				c.Attestation.Firmware = append(c.Attestation.Firmware,
 					topology.FirmwareRef{Version: "5.0.0", SHA256: "b" + fwSHA[1:]})
 			}),
+			states: enrolled,
 			want: sortByID(tpmBinding("gateway", "gw-n", gwN, tpmAliasGwN, 900),
-				gwNAlias("5.0.0"), gwNAlias("5.1.0"))},
+				gwNAlias("5.0.0", akFP), gwNAlias("5.1.0", akFP), gwNAlias("5.0.0", akFP, "b"+fwSHA[1:]))},
+		{name: "a reference value listed twice has one alias",
+			mutate: both(tpmGateway(topology.SPIRERequired), func(d *topology.Document) {
+				c := &d.DeviceClasses[len(d.DeviceClasses)-1]
+				c.Attestation.Firmware = append(c.Attestation.Firmware, topology.FirmwareRef{Version: "5.0.0", SHA256: fwSHA})
+			}),
+			states: enrolled,
+			want: sortByID(tpmBinding("gateway", "gw-n", gwN, tpmAliasGwN, 900),
+				gwNAlias("5.0.0", akFP), gwNAlias("5.1.0", akFP))},
 		{name: "agent devices of a TPM class: the device's TTL and agent selectors",
+			mutate: tpmCameras, states: enrolled,
+			opts: func(o *Options) { o.DeviceAgentSelectors = []string{"unix:uid:7"} },
+			want: []Entry{tpmBinding("device", "c-1", cameraC1, tpmAgentC1, 300, "unix:uid:7")}},
+		{name: "a quarantined subject wants its ban record, and none of its other TPM entries",
+			mutate: both(tpmGateway(topology.SPIRERequired), tpmCameras),
+			states: map[topology.Subject]*topology.SubjectState{gw: tpmState(true, nil, akFP)},
+			want:   []Entry{tpmBinding("device", "c-1", cameraC1, tpmAgentC1, 300), banRecord("gateway", "gw-n")}},
+		{name: "a quarantined subject that does not onboard by TPM has no ban record",
 			mutate: tpmCameras,
-			opts:   func(o *Options) { o.DeviceAgentSelectors = []string{"unix:uid:7"} },
-			want:   []Entry{tpmBinding("device", "c-1", cameraC1, tpmAgentC1, 300, "unix:uid:7")}},
-		{name: "a quarantined subject wants none of its TPM entries",
-			mutate:      both(tpmGateway(topology.SPIRERequired), tpmCameras),
-			quarantined: []topology.Subject{topology.GatewaySubject("gw-n")},
-			want:        []Entry{tpmBinding("device", "c-1", cameraC1, tpmAgentC1, 300)}},
+			states: map[topology.Subject]*topology.SubjectState{gw: tpmState(true, nil, akFP), cam: tpmState(true, nil, "")},
+			want:   []Entry{banRecord("device", "c-1")}},
 		{name: "a gateway's selectors label applies",
 			mutate: both(tpmGateway(topology.SPIREOnboard), func(d *topology.Document) {
 				d.Gateways[0].Labels = topology.Labels{SelectorsLabel: "unix:uid:101"}
 			}),
-			want: []Entry{tpmBinding("gateway", "gw-n", gwN, tpmAgentGwN, 900, "unix:uid:101")}},
+			states: enrolled,
+			want:   []Entry{tpmBinding("gateway", "gw-n", gwN, tpmAgentGwN, 900, "unix:uid:101")}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			snap, opts := fixture(t, tt.mutate, tt.opts, tt.quarantined...)
+			opts := DefaultOptions()
+			if tt.opts != nil {
+				tt.opts(&opts)
+			}
+			if err := opts.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			snap := snapshotWith(t, tt.mutate, tt.states)
 			got, errs := DesiredTPM(snap, opts)
 			if len(errs) > 0 {
 				t.Fatal(errs)
@@ -128,7 +200,8 @@ func TestDesiredTPM(t *testing.T) {
 				t.Errorf("DesiredTPM:\n got %+v\nwant %+v", got, tt.want)
 			}
 			// They are bindings to the reconciler, and TPM entries among
-			// them; never a subject's entry, nor in Desired.
+			// them; never a subject's entry, nor in Desired, nor a
+			// join-token binding.
 			for _, e := range got {
 				if _, ok := opts.bindingSubject(e.ID); !ok || !opts.tpmEntry(e.ID) {
 					t.Errorf("%s: bindingSubject %v, tpmEntry %v", e.ID, ok, opts.tpmEntry(e.ID))
@@ -136,6 +209,9 @@ func TestDesiredTPM(t *testing.T) {
 				if _, ok := opts.subjectOf(e.ID); ok || opts.owns(e.ID) {
 					t.Errorf("%s is read as a subject's entry", e.ID)
 				}
+			}
+			if a := planBindings(snap, &opts, got, nil, now); a.Len() != 0 || len(a.Errors) != 0 {
+				t.Errorf("planBindings on DesiredTPM's entries: %+v, want nothing", a)
 			}
 			desired, _ := Desired(snap, opts)
 			for _, e := range desired {
@@ -160,29 +236,47 @@ func TestDesiredTPMBadLabel(t *testing.T) {
 func TestTPMEntryIDs(t *testing.T) {
 	o := DefaultOptions()
 	gw := topology.GatewaySubject("gw-n")
+	fw := topology.FirmwareRef{Version: "5.0.0", SHA256: fwSHA}
 	for id, want := range map[string]bool{
 		o.tpmBindingID(gw):                      true,
-		o.firmwareAliasID(gw, "5.0.0"):          true,
+		o.firmwareAliasID(gw, fw):               true,
+		o.banRecordID(gw):                       true,
 		"vigil.agent.gateway.gw-n.fw-whatever":  true, // an alias of another shape: Diff deletes it
 		o.bindingID(gw, "0a1b2c3d"):             false,
 		"vigil.agent.gateway.gw-n.n1":           false,
 		"vigil.agent.service.telemetry.tpm":     false, // not a binding at all
+		"vigil.agent.service.telemetry.banned":  false,
 		"vigil.gateway.gw-n.tpm":                false,
+		"vigil.gateway.gw-n.banned":             false,
 		"other.agent.gateway.gw-n.tpm":          false,
+		"other.agent.gateway.gw-n.banned":       false,
 		"vigil.agent.gateway.gw-n.tpm.trailing": false,
+		"vigil.agent.gateway.gw-n.bannedx":      false,
 	} {
 		if got := o.tpmEntry(id); got != want {
 			t.Errorf("tpmEntry(%q) = %v, want %v", id, got, want)
 		}
 	}
-	if id := o.firmwareAliasID(gw, "5.0.0"); id != aliasID("gateway", "gw-n", "5.0.0") || len(id) != len("vigil.agent.gateway.gw-n.fw-")+16 {
+	if id := o.firmwareAliasID(gw, fw); id != aliasID("gateway", "gw-n", "5.0.0", fwSHA) || len(id) != len("vigil.agent.gateway.gw-n.fw-")+16 {
 		t.Errorf("firmwareAliasID = %q", id)
 	}
-	if s, ok := o.bindingSubject(o.firmwareAliasID(gw, "a version with spaces/and.dots")); !ok || s != gw {
+	if o.firmwareAliasID(gw, fw) == o.firmwareAliasID(gw, topology.FirmwareRef{Version: "5.0.0", SHA256: "b" + fwSHA[1:]}) {
+		t.Error("two digests of a version have the same alias ID")
+	}
+	if s, ok := o.bindingSubject(o.firmwareAliasID(gw, topology.FirmwareRef{Version: "a version with spaces/and.dots", SHA256: fwSHA})); !ok || s != gw {
 		t.Errorf("a firmware alias's ID does not read back: %v %v", s, ok)
 	}
-	if !o.firmwareAlias(o.firmwareAliasID(gw, "1")) || o.firmwareAlias(o.tpmBindingID(gw)) {
+	if s, ok := o.bindingSubject(o.banRecordID(gw)); !ok || s != gw || o.banRecordID(gw) != "vigil.agent.gateway.gw-n.banned" {
+		t.Errorf("a ban record's ID %q does not read back: %v %v", o.banRecordID(gw), s, ok)
+	}
+	if !o.firmwareAlias(o.firmwareAliasID(gw, fw)) || o.firmwareAlias(o.tpmBindingID(gw)) || o.firmwareAlias(o.banRecordID(gw)) {
 		t.Error("firmwareAlias")
+	}
+	if !o.banRecord(o.banRecordID(gw)) || o.banRecord(o.tpmBindingID(gw)) || o.banRecord(o.firmwareAliasID(gw, fw)) || o.banRecord("vigil.gateway.gw-n.banned") {
+		t.Error("banRecord")
+	}
+	if got := TPMBanRecordID("city.example", gw); got != "spiffe://city.example/vigil/tpm/banned/gateway/gw-n" {
+		t.Errorf("TPMBanRecordID = %q", got)
 	}
 
 	for id, want := range map[string]topology.Subject{
@@ -208,6 +302,33 @@ func TestTPMEntryIDs(t *testing.T) {
 	}
 }
 
+func TestTPMSelectorValues(t *testing.T) {
+	snap := snapshotWith(t, both(tpmGateway(topology.SPIRERequired), tpmCameras), nil)
+	ix := snap.Index()
+	got, ok := TPMSelectorValues(ix, topology.GatewaySubject("gw-n"), passedAt(now), akFP)
+	want := []string{"ak:" + akFP[:16], "class:edge-gw", "firmware-sha256:" + fwSHA, "firmware:5.0.0", "kind:gateway", "subject:gw-n", "zone:north"}
+	if !ok || !slices.Equal(got, want) {
+		t.Errorf("TPMSelectorValues(gw-n) = %q, %v; want %q", got, ok, want)
+	}
+	if !slices.IsSorted(got) {
+		t.Errorf("not sorted: %q", got)
+	}
+	// An alias's selectors are a subset of those of an agent that
+	// attested with its reference value and the enrolled AK.
+	alias := gwNAlias("5.0.0", akFP)
+	for _, sel := range alias.Selectors {
+		if !slices.Contains(got, strings.TrimPrefix(sel, TPMAttestor+":")) {
+			t.Errorf("the alias's selector %s is not among the agent's %q", sel, got)
+		}
+	}
+	if _, ok := TPMSelectorValues(ix, topology.GatewaySubject("nope"), passedAt(now), akFP); ok {
+		t.Error("TPMSelectorValues of a subject not in the document")
+	}
+	if got := TPMAKSelectorValue(akFP); got != "c0ffee00d15ea5e5" {
+		t.Errorf("TPMAKSelectorValue = %q", got)
+	}
+}
+
 // snapshotWith is the fixture's snapshot with runtime states.
 func snapshotWith(t *testing.T, mutate func(*topology.Document), states map[topology.Subject]*topology.SubjectState) *topology.Snapshot {
 	t.Helper()
@@ -224,69 +345,112 @@ func snapshotWith(t *testing.T, mutate func(*topology.Document), states map[topo
 
 func TestPlanTPMAgents(t *testing.T) {
 	gw, cam := topology.GatewaySubject("gw-n"), topology.DeviceSubject("c-1")
-	quarantined := &topology.SubjectState{Quarantine: &topology.Quarantine{Reason: "test", By: "test", Since: time.Unix(1, 0)}}
-	failed := &topology.SubjectState{Attestation: &topology.Attestation{Status: topology.AttestationFailed, Method: topology.AttestTPM2Quote,
-		FirmwareVersion: "6.6.6", Reasons: []string{"firmware 6.6.6 is not a reference value"}}}
-	passed := &topology.SubjectState{Attestation: &topology.Attestation{Status: topology.AttestationPassed, Method: topology.AttestTPM2Quote,
-		FirmwareVersion: "5.0.0"}}
-	failedAndQuarantined := &topology.SubjectState{Quarantine: quarantined.Quarantine, Attestation: failed.Attestation}
-	agent := func(id string, banned bool) Agent {
-		return Agent{ID: id, AttestationType: TPMAttestor, Banned: banned, CanReattest: true}
+	failedAtt := &topology.Attestation{Status: topology.AttestationFailed, Method: topology.AttestTPM2Quote, VerifiedAt: now.Add(-time.Minute),
+		ExpiresAt: now.Add(time.Hour), FirmwareVersion: "6.6.6", Reasons: []string{"firmware 6.6.6 is not a reference value"}}
+	fresh := passedAt(now.Add(-time.Hour))
+	expired := passedAt(now.Add(-25 * time.Hour))
+	passed := tpmState(false, fresh, akFP)
+	quarantined := tpmState(true, fresh, akFP)
+	// agent is an attested agent whose selectors name the AK of fp.
+	agent := func(id string, banned bool, fp string) Agent {
+		a := Agent{ID: id, AttestationType: TPMAttestor, Banned: banned, CanReattest: true}
+		if fp != "" {
+			a.Selectors = []string{"vigil_tpm:ak:" + fp[:16], "vigil_tpm:firmware:5.0.0", "vigil_tpm:kind:x"}
+		}
+		return a
 	}
 	tpm := both(tpmGateway(topology.SPIRERequired), tpmCameras)
+	removeGwN := both(tpm, func(d *topology.Document) {
+		d.Gateways = d.Gateways[1:]
+		d.Devices = d.Devices[1:2]
+	})
+	healthy := map[topology.Subject]*topology.SubjectState{gw: passed, cam: passed}
+	record := map[topology.Subject]bool{gw: true}
 	tests := []struct {
 		name   string
 		mutate func(*topology.Document)
 		states map[topology.Subject]*topology.SubjectState
 		agents []Agent
-		want   agentActions
+		// records are the subjects with a ban record.
+		records map[topology.Subject]bool
+		want    agentActions
 	}{
-		{name: "attested, nothing wrong: nothing to do", mutate: tpm,
-			states: map[topology.Subject]*topology.SubjectState{gw: passed},
-			agents: []Agent{agent(tpmAgentGwN, false), agent(tpmAgentC1, false)}},
+		{name: "attested, nothing wrong: nothing to do", mutate: tpm, states: healthy,
+			agents: []Agent{agent(tpmAgentGwN, false, akFP), agent(tpmAgentC1, false, akFP)}},
 		{name: "quarantined: banned", mutate: tpm,
-			states: map[topology.Subject]*topology.SubjectState{gw: quarantined},
-			agents: []Agent{agent(tpmAgentGwN, false), agent(tpmAgentC1, false)},
+			states: map[topology.Subject]*topology.SubjectState{gw: quarantined, cam: passed},
+			agents: []Agent{agent(tpmAgentGwN, false, akFP), agent(tpmAgentC1, false, akFP)},
 			want:   agentActions{Ban: []string{tpmAgentGwN}}},
-		{name: "quarantined, already banned: nothing more", mutate: tpm,
+		{name: "quarantined, already banned by Vigil: nothing more", mutate: tpm,
+			states:  map[topology.Subject]*topology.SubjectState{gw: quarantined},
+			agents:  []Agent{agent(tpmAgentGwN, true, akFP)},
+			records: record},
+		{name: "quarantined, banned by an operator: nothing more", mutate: tpm,
 			states: map[topology.Subject]*topology.SubjectState{gw: quarantined},
-			agents: []Agent{agent(tpmAgentGwN, true)}},
+			agents: []Agent{agent(tpmAgentGwN, true, akFP)}},
 		{name: "quarantined after a failure: banned, not evicted", mutate: tpm,
-			states: map[topology.Subject]*topology.SubjectState{gw: failedAndQuarantined},
-			agents: []Agent{agent(tpmAgentGwN, false)},
+			states: map[topology.Subject]*topology.SubjectState{gw: tpmState(true, failedAtt, akFP)},
+			agents: []Agent{agent(tpmAgentGwN, false, akFP)},
 			want:   agentActions{Ban: []string{tpmAgentGwN}}},
-		{name: "released, agent banned: evicted, to attest afresh", mutate: tpm,
-			agents: []Agent{agent(tpmAgentGwN, true)},
-			want:   agentActions{Evict: []string{tpmAgentGwN}}},
+		{name: "released, banned by Vigil (its record): evicted, to attest afresh", mutate: tpm, states: healthy,
+			agents:  []Agent{agent(tpmAgentGwN, true, akFP)},
+			records: record,
+			want:    agentActions{Evict: []string{tpmAgentGwN}}},
+		{name: "released, banned by an operator (no record): left banned", mutate: tpm, states: healthy,
+			agents: []Agent{agent(tpmAgentGwN, true, akFP)}},
+		{name: "banned by an operator, never quarantined, whatever its attestation: left banned", mutate: tpm,
+			states: map[topology.Subject]*topology.SubjectState{gw: tpmState(false, failedAtt, akFP2), cam: tpmState(false, expired, akFP)},
+			agents: []Agent{agent(tpmAgentGwN, true, akFP), agent(tpmAgentC1, true, "")}},
+		{name: "another subject's record lifts no ban", mutate: tpm, states: healthy,
+			agents:  []Agent{agent(tpmAgentC1, true, akFP)},
+			records: record},
 		{name: "latest attestation failed: evicted, to reattest now", mutate: tpm,
-			states: map[topology.Subject]*topology.SubjectState{cam: failed},
-			agents: []Agent{agent(tpmAgentGwN, false), agent(tpmAgentC1, false)},
+			states: map[topology.Subject]*topology.SubjectState{gw: passed, cam: tpmState(false, failedAtt, akFP)},
+			agents: []Agent{agent(tpmAgentGwN, false, akFP), agent(tpmAgentC1, false, akFP)},
 			want:   agentActions{Evict: []string{tpmAgentC1}}},
-		{name: "gateway removed from the topology: evicted", mutate: both(tpm, func(d *topology.Document) {
-			d.Gateways = d.Gateways[1:]
-			d.Devices = d.Devices[1:2]
-		}),
-			agents: []Agent{agent(tpmAgentGwN, false)},
+		{name: "latest attestation expired (maxAge): evicted, to reattest now", mutate: tpm,
+			states: map[topology.Subject]*topology.SubjectState{gw: tpmState(false, expired, akFP), cam: passed},
+			agents: []Agent{agent(tpmAgentGwN, false, akFP), agent(tpmAgentC1, false, akFP)},
 			want:   agentActions{Evict: []string{tpmAgentGwN}}},
-		{name: "removed while banned: evicted too", mutate: both(tpm, func(d *topology.Document) {
-			d.Gateways = d.Gateways[1:]
-			d.Devices = d.Devices[1:2]
-		}),
-			states: map[topology.Subject]*topology.SubjectState{gw: quarantined},
-			agents: []Agent{agent(tpmAgentGwN, true)},
+		{name: "an attestation that expires right now is still current", mutate: tpm,
+			states: map[topology.Subject]*topology.SubjectState{gw: tpmState(false, passedAt(now.Add(-24*time.Hour)), akFP)},
+			agents: []Agent{agent(tpmAgentGwN, false, akFP)}},
+		{name: "no attestation recorded: evicted", mutate: tpm,
+			states: map[topology.Subject]*topology.SubjectState{gw: tpmState(false, nil, akFP)},
+			agents: []Agent{agent(tpmAgentGwN, false, akFP)},
 			want:   agentActions{Evict: []string{tpmAgentGwN}}},
-		{name: "class no longer onboards by TPM: evicted", mutate: tpmCameras,
-			agents: []Agent{agent(tpmAgentGwN, false), agent(tpmAgentC1, false)},
+		{name: "AK enrolled again: the agent attested with the old one is evicted", mutate: tpm,
+			states: map[topology.Subject]*topology.SubjectState{gw: tpmState(false, fresh, akFP2), cam: passed},
+			agents: []Agent{agent(tpmAgentGwN, false, akFP), agent(tpmAgentC1, false, akFP)},
+			want:   agentActions{Evict: []string{tpmAgentGwN}}},
+		{name: "an agent without an ak selector is evicted", mutate: tpm, states: healthy,
+			agents: []Agent{agent(tpmAgentGwN, false, "")},
+			want:   agentActions{Evict: []string{tpmAgentGwN}}},
+		{name: "no enrollment: evicted", mutate: tpm,
+			states: map[topology.Subject]*topology.SubjectState{gw: tpmState(false, fresh, "")},
+			agents: []Agent{agent(tpmAgentGwN, false, ""), agent(tpmAgentC1, false, "")},
+			want:   agentActions{Evict: []string{tpmAgentGwN, tpmAgentC1}}},
+		{name: "gateway removed from the topology: evicted", mutate: removeGwN,
+			agents: []Agent{agent(tpmAgentGwN, false, akFP)},
+			want:   agentActions{Evict: []string{tpmAgentGwN}}},
+		{name: "removed while banned by Vigil: evicted too", mutate: removeGwN,
+			agents:  []Agent{agent(tpmAgentGwN, true, akFP)},
+			records: record,
+			want:    agentActions{Evict: []string{tpmAgentGwN}}},
+		{name: "removed while banned by an operator: left banned", mutate: removeGwN,
+			agents: []Agent{agent(tpmAgentGwN, true, akFP)}},
+		{name: "class no longer onboards by TPM: evicted", mutate: tpmCameras, states: healthy,
+			agents: []Agent{agent(tpmAgentGwN, false, akFP), agent(tpmAgentC1, false, akFP)},
 			want:   agentActions{Evict: []string{tpmAgentGwN}}},
 		{name: "device class no longer runs agents: evicted", mutate: both(tpm, func(d *topology.Document) {
 			d.DeviceClasses[1] = topology.DeviceClass{Name: "camera"}
-		}),
-			agents: []Agent{agent(tpmAgentC1, false)},
+		}), states: healthy,
+			agents: []Agent{agent(tpmAgentC1, false, akFP)},
 			want:   agentActions{Evict: []string{tpmAgentC1}}},
-		{name: "other trust domains, attestors and shapes are left alone",
+		{name: "other trust domains, attestors and shapes are left alone", mutate: tpm,
 			agents: []Agent{
-				agent("spiffe://other.example/spire/agent/vigil_tpm/gateway/gw-n", false),
-				agent("spiffe://city.example/spire/agent/vigil_tpm/gateway/gw-n/extra", false),
+				agent("spiffe://other.example/spire/agent/vigil_tpm/gateway/gw-n", false, ""),
+				agent("spiffe://city.example/spire/agent/vigil_tpm/gateway/gw-n/extra", false, ""),
 				{ID: tpmAgentGwN, AttestationType: "x509pop"},
 				{ID: agentA, AttestationType: "join_token"},
 			}},
@@ -294,7 +458,7 @@ func TestPlanTPMAgents(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			snap := snapshotWith(t, tt.mutate, tt.states)
-			if got := planTPMAgents(snap, tt.agents); !reflect.DeepEqual(got, tt.want) {
+			if got := planTPMAgents(snap, tt.agents, tt.records, now); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("planTPMAgents:\n got %+v\nwant %+v", got, tt.want)
 			}
 		})
@@ -309,7 +473,7 @@ func TestPlanBindingsSwitchToTPM(t *testing.T) {
 	camera := Entry{ID: "vigil.agent.device.c-1.0a1b2c3d", SPIFFEID: cameraC1, ParentID: agentB,
 		Selectors: []string{"spiffe_id:" + agentB}, X509TTL: 300, Hint: "vigil.agent"}
 	attested := map[string]*Agent{agentA: {ID: agentA}, agentB: {ID: agentB}}
-	tpmEntries := []Entry{tpmBinding("gateway", "gw-n", gwN, tpmAliasGwN, 900), gwNAlias("5.0.0")}
+	tpmEntries := []Entry{tpmBinding("gateway", "gw-n", gwN, tpmAliasGwN, 900), gwNAlias("5.0.0", akFP), banRecord("gateway", "gw-n")}
 
 	snap, opts := fixture(t, both(tpmGateway(topology.SPIRERequired), tpmCameras), nil)
 	got := planBindings(snap, &opts, append([]Entry{bound, camera}, tpmEntries...), attested, now)

@@ -85,8 +85,8 @@ type apiError struct {
 }
 
 // call posts to each server in turn until one answers. Another server is
-// tried only when this one could not be reached or said it cannot serve
-// now (503): a request it answered otherwise is never sent again, for an
+// tried only when this one could not be dialled or said it cannot serve
+// now (503): a request it may have received is never sent again, for an
 // attestation is a write and its nonce is single-use.
 func (c *Client) call(ctx context.Context, path string, in, out any) error {
 	body, err := json.Marshal(in)
@@ -107,7 +107,11 @@ func (c *Client) call(ctx context.Context, path string, in, out any) error {
 				return ctx.Err()
 			}
 			errs = append(errs, fmt.Sprintf("%s: %v", base, scrub(err, c.token)))
-			continue
+			if notSent(err) {
+				continue
+			}
+			// The member may have the request: another must not get it.
+			return fmt.Errorf("%s (not sent to another member: the outcome is unknown)", strings.Join(errs, "; "))
 		}
 		data, rerr := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		resp.Body.Close()
@@ -138,6 +142,13 @@ func (c *Client) call(ctx context.Context, path string, in, out any) error {
 		return fmt.Errorf("%s%s: %s: %s (%s)", base, path, resp.Status, ae.Message, ae.Code)
 	}
 	return fmt.Errorf("no Vigil member answered: %s", strings.Join(errs, "; "))
+}
+
+// notSent reports whether err means the request never reached the member:
+// the connection was not made.
+func notSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // scrub removes the token from an error's text, should a transport ever

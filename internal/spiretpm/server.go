@@ -98,9 +98,9 @@ func (a *Attestation) Finish(ctx context.Context, response []byte) (*Result, err
 	if err != nil {
 		return nil, withSubject(err, a.Subject)
 	}
-	prefix := "spiffe://" + a.s.TrustDomain + "/spire/agent/vigil_tpm/"
-	if !strings.HasPrefix(resp.AgentID, prefix) {
-		return nil, fmt.Errorf("vigil returned agent ID %q, outside %s: is Vigil's topology for this SPIRE server's trust domain %q?", resp.AgentID, prefix, a.s.TrustDomain)
+	want := "spiffe://" + a.s.TrustDomain + "/spire/agent/vigil_tpm/" + a.Subject.Kind.String() + "/" + a.Subject.Name
+	if resp.AgentID != want {
+		return nil, fmt.Errorf("vigil returned agent ID %q for %s, want %q: is Vigil's topology for this SPIRE server's trust domain %q?", resp.AgentID, a.Subject, want, a.s.TrustDomain)
 	}
 	fw := ""
 	if resp.Attestation != nil {

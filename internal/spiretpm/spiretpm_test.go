@@ -262,3 +262,9 @@ func TestClient(t *testing.T) {
 		t.Fatalf("defaults: %v", err)
 	}
 }
+
+func TestLimits(t *testing.T) {
+	if MaxAttestRequestBytes != attest.MaxEvidenceBytes+4<<10 {
+		t.Fatalf("MaxAttestRequestBytes = %d: it must follow attest.MaxEvidenceBytes (%d) and 4 KiB of envelope", MaxAttestRequestBytes, attest.MaxEvidenceBytes)
+	}
+}

@@ -21,6 +21,9 @@ const WireVersion = 1
 const (
 	MaxPayloadBytes   = 16 << 10
 	MaxChallengeBytes = 4 << 10
+	// MaxAttestRequestBytes bounds an AttestRequest: the largest evidence
+	// (attest.MaxEvidenceBytes) and its envelope.
+	MaxAttestRequestBytes = 256<<10 + 4<<10
 )
 
 // Payload is the agent's first message: who it attests as and the keys

@@ -127,6 +127,9 @@ func (p *AgentPlugin) newAgent(hclText string, probe bool) (*spiretpm.Agent, err
 	if err := hcl.Decode(&cfg, hclText); err != nil {
 		return nil, fmt.Errorf("plugin_data: %v", err)
 	}
+	if err := unknownKeys(hclText, "subject", "tpm", "ak_handle", "event_log", "ek_cert"); err != nil {
+		return nil, err
+	}
 	kind, name, ok := strings.Cut(cfg.Subject, "/")
 	k, err := topology.ParseKind(kind)
 	if !ok || err != nil || (k != topology.KindGateway && k != topology.KindDevice) || !topology.IsName(name) {

@@ -9,11 +9,14 @@ package tpmplugin
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -112,19 +115,37 @@ func (p *ServerPlugin) Attest(stream nodeattestorv1.NodeAttestor_AttestServer) e
 	}})
 }
 
-// fail logs why an attestation ended and gives SPIRE the status: refused
-// agents PermissionDenied, Vigil out of reach Unavailable.
+// fail logs why an attestation ended, with a reference, and gives SPIRE
+// the status: refused agents PermissionDenied, Vigil out of reach
+// Unavailable. SPIRE hands the message to the agent, which may be anyone
+// who reaches its port: it carries the reference, never the reason (which
+// would tell a stranger which gateways exist, their classes and
+// quarantines); the reason is in the SPIRE server's log under the same
+// reference.
 func (p *ServerPlugin) fail(err error) error {
+	ref := reference()
 	var r *spiretpm.Refusal
 	if errors.As(err, &r) {
-		p.logger().Warn("agent refused", "subject", r.Subject.String(), "reason", r.Reason)
-		return status.Error(codes.PermissionDenied, err.Error())
+		p.logger().Warn("agent refused", "subject", r.Subject.String(), "reason", r.Reason, "ref", ref)
+		who := ""
+		if r.Subject.Name != "" {
+			who = r.Subject.String() + ": "
+		}
+		return status.Errorf(codes.PermissionDenied, "%sattestation refused; the reason is in the SPIRE server's log (ref %s)", who, ref)
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return status.FromContextError(err).Err()
 	}
-	p.logger().Error("attestation could not be verified", "error", err.Error())
-	return status.Error(codes.Unavailable, "vigil: "+err.Error())
+	p.logger().Error("attestation could not be verified", "error", err.Error(), "ref", ref)
+	return status.Errorf(codes.Unavailable, "Vigil could not verify the attestation now; the reason is in the SPIRE server's log (ref %s)", ref)
+}
+
+// reference is a short random ID tying an agent's error to the server's
+// log line.
+func reference() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // Configure decodes plugin_data and swaps the configuration in. It does
@@ -152,6 +173,9 @@ func newServer(core *configv1.CoreConfiguration, hclText string) (*spiretpm.Serv
 	var cfg ServerConfig
 	if err := hcl.Decode(&cfg, hclText); err != nil {
 		return nil, fmt.Errorf("plugin_data: %v", err)
+	}
+	if err := unknownKeys(hclText, "vigil_api", "token_file", "ca_file", "timeout"); err != nil {
+		return nil, err
 	}
 	td := core.GetTrustDomain()
 	if td == "" {
@@ -217,6 +241,26 @@ func addresses(v any) ([]string, error) {
 		return out, nil
 	}
 	return nil, errors.New(want)
+}
+
+// unknownKeys refuses keys plugin_data does not know: a misspelt
+// ca_file must not fall back to the system's roots unnoticed.
+func unknownKeys(hclText string, known ...string) error {
+	var raw map[string]any
+	if err := hcl.Decode(&raw, hclText); err != nil {
+		return fmt.Errorf("plugin_data: %v", err)
+	}
+	var bad []string
+	for k := range raw {
+		if !slices.Contains(known, k) {
+			bad = append(bad, k)
+		}
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	slices.Sort(bad)
+	return fmt.Errorf("plugin_data: unknown key %s (the keys are %s)", strings.Join(bad, ", "), strings.Join(known, ", "))
 }
 
 // firstToken reads the first token of a token file: "name:token" lines or

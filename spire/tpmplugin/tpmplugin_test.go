@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -190,6 +191,26 @@ func (p plugins) attest(t *testing.T, tamper func([]byte) []byte) (*servna.Agent
 	}
 }
 
+// wantRefused checks err's code, and that the SPIRE server's log (the
+// plugin's logger) holds the reason under the reference the agent was
+// given, and the agent not the reason.
+func (p plugins) wantRefused(t *testing.T, what string, err error, code codes.Code, reason string) {
+	t.Helper()
+	m := regexp.MustCompile(`\(ref ([0-9a-f]{8})\)`).FindStringSubmatch(status.Convert(err).Message())
+	if status.Code(err) != code || m == nil {
+		t.Fatalf("%s: err = %v, want %v with a reference", what, err, code)
+	}
+	if strings.Contains(err.Error(), reason) {
+		t.Errorf("%s: the agent is told the reason: %v", what, err)
+	}
+	for _, l := range strings.Split(p.logs.String(), "\n") {
+		if strings.Contains(l, "ref="+m[1]) && strings.Contains(l, reason) {
+			return
+		}
+	}
+	t.Fatalf("%s: no line of SPIRE's log has ref=%s and %q:\n%s", what, m[1], reason, p.logs.String())
+}
+
 func simTPM(t *testing.T, fw string) *attest.SimTPM {
 	tpm, err := attest.NewSimTPM(false)
 	if err != nil {
@@ -221,11 +242,9 @@ func TestPluginsAttestThroughVigil(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = p.attest(t, func([]byte) []byte { return old })
-	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "gateway/gw-1: the quote answers another nonce") {
-		t.Fatalf("replayed quote: %v", err)
-	}
-	if !strings.Contains(p.logs.String(), "agent refused") || !strings.Contains(p.logs.String(), "subject=gateway/gw-1") {
-		t.Fatalf("the refusal is not in SPIRE's log:\n%s", p.logs.String())
+	p.wantRefused(t, "replayed quote", err, codes.PermissionDenied, "the quote answers another nonce")
+	if strings.Contains(err.Error(), "nonce") {
+		t.Fatalf("the agent is told the reason: %v", err)
 	}
 	// Garbage for evidence.
 	if _, err := p.attest(t, func([]byte) []byte { return []byte("{") }); status.Code(err) != codes.PermissionDenied {
@@ -239,26 +258,20 @@ func TestPluginsRefuse(t *testing.T) {
 		ak, _ := tpm.AKPublicPEM()
 		p := start(t, tpm, vigilAPI(t, ak).URL)
 		_, err := p.attest(t, nil)
-		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "gateway/gw-1: attestation failed") {
-			t.Fatalf("err = %v", err)
-		}
+		p.wantRefused(t, "unlisted firmware", err, codes.PermissionDenied, "gateway/gw-1: attestation failed")
 	})
 	t.Run("an AK Vigil does not know", func(t *testing.T) {
 		enrolled, _ := simTPM(t, fwGood).AKPublicPEM()
 		p := start(t, simTPM(t, fwGood), vigilAPI(t, enrolled).URL)
 		_, err := p.attest(t, nil)
-		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "not the one enrolled") {
-			t.Fatalf("err = %v", err)
-		}
+		p.wantRefused(t, "an unknown AK", err, codes.PermissionDenied, "not the one enrolled")
 	})
 	t.Run("Vigil out of reach", func(t *testing.T) {
 		srv := httptest.NewServer(http.NotFoundHandler())
 		srv.Close()
 		p := start(t, simTPM(t, fwGood), srv.URL)
 		_, err := p.attest(t, nil)
-		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "no Vigil member answered") {
-			t.Fatalf("err = %v", err)
-		}
+		p.wantRefused(t, "Vigil out of reach", err, codes.Unavailable, "no Vigil member answered")
 	})
 }
 
@@ -278,6 +291,8 @@ func TestConfigure(t *testing.T) {
 		{`vigil_api = "https://v:7070"` + "\ntoken_file = \"" + tok + "\"\ntimeout = \"soon\"", "not a positive duration"},
 		{`vigil_api = "https://v:7070"` + "\ntoken_file = \"" + tok + "\"\nca_file = \"" + tok + `"`, "holds no PEM certificate"},
 		{`vigil_api = [`, "plugin_data"},
+		{`vigil_api = "https://v:7070"` + "\ntoken_file = \"" + tok + "\"\nca_flie = \"/etc/ca.pem\"", "unknown key ca_flie"},
+		{`servers = ["https://v:7070"]` + "\ntoken_file = \"" + tok + `"`, "unknown key servers"},
 	} {
 		sp := new(tpmplugin.ServerPlugin)
 		_, err := sp.Configure(ctx, &configv1.ConfigureRequest{CoreConfiguration: core, HclConfiguration: tc.hcl})
@@ -296,6 +311,7 @@ func TestConfigure(t *testing.T) {
 		{`subject = "gateway/Bad"`, "subject"},
 		{`subject = "gateway/gw-1"` + "\nek_cert = \"/nonexistent\"", "ek_cert"},
 		{`subject = "gateway/gw-1"` + "\nevent_log = \"/nonexistent\"", "event_log"},
+		{`subject = "gateway/gw-1"` + "\nak = \"0x81010002\"", "unknown key ak"},
 	} {
 		ap := &tpmplugin.AgentPlugin{Open: func(tpmplugin.AgentConfig) (spiretpm.TPM, error) { return tpm, nil }}
 		_, err := ap.Configure(ctx, &configv1.ConfigureRequest{CoreConfiguration: core, HclConfiguration: tc.hcl})
