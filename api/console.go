@@ -162,7 +162,7 @@ func (s *Server) consoleLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	l, ok := s.links.take(req.Code, s.cfg.Now())
 	if !ok {
-		if ok, held := s.warns.allow("console-login", time.Now()); ok {
+		if ok, held := s.warns.Allow("console-login", time.Now()); ok {
 			s.cfg.Logger.Warn("api: console login refused: unknown, used or expired link", "remote", r.RemoteAddr, "held_back", held)
 		}
 		writeError(w, &Error{Status: http.StatusUnauthorized, Code: CodeUnauthenticated,

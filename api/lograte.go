@@ -5,19 +5,20 @@ import (
 	"time"
 )
 
-// warnLimiter writes a warning about unauthenticated requests at most once
-// a second per kind, with the count of those it held back: anyone who can
-// reach the API can send them, and one line each would let them grow the
-// member's log as fast as they can send.
-type warnLimiter struct {
+// WarnLimiter lets a warning that a stranger can cause (an unauthenticated
+// request, an attestation refused) be written at most once a second per
+// kind, with the count of those it held back: one line each would let
+// anyone who can send them grow the member's log as fast as they send. The
+// zero value is ready to use.
+type WarnLimiter struct {
 	mu   sync.Mutex
 	last map[string]time.Time
 	held map[string]int
 }
 
-// allow reports whether a warning of kind may be written now, and how many
+// Allow reports whether a warning of kind may be written now, and how many
 // of that kind were held back since the last one written.
-func (l *warnLimiter) allow(kind string, now time.Time) (ok bool, held int) {
+func (l *WarnLimiter) Allow(kind string, now time.Time) (ok bool, held int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.last == nil {

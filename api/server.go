@@ -110,7 +110,7 @@ type ServerConfig struct {
 // Server serves the HTTP API of one member.
 type Server struct {
 	cfg   ServerConfig
-	warns warnLimiter // unauthenticated requests' warnings (lograte.go)
+	warns WarnLimiter // unauthenticated requests' warnings (lograte.go)
 	mux   *http.ServeMux
 	links loginLinks
 	fleet fleetIndex
@@ -202,7 +202,7 @@ func (s *Server) route(pattern string, h func(http.ResponseWriter, *http.Request
 // A SPIRE TPM token (ServerConfig.SPIRETPMTokens) on any route but the
 // vigil_tpm node attestor's is answered so too, as an unknown token.
 func (s *Server) unauthenticated(w http.ResponseWriter, r *http.Request) {
-	if ok, held := s.warns.allow("unauthenticated", time.Now()); ok {
+	if ok, held := s.warns.Allow("unauthenticated", time.Now()); ok {
 		s.cfg.Logger.Warn("api: unauthenticated request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "held_back", held)
 	}
 	writeError(w, &Error{Status: http.StatusUnauthorized, Code: CodeUnauthenticated, Message: "a valid bearer token is required"})

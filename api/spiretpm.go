@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"net/url"
 
@@ -143,11 +142,7 @@ func (s *Server) routeSPIRETPM(pattern string, h func(http.ResponseWriter, *http
 // EnrollGateway records a gateway's TPM AK (req.TPMAK).
 func (c *Client) EnrollGateway(ctx context.Context, gateway string, req EnrollRequest) (EnrollResponse, error) {
 	var out EnrollResponse
-	body, err := json.Marshal(req)
-	if err != nil {
-		return out, err
-	}
-	return out, c.do(ctx, http.MethodPost, "/v1/gateways/"+url.PathEscape(gateway)+"/enroll", "application/json", body, &out)
+	return out, c.send(ctx, http.MethodPost, "/v1/gateways/"+url.PathEscape(gateway)+"/enroll", req, &out)
 }
 
 // SPIRETPMChallenge asks for a nonce for a subject's vigil_tpm attestation.

@@ -39,6 +39,9 @@ type attestor struct {
 	ttl     time.Duration
 	now     func() time.Time
 	log     *slog.Logger
+	// warns bounds the warnings a stranger can cause: vigil_tpm refusals,
+	// which whoever reaches SPIRE's agent port can cause at will.
+	warns api.WarnLimiter
 }
 
 var _ api.Attestor = (*attestor)(nil)
@@ -372,8 +375,10 @@ func (a *attestor) attestSubject(ctx context.Context, s topology.Subject, raw []
 		// records failures that would evict the subject's agent or
 		// quarantine it. Checked before a follower hands a failure to the
 		// leader, which would only verify it again.
-		a.log.Warn("security: attestation refused, not recorded: the quote is not signed by the enrolled AK over this nonce",
-			subjectLog(s), "evidence", res.EvidenceDigest, "reasons", strings.Join(res.Reasons, "; "))
+		if ok, held := a.warns.Allow("unauthentic", time.Now()); ok {
+			a.log.Warn("security: attestation refused, not recorded: the quote is not signed by the enrolled AK over this nonce",
+				subjectLog(s), "evidence", res.EvidenceDigest, "reasons", strings.Join(res.Reasons, "; "), "held_back", held)
+		}
 		return api.AttestResponse{}, nil, apiErr(http.StatusForbidden, api.CodeRefused,
 			"%s: attestation refused and not recorded, for the quote is not signed by the enrolled AK over this attestation's nonce: %s", s, strings.Join(res.Reasons, "; "))
 	}

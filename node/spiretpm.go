@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/vigil-iot/vigil/api"
 	"github.com/vigil-iot/vigil/attest"
@@ -87,11 +88,8 @@ func (a *attestor) TPMChallenge(ctx context.Context, req spiretpm.ChallengeReque
 	if err != nil {
 		return spiretpm.ChallengeResponse{}, err
 	}
-	pcrs := class.Attestation.PCRs
-	if len(pcrs) == 0 {
-		pcrs = []int{16} // the class default (topology)
-	}
-	return spiretpm.ChallengeResponse{Nonce: hex.EncodeToString(nonce), Expires: exp, PCRs: pcrs}, nil
+	// The class's PCRs: never empty (topology fills in the default).
+	return spiretpm.ChallengeResponse{Nonce: hex.EncodeToString(nonce), Expires: exp, PCRs: class.Attestation.PCRs}, nil
 }
 
 // checkTPMKeys compares the keys an agent presents with s's enrollment.
@@ -142,11 +140,15 @@ func (a *attestor) checkTPMKeys(snap *topology.Snapshot, s topology.Subject, cla
 }
 
 // logRefusal logs a refusal of the vigil_tpm routes (not a 404, which
-// says nothing of the subject).
+// says nothing of the subject), at most once a second per step: whoever
+// reaches SPIRE's agent port can cause them.
 func (a *attestor) logRefusal(step string, s topology.Subject, err error) {
 	var ae *api.Error
-	if errors.As(err, &ae) && ae.Code == api.CodeRefused {
-		a.log.Warn("security: vigil_tpm "+step+" refused", subjectLog(s), "reason", ae.Message)
+	if !errors.As(err, &ae) || ae.Code != api.CodeRefused {
+		return
+	}
+	if ok, held := a.warns.Allow("vigil_tpm "+step, time.Now()); ok {
+		a.log.Warn("security: vigil_tpm "+step+" refused", subjectLog(s), "reason", ae.Message, "held_back", held)
 	}
 }
 

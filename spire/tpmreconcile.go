@@ -66,26 +66,32 @@ func (o *Options) firmwareAliasID(s topology.Subject, fw topology.FirmwareRef) s
 	return o.bindingID(s, firmwareAliasPrefix+hex.EncodeToString(sum[:])[:firmwareAliasHexSize])
 }
 
-// tpmEntry reports whether id, an entry ID with the binding hint, is one of
-// a TPM-onboarded subject's entries (its binding, a firmware alias or its
-// ban record) rather than a join-token binding. Any "fw-" suffix counts,
-// so that an alias Vigil no longer wants is deleted whatever its shape.
-func (o *Options) tpmEntry(id string) bool {
+// tpmKind is the last part of id when id, an entry ID with the binding
+// hint, is one of a TPM-onboarded subject's entries (its binding, a
+// firmware alias or its ban record) rather than a join-token binding. Any
+// "fw-" suffix counts, so that an alias Vigil no longer wants is deleted
+// whatever its shape.
+func (o *Options) tpmKind(id string) (string, bool) {
 	if _, ok := o.bindingSubject(id); !ok {
-		return false
+		return "", false
 	}
 	last := id[strings.LastIndexByte(id, '.')+1:]
-	return last == tpmBindingSuffix || last == banRecordSuffix || strings.HasPrefix(last, firmwareAliasPrefix)
+	return last, last == tpmBindingSuffix || last == banRecordSuffix || strings.HasPrefix(last, firmwareAliasPrefix)
 }
+
+// tpmEntry reports whether id is one of a TPM-onboarded subject's entries.
+func (o *Options) tpmEntry(id string) bool { _, ok := o.tpmKind(id); return ok }
 
 // firmwareAlias reports whether id is a firmware alias's.
 func (o *Options) firmwareAlias(id string) bool {
-	return o.tpmEntry(id) && strings.HasPrefix(id[strings.LastIndexByte(id, '.')+1:], firmwareAliasPrefix)
+	k, ok := o.tpmKind(id)
+	return ok && strings.HasPrefix(k, firmwareAliasPrefix)
 }
 
 // banRecord reports whether id is a ban record's.
 func (o *Options) banRecord(id string) bool {
-	return o.tpmEntry(id) && id[strings.LastIndexByte(id, '.')+1:] == banRecordSuffix
+	k, ok := o.tpmKind(id)
+	return ok && k == banRecordSuffix
 }
 
 // banRecords are the subjects that have a ban record among entries (the
